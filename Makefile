@@ -1,0 +1,42 @@
+# Two set-up commands: `make demo` and `make test`. Both create .venv if missing and install.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Exact versions seen working together on the 2-core CPU machines (torch and torchvision are pinned as a
+# pair: any other combination fails to import). A CUDA machine with its own torch can skip this file:
+# `pip install -e .[test]` uses the ranges in pyproject.toml.
+CONSTRAINTS ?= constraints/cpu-ci.txt
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HOME := $(CURDIR)/.cache/hf
+export TORCH_HOME := $(CURDIR)/.cache/torch
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+
+$(STAMP): $(PY) pyproject.toml $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) torch torchvision
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test]"
+	# pyiqa's CLIP-based metrics import pkg_resources: keep setuptools below 81.
+	$(PIP) install -q -c $(CONSTRAINTS) "setuptools<81"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/supirkit demo --out demo_out
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf demo_out bench_out .pytest_cache

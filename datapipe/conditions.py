@@ -1,0 +1,216 @@
+"""A small, safe condition language over metadata columns (no ``eval``).
+
+    sharpness >= 0.35 and (jpeg_quality >= 80 or format != "JPEG") and not is_grayscale
+    iqa.musiq > 55          # dotted names address flattened columns
+    format in ["JPEG", "PNG"]
+    caption is not None
+
+Parsed with Python's ``ast`` and checked against a whitelist of node types, then compiled either to a
+pyarrow compute expression (to filter parquet tables without loading them) or evaluated on one row.
+Missing values follow SQL/Arrow three-valued logic: a comparison with a missing value is unknown,
+and an unknown condition does not select the row.
+"""
+from __future__ import annotations
+
+import ast
+import operator
+from typing import Any, Optional
+
+_CMP = {ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Lt: operator.lt, ast.LtE: operator.le,
+        ast.Eq: operator.eq, ast.NotEq: operator.ne}
+
+
+class ConditionError(ValueError):
+    pass
+
+
+def _column_name(node: ast.AST) -> Optional[str]:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _column_name(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+def _constant(node: ast.AST) -> Any:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool, type(None))):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        v = _constant(node.operand)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return -v
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_constant(e) for e in node.elts]
+    raise ConditionError(f"expected a constant, got {ast.unparse(node)!r}")
+
+
+class Condition:
+    """A parsed condition; ``str(cond)`` gives back its canonical text."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text.strip()
+        if not self.text:
+            raise ConditionError("empty condition")
+        try:
+            tree = ast.parse(self.text, mode="eval")
+        except SyntaxError as exc:
+            raise ConditionError(f"cannot parse condition {text!r}: {exc.msg}") from None
+        self.columns: set[str] = set()
+        self._tree = self._check(tree.body)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Condition({self.text!r})"
+
+    # -- validation: only boolean logic, comparisons, column names and constants are allowed
+    def _check(self, node: ast.AST) -> ast.AST:
+        if isinstance(node, ast.BoolOp):
+            for v in node.values:
+                self._check(v)
+            return node
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            self._check(node.operand)
+            return node
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            for op, left, right in zip(node.ops, operands, operands[1:]):
+                if isinstance(op, (ast.In, ast.NotIn)):
+                    self._need_column(left)
+                    if not isinstance(_constant(right), list):
+                        raise ConditionError(f"'in' needs a list on the right: {ast.unparse(node)!r}")
+                elif isinstance(op, (ast.Is, ast.IsNot)):
+                    self._need_column(left)
+                    if _constant(right) is not None:
+                        raise ConditionError("'is' compares with None only")
+                elif type(op) in _CMP:
+                    names = [n for n in (left, right) if _column_name(n)]
+                    if not names:
+                        raise ConditionError(f"comparison without a column: {ast.unparse(node)!r}")
+                    for side in (left, right):
+                        if _column_name(side):
+                            self.columns.add(_column_name(side))
+                        else:
+                            _constant(side)
+                else:
+                    raise ConditionError(f"operator not allowed: {ast.unparse(node)!r}")
+            return node
+        name = _column_name(node)
+        if name:  # a bare boolean column
+            self.columns.add(name)
+            return node
+        if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+            return node
+        raise ConditionError(f"not allowed in a condition: {ast.unparse(node)!r}")
+
+    def _need_column(self, node: ast.AST) -> None:
+        name = _column_name(node)
+        if not name:
+            raise ConditionError(f"expected a column name, got {ast.unparse(node)!r}")
+        self.columns.add(name)
+
+    # -- row evaluation (three-valued)
+    def evaluate(self, row: dict) -> bool:
+        return self._eval(self._tree, row) is True
+
+    def _value(self, node: ast.AST, row: dict) -> Any:
+        name = _column_name(node)
+        return row.get(name) if name else _constant(node)
+
+    def _eval(self, node: ast.AST, row: dict) -> Optional[bool]:
+        if isinstance(node, ast.BoolOp):
+            vals = [self._eval(v, row) for v in node.values]
+            if isinstance(node.op, ast.And):
+                return False if False in vals else (None if None in vals else True)
+            return True if True in vals else (None if None in vals else False)
+        if isinstance(node, ast.UnaryOp):
+            v = self._eval(node.operand, row)
+            return None if v is None else not v
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            result: Optional[bool] = True
+            for op, left, right in zip(node.ops, operands, operands[1:]):
+                a, b = self._value(left, row), self._value(right, row)
+                if isinstance(op, ast.Is):
+                    r: Optional[bool] = a is None
+                elif isinstance(op, ast.IsNot):
+                    r = a is not None
+                elif a is None or b is None:
+                    r = None
+                elif isinstance(op, ast.In):
+                    r = a in b
+                elif isinstance(op, ast.NotIn):
+                    r = a not in b
+                else:
+                    try:
+                        r = bool(_CMP[type(op)](a, b))
+                    except TypeError:
+                        r = None
+                if r is False:
+                    return False
+                if r is None:
+                    result = None
+            return result
+        if isinstance(node, ast.Constant):
+            return bool(node.value)
+        v = self._value(node, row)
+        return None if v is None else bool(v)
+
+    # -- arrow expression
+    def to_arrow(self):
+        import pyarrow.compute as pc
+
+        return self._arrow(self._tree, pc)
+
+    def _arrow_value(self, node: ast.AST, pc):
+        name = _column_name(node)
+        return pc.field(name) if name else pc.scalar(_constant(node))
+
+    def _arrow(self, node: ast.AST, pc):
+        if isinstance(node, ast.BoolOp):
+            exprs = [self._arrow(v, pc) for v in node.values]
+            out = exprs[0]
+            for e in exprs[1:]:
+                out = (out & e) if isinstance(node.op, ast.And) else (out | e)
+            return out
+        if isinstance(node, ast.UnaryOp):
+            return ~self._arrow(node.operand, pc)
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            parts = []
+            for op, left, right in zip(node.ops, operands, operands[1:]):
+                if isinstance(op, ast.Is):
+                    parts.append(self._arrow_value(left, pc).is_null())
+                elif isinstance(op, ast.IsNot):
+                    parts.append(~self._arrow_value(left, pc).is_null())
+                elif isinstance(op, ast.In):
+                    parts.append(self._arrow_value(left, pc).isin(_constant(right)))
+                elif isinstance(op, ast.NotIn):
+                    f = self._arrow_value(left, pc)
+                    parts.append(~f.isin(_constant(right)) & ~f.is_null())
+                else:
+                    parts.append(_CMP[type(op)](self._arrow_value(left, pc), self._arrow_value(right, pc)))
+            out = parts[0]
+            for p in parts[1:]:
+                out = out & p
+            return out
+        if isinstance(node, ast.Constant):
+            return pc.scalar(bool(node.value))
+        return pc.field(_column_name(node)) == pc.scalar(True)
+
+
+def parse_condition(text: str) -> Condition:
+    return Condition(text)
+
+
+def filter_table(table, condition: Condition | str):
+    """Rows of an Arrow table that satisfy ``condition`` (missing columns are an error naming them)."""
+    cond = condition if isinstance(condition, Condition) else Condition(condition)
+    missing = sorted(c for c in cond.columns if c not in table.column_names)
+    if missing:
+        raise ConditionError(f"unknown column(s) {', '.join(missing)}; available: {', '.join(table.column_names)}")
+    import pyarrow.dataset as pads
+
+    return pads.dataset(table).to_table(filter=cond.to_arrow())

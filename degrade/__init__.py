@@ -1,0 +1,1 @@
+"""degrade package."""

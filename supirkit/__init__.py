@@ -1,0 +1,2 @@
+"""supirkit: the command line over datapipe, curation, captioning, degrade and train."""
+__version__ = "0.1.0"

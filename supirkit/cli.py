@@ -1,0 +1,71 @@
+"""The thin ``supirkit`` command: parse, validate the config, call the library.
+
+Each subcommand is a module in ``supirkit.commands`` with ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``. Command modules import only the standard library at top level so that
+``supirkit --help`` stays well under a second; heavy libraries are imported inside ``run``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+
+def _command_modules():
+    from supirkit import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"supirkit.commands.{info.name}")
+        yield getattr(module, "NAME", info.name.replace("_", "-")), module
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="supirkit",
+        description="Build SUPIR's training corpus and train SUPIR on it. Each stage is a subcommand.",
+    )
+    from supirkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"supirkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in _command_modules():
+        p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    from datapipe.conditions import ConditionError
+    from datapipe.config import ConfigError
+
+    try:
+        return int(args._run(args) or 0)
+    except ConfigError as exc:
+        print(f"supirkit {args.command}: config error: {exc}", file=sys.stderr)
+        return 2
+    except ConditionError as exc:
+        print(f"supirkit {args.command}: condition error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"supirkit {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except UserError as exc:
+        print(f"supirkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+class UserError(Exception):
+    """Bad input from the user (missing file, wrong argument): printed as one line, exit code 2."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

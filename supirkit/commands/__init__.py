@@ -1,0 +1,1 @@
+"""One module per ``supirkit`` subcommand (see ``supirkit.cli``)."""

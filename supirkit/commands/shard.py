@@ -1,0 +1,40 @@
+"""supirkit shard"""
+from __future__ import annotations
+
+from supirkit.commands._common import add_config_args, add_output_args, load
+
+HELP = "pack images (folders, globs, URLs, path lists, tars) into lossless WebDataset shards"
+DESCRIPTION = (HELP + ". With --from-manifest and --where, select rows of a scores table and write a new "
+               "shard set from the sources they name, without recomputing any score.")
+
+
+def add_arguments(p):
+    p.add_argument("sources", nargs="*", metavar="SRC", help="folder, glob, fsspec URL, .parquet/.csv list, or .tar")
+    add_output_args(p)
+    p.add_argument("--from-manifest", metavar="PARQUET", help="scores/index table (file or folder) to select from")
+    p.add_argument("--where", metavar="EXPR", help='condition on its columns, e.g. "sharpness > 0.4 and width >= 2048"')
+    add_config_args(p, "shard/default.yaml")
+
+
+def run(args) -> int:
+    from supirkit.cli import UserError
+
+    if not args.sources and not args.from_manifest:
+        raise UserError("give at least one SRC or --from-manifest")
+    if args.where and not args.from_manifest:
+        raise UserError("--where needs --from-manifest")
+    from datapipe.conditions import Condition
+    from datapipe.pack import ShardJobConfig, run_shard_job
+
+    cfg = load(args, ShardJobConfig)
+    if args.where:
+        Condition(args.where)  # fail before any work on a bad expression
+    result = run_shard_job(args.sources, args.out, cfg, fresh=args.fresh, manifest=args.from_manifest,
+                           where=args.where)
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.rejected.items())) or "none"
+    print(f"shard: {result.samples} samples in {result.units} shards under {args.out} "
+          f"({result.skipped} already done); rejected: {reasons}")
+    if result.failed:
+        print(f"shard: {len(result.failed)} shard(s) failed; rerun the same command to retry them")
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""Tiny, seeded, random-weight models built offline for tests and the demo."""
