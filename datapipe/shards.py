@@ -28,7 +28,7 @@ from datapipe import faults
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "jp2", "ppm")
 #: webdataset convention: the key is the basename up to its first dot.
-_MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")
+_MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 
 def shard_name(prefix: str, index: int) -> str:
@@ -109,6 +109,38 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+class TarWriter:
+    """Writes samples as adjacent tar members ``{key}.{ext}``, reproducibly (fixed mtime, owner, mode).
+
+    Plain ``tarfile`` instead of webdataset's writer: same format, and no torch import in every worker.
+    Member order inside a sample: image first, then the other fields sorted (json, txt, ...).
+    """
+
+    def __init__(self, stream) -> None:
+        import tarfile
+
+        self._tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT)
+
+    def write(self, sample: dict) -> None:
+        import tarfile
+
+        key = sample["__key__"]
+        fields = [k for k in sample if not k.startswith("__")]
+        fields.sort(key=lambda ext: (ext not in IMAGE_EXTS, ext))
+        for ext in fields:
+            data = sample[ext]
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self._tar.close()
+
+
 class ShardSink:
     """Writes one shard atomically: ``write(sample)`` n times, then ``commit(stats)``.
 
@@ -118,8 +150,6 @@ class ShardSink:
     """
 
     def __init__(self, out_dir: str | Path, prefix: str, index: int, config_hash: str = "") -> None:
-        import webdataset as wds
-
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.name = shard_name(prefix, index)
@@ -127,9 +157,7 @@ class ShardSink:
         token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._tmp_tar = self.out_dir / f".tmp-{token}-{self.name}.tar"
         self._stream = open(self._tmp_tar, "wb")
-        # encoder=False: bytes and str are written as they are; dict metadata is serialised here;
-        # a fixed mtime makes the same inputs give byte-identical shards in every run.
-        self._writer = wds.TarWriter(self._stream, encoder=False, mtime=0.0)  # reproducible bytes
+        self._writer = TarWriter(self._stream)
         self._rows: list[dict] = []
         self._keys: set[str] = set()
         self.bytes_written = 0
@@ -225,36 +253,73 @@ class UnsafeMember(Exception):
 
 
 def _check_member(name: str) -> None:
-    if name.startswith("/") or name.startswith("\\") or ".." in Path(name).parts or ":" in name.split("/")[0]:
+    """Refuse names that would escape an extraction folder or address another drive."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
         raise UnsafeMember(name)
 
 
-def iter_tar_samples(fileobj, on_unsafe=None) -> Iterator[dict]:
-    """Group a tar stream into webdataset samples (bytes, undecoded). Members with absolute paths or
-    ``..`` are refused: reported to ``on_unsafe(name)`` and skipped, never extracted or used as keys."""
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
-
-    def select(name: str) -> bool:
-        try:
-            _check_member(name)
-        except UnsafeMember:
-            if on_unsafe is not None:
-                on_unsafe(name)
-            return False
-        return _MEMBER_RE.match(name) is not None
-
-    def handler(exc: Exception) -> bool:
-        raise exc
-
-    yield from group_by_keys(tar_file_iterator(fileobj, select_files=select, handler=handler))
+def split_member(name: str) -> tuple[Optional[str], Optional[str]]:
+    """``dir/key.ext.gz`` -> (``dir/key``, ``ext.gz``): webdataset's rule, the key ends at the first dot
+    of the base name."""
+    m = _MEMBER_RE.match(name)
+    return (m.group(1), m.group(2)) if m else (None, None)
 
 
-def read_shard(url: str, on_unsafe=None) -> Iterator[dict]:
+def iter_tar_samples(fileobj, on_unsafe=None, on_skip=None) -> Iterator[dict]:
+    """Group a tar stream into webdataset samples (bytes, undecoded), reading it once, sequentially.
+
+    Members with absolute paths or ``..`` are refused: reported to ``on_unsafe(name)`` and skipped,
+    never extracted or used as keys. Links, folders and names without an extension are skipped; a
+    field repeated inside one sample keeps its first copy and the repeat goes to ``on_skip(name, why)``.
+    A truncated or corrupt tar raises ``tarfile.TarError`` (or ``EOFError``) after the samples that
+    could be read; the sample being assembled at that moment is not yielded.
+    """
+    import tarfile
+
+    current: Optional[dict] = None
+    with tarfile.open(fileobj=fileobj, mode="r|*") as stream:
+        for info in stream:
+            stream.members = []  # streaming: do not keep every TarInfo of a large tar
+            name = info.name
+            try:
+                _check_member(name)
+            except UnsafeMember:
+                if on_unsafe is not None:
+                    on_unsafe(name)
+                continue
+            if not info.isreg():
+                continue
+            base = name.rsplit("/", 1)[-1]
+            if base.startswith("__") and base.split(".", 1)[0].endswith("__"):
+                continue  # webdataset's metadata members (__index__ etc.)
+            key, ext = split_member(name)
+            if key is None:
+                if on_skip is not None:
+                    on_skip(name, "no_extension")
+                continue
+            ext = ext.lower()
+            f = stream.extractfile(info)
+            data = f.read() if f is not None else b""
+            if current is None or current["__key__"] != key:
+                if current is not None:
+                    yield current
+                current = {"__key__": key}
+            if ext in current:
+                if on_skip is not None:
+                    on_skip(name, "repeated_field")
+                continue
+            current[ext] = data
+    if current is not None:
+        yield current
+
+
+def read_shard(url: str, on_unsafe=None, on_skip=None) -> Iterator[dict]:
     """Samples of one shard (local path or fsspec URL), as dicts of raw bytes plus ``__key__``."""
     from datapipe.sources import open_binary
 
     with open_binary(url) as f:
-        for sample in iter_tar_samples(f, on_unsafe=on_unsafe):
+        for sample in iter_tar_samples(f, on_unsafe=on_unsafe, on_skip=on_skip):
             sample["__shard__"] = url
             yield sample
 
