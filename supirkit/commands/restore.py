@@ -1,0 +1,54 @@
+"""supirkit restore"""
+from __future__ import annotations
+
+from supirkit.commands._common import add_config_args
+
+HELP = "restore images with SDXL and a trained SUPIR adaptor (optionally captioned by LLaVA)"
+DESCRIPTION = (HELP + ". Each IMAGE becomes OUT/<stem>.png plus OUT/<stem>.json (caption, prompt, settings). "
+               "Without --prompt or --captioner the caption is empty and only the positive quality prompt is used.")
+
+
+def add_arguments(p):
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to restore")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--sdxl", required=True, metavar="ID_OR_PATH", help="SDXL base pipeline (hub id or folder)")
+    p.add_argument("--adaptor", required=True, metavar="DIR", help="SUPIR adaptor folder (config.json + weights)")
+    p.add_argument("--captioner", metavar="ID_OR_PATH", help="LLaVA-1.5 checkpoint to caption each image")
+    p.add_argument("--prompt", metavar="TEXT", help="use TEXT as the caption (the positive prompt is appended)")
+    p.add_argument("--upscale", type=float, metavar="X", help="shortcut for --set image.upscale=X")
+    p.add_argument("--seed", type=int, help="shortcut for --set runtime.seed=N")
+    add_config_args(p, "restore/default.yaml")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from supirkit.cli import UserError
+    from supirkit.commands._common import load
+    from train.model.config import RestoreConfig
+
+    if args.upscale is not None:
+        args.overrides.append(f"image.upscale={args.upscale}")
+    if args.seed is not None:
+        args.overrides.append(f"runtime.seed={args.seed}")
+    cfg = load(args, RestoreConfig)
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"{missing[0]}: no such image file")
+    if not (Path(args.adaptor) / "config.json").is_file():
+        raise UserError(f"{args.adaptor}: not an adaptor folder (no config.json)")
+    if args.prompt is not None and args.captioner:
+        raise UserError("give --prompt or --captioner, not both")
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from train.restore import restore_images
+
+    try:
+        written = restore_images(args.images, args.out, args.sdxl, args.adaptor, cfg, captioner=args.captioner,
+                                 prompt=args.prompt)
+    except (OSError, ValueError) as exc:
+        raise UserError(str(exc).splitlines()[0]) from None
+    for path in written:
+        print(path)
+    return 0

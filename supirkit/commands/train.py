@@ -1,0 +1,134 @@
+"""supirkit train"""
+from __future__ import annotations
+
+HELP = "train SUPIR's adaptor (or, with --stage encoder, its degradation-robust encoder) with accelerate"
+DESCRIPTION = (HELP + ". Validates the config, then runs `accelerate launch [--config_file A] -m train --config C ...` "
+               "(a list argv, no shell). Rerun with --resume latest to continue a run where it stopped.")
+
+
+def add_arguments(p):
+    from supirkit.commands._common import add_config_args
+
+    add_config_args(p, "train/supir.yaml")
+    p.add_argument("--stage", choices=["adaptor", "encoder"],
+                   help="what to train (default: the config's stage; --stage encoder defaults to train/encoder.yaml)")
+    p.add_argument("--out", metavar="DIR", help="output folder (overrides output_dir)")
+    p.add_argument("--resume", metavar="latest|DIR",
+                   help="continue from the newest checkpoint (latest; starts fresh when there is none), a checkpoint "
+                        "folder, or a step-N name under OUT/checkpoints")
+    p.add_argument("--stop-at-step", type=int, metavar="N", help="stop (with a checkpoint) after step N")
+    p.add_argument("--accelerate-config", metavar="FILE",
+                   help="accelerate config (configs/accelerate/*.yaml: single_gpu, ddp_8gpu, multi_node, fsdp, "
+                        "deepspeed_zero2, cpu_2proc); default: accelerate's own default")
+    p.add_argument("--num-processes", type=int, metavar="N", help="processes on this machine (overrides the accelerate config)")
+    p.add_argument("--main-process-port", type=int, metavar="PORT",
+                   help="rendezvous port (default: the accelerate config's, else a free port on single-machine runs)")
+    p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present (gloo)")
+    p.add_argument("--dry-run", action="store_true", help="print the launch command and exit")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _has_cuda() -> bool:
+    import shutil
+
+    if shutil.which("nvidia-smi") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def launch_argv(args, python: str) -> tuple[list[str], dict]:
+    """(argv, extra environment) of the accelerate launch for these arguments."""
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    launch: list[str] = []
+    acc: dict = {}
+    if args.accelerate_config:
+        path = Path(args.accelerate_config)
+        if not path.is_file():
+            from datapipe.config import CONFIG_ROOT
+
+            if (CONFIG_ROOT / "accelerate" / path.name).is_file():
+                path = CONFIG_ROOT / "accelerate" / path.name
+            elif (CONFIG_ROOT / "accelerate" / f"{path.name}.yaml").is_file():
+                path = CONFIG_ROOT / "accelerate" / f"{path.name}.yaml"
+            else:
+                from supirkit.cli import UserError
+
+                raise UserError(f"{args.accelerate_config}: no such accelerate config")
+        acc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        launch += ["--config_file", str(path)]
+    nproc = args.num_processes or int(acc.get("num_processes", 1) or 1)
+    if args.num_processes:
+        launch += ["--num_processes", str(args.num_processes)]
+        if not acc:
+            launch += ["--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no"]
+            if args.num_processes > 1:
+                launch += ["--multi_gpu"]
+    elif not acc:
+        launch += ["--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no"]
+    if args.main_process_port:
+        launch += ["--main_process_port", str(args.main_process_port)]
+    elif nproc > 1 and int(acc.get("num_machines", 1) or 1) == 1 and "main_process_port" not in acc:
+        launch += ["--main_process_port", str(_free_port())]  # never collide with another run on this machine
+
+    env = {}
+    if args.cpu or not _has_cuda():
+        # `accelerate launch --cpu` starts one process only; a multi-GPU launch on CPU runs N gloo ranks.
+        env["ACCELERATE_USE_CPU"] = "1"
+        env.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc)))
+    script = ["-m", "train"]
+    if args.config:
+        script += ["--config", str(args.config)]
+    elif args.stage == "encoder":
+        script += ["--config", "train/encoder.yaml"]
+    else:
+        script += ["--config", args._default_config]
+    for o in args.overrides:
+        script += ["--set", o]
+    for flag, value in (("--out", args.out), ("--stage", args.stage), ("--resume", args.resume),
+                        ("--stop-at-step", args.stop_at_step)):
+        if value is not None:
+            script += [flag, str(value)]
+    return [python, "-m", "accelerate.commands.launch", *launch, *script], env
+
+
+def run(args) -> int:
+    import os
+    import subprocess
+    import sys
+
+    from supirkit.cli import UserError
+    from supirkit.commands._common import load
+    from train.config import TrainConfig
+
+    if args.stage == "encoder" and not args.config:
+        args.config = "train/encoder.yaml"
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"output_dir={args.out}")
+    if args.stage:
+        overrides.append(f"stage={args.stage}")
+    saved = args.overrides
+    args.overrides = overrides
+    load(args, TrainConfig)  # one-line config errors before any process starts
+    args.overrides = saved
+    if args.resume and args.resume != "latest" and os.sep in args.resume and not os.path.isdir(args.resume):
+        raise UserError(f"--resume {args.resume}: expected 'latest', a checkpoint folder or a step-N name")
+    argv, env = launch_argv(args, sys.executable)
+    if args.dry_run:
+        print(" ".join(argv))
+        return 0
+    proc = subprocess.run(argv, env={**os.environ, **env})
+    return proc.returncode

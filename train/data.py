@@ -1,0 +1,549 @@
+"""The training data stream: a weighted mixture of shard sets, drawn as a pure function of (seed, rank, index).
+
+Sample ``i`` of rank ``r`` is chosen from a random generator seeded with ``(seed, r, i)`` and nothing else:
+
+1. the mixture member, by weight;
+2. a row of that member's rows owned by rank ``r`` (shards are split by rank; a set with fewer shards than
+   ranks is split by rows), through the per-shard parquet indexes: only their row counts are read up
+   front (parquet footers), a shard's ``key`` column only when a row of it is drawn;
+3. the crop position and the horizontal flip;
+4. whether the caption is dropped (classifier-free guidance);
+5. the degradation, by the degrader's own ``(seed, epoch, key)`` rule, with ``epoch`` derived from ``i``.
+
+Micro-batch ``m`` of rank ``r`` holds samples ``m*B .. m*B+B-1``. A run resumed at optimizer step ``s``
+starts at micro-batch ``s * grad_accum`` and so sees exactly the batches an uninterrupted run would see, for
+any number of loader workers (workers take micro-batches round robin; the DataLoader returns them in order).
+Sampling is with replacement, as in webdataset's resampled mode; unreadable or too-small samples are
+replaced by a new draw from the same seed (``attempt`` 1, 2, ...), so the replacement is deterministic too.
+
+Images are read by random access: each worker scans a tar's headers once (member offsets) and then reads
+just the members of the drawn key. Local paths and fsspec URLs both work (URLs by range reads).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import tarfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+from torch.utils.data import IterableDataset
+
+from train.config import DataSection, MixtureMember
+
+log = logging.getLogger(__name__)
+
+#: webdataset convention: the key is the member name up to the first dot of its basename.
+_MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")
+_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "jp2", "ppm")
+#: stream id of the validation pairs (training streams are the ranks 0..world-1)
+VALIDATION_STREAM = 1 << 20
+
+
+class DataError(RuntimeError):
+    """The mixture cannot produce samples (no shards, no rows, every redraw failed)."""
+
+
+# ----------------------------------------------------------------------------------------- shard indexes
+
+def _index_url(tar_url: str) -> str:
+    return tar_url[:-4] + ".parquet" if tar_url.endswith(".tar") else tar_url + ".parquet"
+
+
+def _open(url: str):
+    from datapipe.sources import open_binary
+
+    return open_binary(url)
+
+
+def _exists(url: str) -> bool:
+    from datapipe.sources import is_url
+
+    if is_url(url):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+        return fs.exists(path)
+    return os.path.isfile(url)
+
+
+def _parquet_rows(url: str) -> int:
+    import pyarrow.parquet as pq
+
+    with _open(url) as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+class _LRU:
+    """A small least-recently-used cache (per process; safe to share across threads)."""
+
+    def __init__(self, size: int, on_evict: Optional[Callable] = None):
+        self.size, self.on_evict = size, on_evict
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, make):
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                return self._d[key]
+        value = make()
+        with self._lock:
+            self._d[key] = value
+            while len(self._d) > self.size:
+                _, old = self._d.popitem(last=False)
+                if self.on_evict:
+                    self.on_evict(old)
+        return value
+
+    def clear(self):
+        with self._lock:
+            if self.on_evict:
+                for v in self._d.values():
+                    self.on_evict(v)
+            self._d.clear()
+
+
+class ShardSetIndex:
+    """Row counts of every shard of one shard set (from the parquet footers) and lazy per-shard key lists.
+
+    Shards without a parquet index (written by other tools) are counted by scanning their tar once.
+    Rows whose ``status`` column (img2dataset) is not ``success`` have no image; drawing one yields
+    ``None`` as key and the caller draws again.
+    """
+
+    def __init__(self, urls: list[str], threads: int = 16):
+        if not urls:
+            raise DataError("shard set has no shards")
+        self.urls = list(urls)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(self.urls)))) as pool:
+            counts = list(pool.map(self._count, self.urls))
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self._keys = _LRU(64)
+
+    @staticmethod
+    def _count(url: str) -> int:
+        index = _index_url(url)
+        if _exists(index):
+            return _parquet_rows(index)
+        return len(_scan_tar_keys(url))
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def keys(self, shard: int) -> list[Optional[str]]:
+        return self._keys.get(shard, lambda: self._read_keys(shard))
+
+    def _read_keys(self, shard: int) -> list[Optional[str]]:
+        url = self.urls[shard]
+        index = _index_url(url)
+        if not _exists(index):
+            return _scan_tar_keys(url)
+        import pyarrow.parquet as pq
+
+        with _open(index) as f:
+            pf = pq.ParquetFile(f)
+            names = set(pf.schema_arrow.names)
+            columns = ["key"] + (["status"] if "status" in names else [])
+            table = pf.read(columns=columns)
+        keys = table.column("key").to_pylist()
+        if "status" in columns:
+            status = table.column("status").to_pylist()
+            keys = [k if s == "success" else None for k, s in zip(keys, status)]
+        return keys
+
+    def __getstate__(self):  # workers rebuild their caches
+        state = dict(self.__dict__)
+        state["_keys"] = _LRU(64)
+        return state
+
+
+class RankView:
+    """The rows of one shard set that belong to one rank: whole shards (``shard % world == rank``) when
+    there are at least as many shards as ranks, else every ``world``-th row. ``locate(j)`` maps the
+    rank's ``j``-th row to ``(shard, row)``."""
+
+    def __init__(self, index: ShardSetIndex, rank: int, world: int, split: bool = True):
+        self.index = index
+        n = len(index.urls)
+        counts = index.counts
+        total = int(counts.sum())
+        if not split or world <= 1:
+            self.mode, self.shards, self.rank, self.world = "all", np.arange(n), 0, 1
+        elif n >= world:
+            self.mode, self.shards, self.rank, self.world = "shards", np.arange(rank, n, world), rank, world
+        elif total >= world:
+            self.mode, self.shards, self.rank, self.world = "rows", np.arange(n), rank, world
+        else:  # fewer rows than ranks: every rank draws from all rows
+            log.warning("shard set with %d rows is shared by all %d ranks", total, world)
+            self.mode, self.shards, self.rank, self.world = "all", np.arange(n), 0, 1
+        own = counts[self.shards]
+        self._cum = np.concatenate([[0], np.cumsum(own)])
+        if self.mode == "rows":
+            self.count = (total - rank + world - 1) // world
+        else:
+            self.count = int(self._cum[-1])
+
+    def locate(self, j: int) -> tuple[int, int]:
+        if self.mode == "rows":
+            j = j * self.world + self.rank
+        pos = int(np.searchsorted(self._cum, j, side="right") - 1)
+        return int(self.shards[pos]), int(j - self._cum[pos])
+
+
+# ------------------------------------------------------------------------------------ tar random access
+
+def _safe(name: str) -> bool:
+    p = PurePosixPath(name)
+    return not (name.startswith(("/", "\\")) or ".." in p.parts or ":" in name.split("/")[0])
+
+
+def _scan_members(url: str) -> dict[str, dict[str, tuple[int, int]]]:
+    """key -> {ext: (data offset, size)} for every regular, safely named member of a tar."""
+    table: dict[str, dict[str, tuple[int, int]]] = {}
+    with _open(url) as f:
+        with tarfile.open(fileobj=f, mode="r:") as tf:
+            for m in tf:
+                if not m.isfile() or not _safe(m.name):
+                    continue
+                match = _MEMBER_RE.match(m.name)
+                if match is None:
+                    continue
+                key, ext = match.group(1), match.group(2).lower()
+                table.setdefault(key, {})[ext] = (m.offset_data, m.size)
+    return table
+
+
+def _scan_tar_keys(url: str) -> list[Optional[str]]:
+    table = _scan_members(url)
+    return [k for k in sorted(table) if any(e in table[k] for e in _IMAGE_EXTS)]
+
+
+class TarReader:
+    """Reads the members of one key from a tar by offset (tar headers scanned once per shard and process)."""
+
+    def __init__(self, cache_shards: int = 256, cache_files: int = 8):
+        self._tables = _LRU(cache_shards)
+        self._files = _LRU(cache_files, on_evict=lambda f: f.close())
+        self._pid = os.getpid()
+
+    def _check_pid(self):
+        if os.getpid() != self._pid:  # forked: never share file positions with the parent
+            self._files = _LRU(self._files.size, on_evict=lambda f: f.close())
+            self._pid = os.getpid()
+
+    def read(self, url: str, key: str) -> dict:
+        self._check_pid()
+        table = self._tables.get(url, lambda: _scan_members(url))
+        members = table.get(key)
+        if members is None:
+            raise KeyError(f"{url}: no member {key!r}")
+        f = self._files.get(url, lambda: _open(url))
+        sample = {"__key__": key, "__shard__": url}
+        for ext, (offset, size) in members.items():
+            f.seek(offset)
+            sample[ext] = f.read(size)
+        return sample
+
+    def __getstate__(self):
+        return {"_tables": _LRU(self._tables.size), "_files": _LRU(self._files.size, on_evict=lambda f: f.close()),
+                "_pid": -1}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+# ----------------------------------------------------------------------------------------------- stream
+
+@dataclass(frozen=True)
+class Draw:
+    """Everything random about sample ``index`` (attempt ``attempt``) except the degradation."""
+
+    index: int
+    attempt: int
+    member: int
+    shard: int
+    row: int
+    u_top: float
+    u_left: float
+    flip: bool
+    drop_caption: bool
+
+
+def _caption(sample: dict, meta: dict) -> str:
+    txt = sample.get("txt")
+    if txt is not None:
+        return txt.decode("utf-8", errors="replace").strip() if isinstance(txt, bytes) else str(txt).strip()
+    return str(meta.get("caption") or "").strip()
+
+
+def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    import cv2
+
+    interp = cv2.INTER_AREA if h * w < img.shape[0] * img.shape[1] else cv2.INTER_CUBIC
+    return cv2.resize(img, (w, h), interpolation=interp)
+
+
+class PromptRule:
+    """The shared prompt-assembly rule (``train.prompts``) with the restore config's positive prompt and
+    separator, applied per member (``assemble``: caption + positive prompt; ``caption``: caption alone).
+    The 77-token cut happens in the text encoders, exactly as when restoring."""
+
+    def __init__(self, positive: str = "", separator: str = ", ", max_tokens: int = 77):
+        self.positive, self.separator, self.max_tokens = positive, separator, max_tokens
+        self._assembler = None
+
+    @classmethod
+    def from_restore_config(cls, restore_cfg) -> "PromptRule":
+        p = restore_cfg.prompt
+        return cls(p.positive, p.separator, p.max_tokens)
+
+    def __call__(self, caption: str, mode: str) -> str:
+        if mode == "caption":
+            return caption
+        if self._assembler is None:
+            from train.prompts import PromptAssembler
+
+            self._assembler = PromptAssembler(None, self.positive, self.separator, self.max_tokens)
+        return self._assembler(caption).text
+
+    def __getstate__(self):
+        return {"positive": self.positive, "separator": self.separator, "max_tokens": self.max_tokens,
+                "_assembler": None}
+
+
+def load_restore_config(spec: str, overrides=()):
+    from datapipe.config import load_config
+    from train.model.config import RestoreConfig
+
+    return load_config(RestoreConfig, spec, list(overrides))
+
+
+class MixtureStream(IterableDataset):
+    """The sample/batch source of one rank (see module docstring). Picklable; iterable as micro-batches."""
+
+    def __init__(self, data: DataSection, *, seed: int, rank: int = 0, world: int = 1, batch_size: int = 1,
+                 start_micro_batch: int = 0, stream: Optional[int] = None, prompt_rule: Optional[PromptRule] = None,
+                 fixed_time_ids: Optional[list[float]] = None, degrader_factory: Optional[Callable] = None,
+                 indexes: Optional[list[ShardSetIndex]] = None):
+        from datapipe.shards import list_shards
+
+        self.data, self.seed, self.rank, self.world = data, int(seed), int(rank), int(world)
+        self.stream = self.rank if stream is None else int(stream)
+        self.batch_size, self.start_micro_batch = int(batch_size), int(start_micro_batch)
+        self.members: list[MixtureMember] = list(data.mixture)
+        if indexes is None:
+            indexes = []
+            for m in self.members:
+                try:
+                    urls = list_shards(m.shards)
+                except FileNotFoundError as exc:
+                    raise DataError(f"mixture member {m.name!r}: {exc}") from None
+                if not urls:
+                    raise DataError(f"mixture member {m.name!r}: no shards in {m.shards}")
+                indexes.append(ShardSetIndex(urls))
+        self.indexes = indexes
+        split = data.split_shards_by_rank and self.stream < VALIDATION_STREAM
+        self.views = [RankView(ix, self.rank, self.world, split) for ix in self.indexes]
+        for m, v in zip(self.members, self.views):
+            if v.count == 0:
+                raise DataError(f"mixture member {m.name!r} has no rows for rank {self.rank}")
+        w = np.array([m.weight for m in self.members], dtype=np.float64)
+        self.probs = w / w.sum()
+        self._cum = np.cumsum(self.probs)
+        self._cum[-1] = 1.0
+        self.total_rows = sum(ix.total for ix in self.indexes)
+        self.epoch_samples = data.epoch_samples or max(1, self.total_rows)
+        if prompt_rule is None or fixed_time_ids is None:
+            restore_cfg = load_restore_config(data.restore_config)
+            prompt_rule = prompt_rule or PromptRule.from_restore_config(restore_cfg)
+            fixed_time_ids = fixed_time_ids or restore_cfg.micro_conditioning.time_ids()
+        self.prompt_rule = prompt_rule
+        self.fixed_time_ids = [float(v) for v in fixed_time_ids]
+        if len(self.fixed_time_ids) != 6:
+            raise DataError(f"micro-conditioning needs 6 numbers, got {self.fixed_time_ids}")
+        self.degrader_factory = degrader_factory or DegraderFactory(data.degrade, data.degrade_overrides)
+        self._degrader = None
+        hq_size = getattr(getattr(self.degrader(), "config", None), "hq_size", None)
+        if hq_size is not None and hq_size != data.crop.size:
+            raise DataError(f"degradation profile {data.degrade!r} takes {hq_size}px crops but data.crop.size is "
+                            f"{data.crop.size}: change one, or set data.degrade_overrides: [hq_size=null]")
+        self.reader = TarReader()
+
+    # --------------------------------------------------------------------------- pure functions of i
+    def plan(self, index: int, attempt: int = 0) -> Draw:
+        rng = np.random.default_rng([self.seed, self.stream, int(index), int(attempt)])
+        u = rng.random(6)
+        member = int(np.searchsorted(self._cum, u[0], side="right"))
+        member = min(member, len(self.members) - 1)
+        view = self.views[member]
+        j = min(int(u[1] * view.count), view.count - 1)
+        shard, row = view.locate(j)
+        return Draw(index=int(index), attempt=int(attempt), member=member, shard=shard, row=row,
+                    u_top=float(u[2]), u_left=float(u[3]), flip=bool(u[4] < self.data.crop.hflip_prob),
+                    drop_caption=bool(u[5] < self.data.caption_drop_prob))
+
+    def epoch_of(self, index: int) -> int:
+        """Samples drawn by all ranks before this one, in epochs (degradations change per epoch)."""
+        return (int(index) * self.world + self.rank) // self.epoch_samples
+
+    def degrader(self):
+        if self._degrader is None:
+            self._degrader = self.degrader_factory()
+        return self._degrader
+
+    def sample(self, index: int) -> dict:
+        from datapipe.decode import DecodeError
+
+        reasons = []
+        for attempt in range(self.data.max_redraws + 1):
+            draw = self.plan(index, attempt)
+            try:
+                return self._make(draw)
+            except (DecodeError, KeyError, _Skip, OSError, tarfile.TarError) as exc:
+                reasons.append(f"{type(exc).__name__}: {exc}")
+        raise DataError(f"sample {index} of stream {self.stream}: {self.data.max_redraws + 1} draws failed: "
+                        + "; ".join(reasons[-3:]))
+
+    def _make(self, draw: Draw) -> dict:
+        from datapipe.decode import decode_rgb
+        from datapipe.shards import sample_image, sample_meta
+
+        member = self.members[draw.member]
+        index = self.indexes[draw.member]
+        key = index.keys(draw.shard)[draw.row]
+        if key is None:
+            raise _Skip("row without image")
+        raw = self.reader.read(index.urls[draw.shard], key)
+        _, data = sample_image(raw)
+        if data is None:
+            raise _Skip(f"{key}: no image member")
+        img, _ = decode_rgb(data, self.data.max_pixels)
+        meta = sample_meta(raw)
+        crop = self.data.crop
+        h0, w0 = img.shape[:2]
+        if crop.resize_short_side:
+            s = crop.resize_short_side / min(h0, w0)
+            img = _resize(img, max(1, round(h0 * s)), max(1, round(w0 * s)))
+        c = crop.size
+        h, w = img.shape[:2]
+        if min(h, w) < c:
+            if crop.small_images == "skip":
+                raise _Skip(f"{key}: {w}x{h} is smaller than the {c} crop")
+            s = c / min(h, w)
+            img = _resize(img, max(c, math.ceil(h * s)), max(c, math.ceil(w * s)))
+            h, w = img.shape[:2]
+        top = min(int(draw.u_top * (h - c + 1)), h - c)
+        left = min(int(draw.u_left * (w - c + 1)), w - c)
+        hq = img[top:top + c, left:left + c]
+        if draw.flip:
+            hq = hq[:, ::-1]
+        hq = np.ascontiguousarray(hq)
+        target, lq, _params = self.degrader()(hq, seed=self.seed, epoch=self.epoch_of(draw.index), key=key)
+        target, lq = np.asarray(target), np.asarray(lq)
+        if target.shape[:2] != (c, c):
+            target = _resize(target, c, c)
+        if lq.shape[:2] != (c, c):  # the LQ goes through the VAE beside the HQ: same size
+            lq = _resize(lq, c, c)
+        caption = _caption(raw, meta)
+        prompt = "" if draw.drop_caption else self.prompt_rule(caption, member.prompt)
+        return {"hq": np.ascontiguousarray(target, dtype=np.uint8), "lq": np.ascontiguousarray(lq, dtype=np.uint8),
+                "caption": caption, "prompt": prompt, "time_ids": self._time_ids(h0, w0, top * h0 / h, left * w0 / w),
+                "key": key, "member": draw.member, "index": draw.index, "attempt": draw.attempt}
+
+    def _time_ids(self, h0: int, w0: int, top: float, left: float) -> list[float]:
+        if self.data.micro_conditioning == "fixed":
+            return list(self.fixed_time_ids)
+        th, tw = self.fixed_time_ids[4:6]
+        return [float(h0), float(w0), float(round(top)), float(round(left)), th, tw]
+
+    def micro_batch(self, m: int) -> dict:
+        b = self.batch_size
+        batch = collate([self.sample(m * b + k) for k in range(b)])
+        batch["micro_batch"] = int(m)
+        return batch
+
+    # --------------------------------------------------------------------------- iteration
+    def __iter__(self) -> Iterator[dict]:
+        import torch.utils.data as tud
+
+        info = tud.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        m = self.start_micro_batch + worker
+        while True:
+            yield self.micro_batch(m)
+            m += workers
+
+    def member_names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+
+class _Skip(Exception):
+    """This draw cannot be used (no image, too small); draw again."""
+
+
+class DegraderFactory:
+    """Builds the degrader (profile name or YAML path, with ``--set`` style overrides)."""
+
+    def __init__(self, spec: str, overrides=()):
+        self.spec, self.overrides = spec, list(overrides)
+
+    def __call__(self):
+        from degrade import Degrader
+
+        spec = self.spec
+        if spec.endswith((".yaml", ".yml")) or "/" in spec or os.sep in spec:
+            return Degrader.from_config(spec, self.overrides)
+        return Degrader.from_profile(spec, self.overrides)
+
+
+def collate(samples: list[dict]) -> dict:
+    """uint8 images stay uint8 (4x less to move between processes); the loop converts on the device."""
+    import torch
+
+    hq = torch.from_numpy(np.stack([s["hq"] for s in samples])).permute(0, 3, 1, 2).contiguous()
+    lq = torch.from_numpy(np.stack([s["lq"] for s in samples])).permute(0, 3, 1, 2).contiguous()
+    return {
+        "hq": hq, "lq": lq,
+        "prompt": [s["prompt"] for s in samples],
+        "caption": [s["caption"] for s in samples],
+        "time_ids": torch.tensor([s["time_ids"] for s in samples], dtype=torch.float32),
+        "key": [s["key"] for s in samples],
+        "member": torch.tensor([s["member"] for s in samples], dtype=torch.int64),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
+    }
+
+
+def to_model_range(images_uint8, device, dtype):
+    """uint8 B x 3 x H x W -> float in [-1, 1] on ``device``."""
+    return images_uint8.to(device=device, non_blocking=True).to(dtype).div(127.5).sub(1.0)
+
+
+def build_loader(stream: MixtureStream, num_workers: int, prefetch_factor: int = 2, pin_memory: bool = False):
+    """A DataLoader over whole micro-batches (the stream batches itself); order is deterministic."""
+    from torch.utils.data import DataLoader
+
+    kwargs = {}
+    if num_workers > 0:
+        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False)
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
+
+
+def build_stream(data: DataSection, *, seed: int, rank: int, world: int, batch_size: int, start_micro_batch: int = 0,
+                 stream: Optional[int] = None, indexes: Optional[list[ShardSetIndex]] = None) -> MixtureStream:
+    return MixtureStream(data, seed=seed, rank=rank, world=world, batch_size=batch_size,
+                         start_micro_batch=start_micro_batch, stream=stream, indexes=indexes)
+
+
+__all__ = ["MixtureStream", "ShardSetIndex", "RankView", "TarReader", "Draw", "DataError", "collate",
+           "build_loader", "build_stream", "to_model_range", "VALIDATION_STREAM", "PromptRule", "DegraderFactory",
+           "load_restore_config"]

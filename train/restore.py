@@ -1,0 +1,265 @@
+"""Restore images with SDXL + a SUPIR adaptor (the library behind ``supirkit restore``).
+
+Per image (official ``SUPIR_model.batchify_sample`` and ``test.py``):
+
+1. resize by ``upscale`` (bicubic), raise the short side to ``min_size``, round to ``size_multiple``;
+2. LQ latent ``z = scaling * mode(quant_conv(E_dr(x)))`` with the adaptor's DR encoder (the SDXL encoder
+   when the adaptor folder has none, with a warning); stage-1 image ``x1 = D(z)``; guidance target
+   ``x_center`` per ``sampler.guidance_latent`` (official: SDXL-encoder *sample* of ``x1``);
+3. caption: ``--prompt`` text, else LLaVA on ``x1`` at short side 512, else empty; the shared prompt rule
+   (``train.prompts``) appends the positive prompt; the negative prompt is the unconditional branch;
+4. restoration-guided EDM sampling (tiled when the latent exceeds one tile), decode, colour fix against
+   ``x1``, resize to the upscaled input size, write ``<stem>.png`` (+ a JSON sidecar with the caption,
+   prompt and settings).
+
+One ``torch.Generator`` seeded with ``runtime.seed`` per image drives every random draw (re-encode sample,
+initial latent, churn noise), in that order, so a result depends only on the image, the weights and the config.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+LLAVA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                "helpful, detailed, and polite answers to the user's questions.")
+
+
+@dataclass
+class RestoreResult:
+    image: object  # PIL.Image
+    caption: str
+    prompt: str
+    prompt_truncated: bool
+    working_size: tuple[int, int]  # (w, h) sampled
+    tiled: bool
+
+
+def _resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _resolve_dtype(name: str, device, cuda_default: str):
+    import torch
+
+    if name == "auto":
+        name = cuda_default if device.type == "cuda" else "float32"
+    return getattr(torch, name)
+
+
+def working_size(w: int, h: int, upscale: float, min_size: int, multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((w0, h0) output size, (w, h) sampling size), as the official ``PIL2Tensor``."""
+    w, h = w * upscale, h * upscale
+    w0, h0 = int(round(w)), int(round(h))
+    if min(w, h) < min_size:
+        s = min_size / min(w, h)
+        w, h = w * s, h * s
+    ws = max(multiple, int(round(w / multiple)) * multiple)
+    hs = max(multiple, int(round(h / multiple)) * multiple)
+    return (w0, h0), (ws, hs)
+
+
+class LlavaCaptioner:
+    """LLaVA-1.5 through transformers (``LlavaForConditionalGeneration`` + ``AutoProcessor``), loaded lazily."""
+
+    def __init__(self, model_id: str, config, device, seed: int = 0):
+        self.model_id, self.config, self.device, self.seed = model_id, config, device, seed
+        self._model = self._processor = None
+
+    def _load(self):
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        dtype = _resolve_dtype(self.config.dtype, self.device, "float16")
+        self._processor = AutoProcessor.from_pretrained(self.model_id)
+        self._model = LlavaForConditionalGeneration.from_pretrained(self.model_id, dtype=dtype).to(self.device).eval()
+
+    def prompt(self) -> str:
+        # The official vicuna_v1 conversation string (llava/conversation.py, llava_agent.py:L34-45).
+        return f"{LLAVA_SYSTEM} USER: <image>\n{self.config.instruction} ASSISTANT:"
+
+    def __call__(self, image) -> str:
+        import torch
+
+        if self._model is None:
+            self._load()
+        inputs = self._processor(images=image, text=self.prompt(), return_tensors="pt").to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
+        c = self.config
+        gen = dict(max_new_tokens=c.max_new_tokens, do_sample=c.do_sample, num_beams=1)
+        if c.do_sample:
+            gen.update(temperature=c.temperature, top_p=c.top_p)
+            torch.manual_seed(self.seed)  # generate() samples from the global RNG [I: seeded for repeatability]
+        with torch.no_grad():
+            out = self._model.generate(**inputs, **gen)
+        new = out[0, inputs["input_ids"].shape[1]:]
+        text = self._processor.tokenizer.decode(new, skip_special_tokens=True)
+        return " ".join(text.replace("</s>", "").split()).strip()
+
+
+class SUPIRRestorer:
+    """Holds the loaded SDXL parts and the SUPIR model; ``restore(image)`` runs one image."""
+
+    def __init__(self, vae, text_encoders, model, schedule, config, captioner=None, device=None):
+        import torch
+
+        self.vae, self.text, self.model, self.schedule = vae, text_encoders, model, schedule
+        self.config = config
+        self.captioner = captioner
+        self.device = device or torch.device("cpu")
+        from .prompts import PromptAssembler
+
+        self.assembler = PromptAssembler.from_config(config.prompt, text_encoders.tokenizer, logger=log)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, sdxl: str, adaptor_dir, config, captioner: Optional[str] = None) -> "SUPIRRestorer":
+        from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+
+        from .model.sampler import SigmaSchedule
+        from .model.supir import SUPIRModel, move_to
+        from .model.text import SDXLTextEncoders
+
+        rt = config.runtime
+        device = _resolve_device(rt.device)
+        dtype = _resolve_dtype(rt.dtype, device, "float16")
+        vae_dtype = _resolve_dtype(rt.vae_dtype, device, "bfloat16")
+        unet = UNet2DConditionModel.from_pretrained(sdxl, subfolder="unet", torch_dtype=dtype).to(device).eval()
+        vae = AutoencoderKL.from_pretrained(sdxl, subfolder="vae", torch_dtype=vae_dtype).to(device).eval()
+        vae.requires_grad_(False)
+        text = SDXLTextEncoders.from_pretrained(sdxl, dtype=dtype, device=device)
+        schedule = SigmaSchedule.from_scheduler_config(EulerDiscreteScheduler.load_config(sdxl, subfolder="scheduler"))
+        model = SUPIRModel.from_adaptor(unet, adaptor_dir, control_scale=config.sampler.control_scale).eval()
+        if model.dr_encoder is not None:
+            move_to(model.dr_encoder, device, vae_dtype)
+        else:
+            log.warning("%s has no dr_encoder/: the LQ latent comes from the plain SDXL VAE encoder", adaptor_dir)
+        cap = LlavaCaptioner(captioner, config.captioner, device, seed=rt.seed) if captioner else None
+        return cls(vae, text, model, schedule, config, captioner=cap, device=device)
+
+    # ------------------------------------------------------------------ steps
+    def _to_tensor(self, image, size):
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        img = image.convert("RGB").resize(size, Image.BICUBIC)
+        arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+        return torch.from_numpy(arr).permute(2, 0, 1)[None].to(self.device)
+
+    def _encode_lq(self, x):
+        import torch
+
+        vae, sf = self.vae, self.vae.config.scaling_factor
+        with torch.no_grad():
+            if self.model.dr_encoder is not None:
+                return self.model.dr_encoder.latent(x.to(vae.dtype), vae).float()
+            return vae.encode(x.to(vae.dtype)).latent_dist.mode().float() * sf
+
+    def _decode(self, latent):
+        import torch
+
+        with torch.no_grad():
+            return self.vae.decode((latent / self.vae.config.scaling_factor).to(self.vae.dtype)).sample.float()
+
+    def _guidance_latent(self, z_dr, x_stage1, generator):
+        import torch
+
+        kind = self.config.sampler.guidance_latent
+        if kind == "dr_latent":
+            return z_dr
+        with torch.no_grad():
+            dist = self.vae.encode(x_stage1.to(self.vae.dtype)).latent_dist
+            z = dist.sample(generator=generator) if kind == "reencode_sample" else dist.mode()
+        return z.float() * self.vae.config.scaling_factor
+
+    def caption(self, x_stage1) -> str:
+        from PIL import Image
+
+        if self.captioner is None:
+            return ""
+        img = tensor_to_pil(x_stage1)
+        short = self.config.captioner.image_short_side
+        s = short / min(img.size)
+        img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))), Image.BICUBIC)
+        return self.captioner(img)
+
+    def restore(self, image, prompt: Optional[str] = None, seed: Optional[int] = None) -> RestoreResult:
+        import torch
+        import torch.nn.functional as F
+
+        from .model.colorfix import color_fix
+        from .model.sampler import Conditioning, RestoreEDMSampler, SamplerSettings, supir_eps_fn
+        from .model.text import time_ids
+
+        cfg = self.config
+        (w0, h0), (w, h) = working_size(*image.size, cfg.image.upscale, cfg.image.min_size, cfg.image.size_multiple)
+        generator = torch.Generator("cpu").manual_seed(cfg.runtime.seed if seed is None else seed)
+        x = self._to_tensor(image, (w, h))
+        z_dr = self._encode_lq(x)
+        x_stage1 = self._decode(z_dr)
+        x_center = self._guidance_latent(z_dr, x_stage1, generator)
+
+        caption = prompt if prompt is not None else self.caption(x_stage1)
+        assembled = self.assembler(caption)
+        embeds, pooled = self.text.encode([assembled.text, cfg.prompt.negative])
+        ids = time_ids(cfg.micro_conditioning.time_ids(), 1, device=self.device)
+        cond = Conditioning(embeds[:1], pooled[:1], ids, z_dr)
+        uncond = Conditioning(embeds[1:], pooled[1:], ids, z_dr)
+
+        settings = SamplerSettings.from_config(cfg.sampler)
+        sampler = RestoreEDMSampler(self.schedule, settings)
+        latent = sampler.initial_latent(z_dr.shape, generator).to(self.device)
+        eps_fn = supir_eps_fn(self.model)
+        tiled = max(z_dr.shape[-2:]) > cfg.tiling.tile_size
+        if tiled:
+            latent = sampler.sample_tiled(eps_fn, latent, cond, uncond, x_center, generator,
+                                          cfg.tiling.tile_size, cfg.tiling.tile_stride)
+        else:
+            latent = sampler.sample(eps_fn, latent, cond, uncond, x_center, generator)
+        out = color_fix(self._decode(latent), x_stage1, cfg.image.color_fix)
+        if (w, h) != (w0, h0):
+            out = F.interpolate(out, size=(h0, w0), mode="bicubic", align_corners=False)
+        return RestoreResult(tensor_to_pil(out), caption, assembled.text, assembled.truncated, (w, h), tiled)
+
+
+def tensor_to_pil(x):
+    import numpy as np
+    from PIL import Image
+
+    arr = (x[0].float().permute(1, 2, 0).cpu().numpy() * 127.5 + 127.5).round().clip(0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def restore_images(images, out_dir, sdxl: str, adaptor, config, captioner: Optional[str] = None,
+                   prompt: Optional[str] = None, restorer: Optional[SUPIRRestorer] = None) -> list[Path]:
+    """Restore each image file into ``out_dir/<stem>.png`` (+ ``<stem>.json``); returns the PNG paths."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    restorer = restorer or SUPIRRestorer.load(sdxl, adaptor, config, captioner=captioner)
+    written = []
+    for path in images:
+        path = Path(path)
+        with Image.open(path) as im:
+            im.load()
+            result = restorer.restore(im, prompt=prompt)
+        target = out / f"{path.stem}.png"
+        result.image.save(target)
+        meta = {"source": str(path), "caption": result.caption, "prompt": result.prompt,
+                "prompt_truncated": result.prompt_truncated, "working_size": list(result.working_size),
+                "output_size": list(result.image.size), "tiled": result.tiled,
+                "config": config.model_dump(mode="json")}
+        target.with_suffix(".json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        log.info("%s -> %s (%dx%d)", path, target, *result.image.size)
+        written.append(target)
+    return written

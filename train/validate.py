@@ -1,0 +1,178 @@
+"""Periodic validation on the main process.
+
+* ``val/loss``: the training loss on fixed batches with fixed noise and timesteps (comparable across steps,
+  unlike the noisy training loss);
+* restoration: a fixed set of LQ images (drawn and degraded once from the mixture, or read from
+  ``validation.lq_folder``) restored with the model developer's restorer (``train.restore.SUPIRRestorer``:
+  stage-1 image, restoration-guided EDM sampler, colour fix) using the weights being trained; a grid
+  LQ | restored | HQ is logged and written to ``validation/step-N.png``;
+* metrics with pyiqa: full-reference (PSNR, SSIM, LPIPS) where HQ exists, no-reference (MUSIQ, CLIPIQA, ...)
+  on the restored images. Metrics whose weights are not present (no download possible) are skipped with
+  one log line.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from train.config import TrainConfig
+
+log = logging.getLogger("train")
+
+#: pyiqa metrics that compare with a reference image
+FULL_REFERENCE = {"psnr", "ssim", "ms_ssim", "lpips", "lpips-vgg", "dists", "fsim", "vif", "psnry", "ssimc"}
+
+
+class MetricSet:
+    """pyiqa metrics created once; those that cannot be created offline are dropped with one log line."""
+
+    def __init__(self, names: list[str], device):
+        self.metrics: dict = {}
+        self.skipped: dict[str, str] = {}
+        if not names:
+            return
+        import pyiqa
+
+        for name in names:
+            sink = io.StringIO()
+            try:  # pyiqa/torch.hub print download attempts: keep them out of the training log
+                with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
+                    self.metrics[name] = pyiqa.create_metric(name, device=device, as_loss=False)
+            except Exception as exc:  # offline: the weights download fails (URLError, OSError, HF errors)
+                self.skipped[name] = f"{type(exc).__name__}"
+        if self.skipped:
+            log.info("validation metrics skipped (weights not available): %s",
+                     ", ".join(f"{k} ({v})" for k, v in self.skipped.items()))
+
+    def __call__(self, restored: np.ndarray, reference: Optional[np.ndarray]) -> dict[str, float]:
+        import torch
+
+        def t(a):
+            return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1)[None].float().div(255.0)  # writable
+
+        out = {}
+        x = t(restored)
+        for name, metric in self.metrics.items():
+            with torch.no_grad():
+                if name in FULL_REFERENCE:
+                    if reference is None:
+                        continue
+                    value = metric(x.to(metric.device), t(reference).to(metric.device))
+                else:
+                    value = metric(x.to(metric.device))
+            out[name] = float(value.mean())
+        return out
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+class Validator:
+    def __init__(self, cfg: TrainConfig, device, out: Path, indexes=None):
+        from train.data import VALIDATION_STREAM, MixtureStream, load_restore_config
+
+        self.cfg, self.device, self.out = cfg, device, Path(out)
+        v = cfg.validation
+        self.restore_cfg = load_restore_config(cfg.data.restore_config, v.restore_overrides)
+        # Validation pairs and loss batches come from their own stream: never dropped captions.
+        data = cfg.data.model_copy(update={"caption_drop_prob": 0.0})
+        self.stream = MixtureStream(data, seed=cfg.schedule.seed, rank=0, world=1, stream=VALIDATION_STREAM,
+                                    batch_size=cfg.schedule.batch_size, indexes=indexes)
+        self.pairs = self._pairs() if cfg.stage == "adaptor" and v.num_images else []
+        self._batches = None
+        self._metrics = None
+
+    def _pairs(self) -> list[dict]:
+        v = self.cfg.validation
+        if v.lq_folder:
+            from datapipe.decode import IMAGE_EXTENSIONS
+
+            files = sorted(p for p in Path(v.lq_folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:v.num_images]
+            pairs = []
+            for p in files:
+                hq = None
+                if v.hq_folder:
+                    matches = sorted(Path(v.hq_folder).glob(p.stem + ".*"))
+                    hq = _load_rgb(matches[0]) if matches else None
+                pairs.append({"name": p.stem, "lq": _load_rgb(p), "hq": hq, "caption": ""})
+            return pairs
+        # fixed indices of the validation stream, after the loss batches' samples
+        start = v.loss_batches * self.cfg.schedule.batch_size
+        pairs = []
+        for i in range(start, start + v.num_images):
+            s = self.stream.sample(i)
+            pairs.append({"name": s["key"], "lq": s["lq"], "hq": s["hq"], "caption": s["caption"]})
+        return pairs
+
+    # ------------------------------------------------------------------------------------------ loss
+    def loss(self, objective, module, unwrapped, autocast) -> dict[str, float]:
+        import torch
+
+        from train.loop import _VAL_NOISE_STREAM, seed_for
+
+        if self._batches is None:
+            self._batches = [self.stream.micro_batch(m) for m in range(self.cfg.validation.loss_batches)]
+        was_training = unwrapped.training
+        unwrapped.eval()
+        losses = []
+        with torch.no_grad():
+            for m, batch in enumerate(self._batches):
+                g = torch.Generator().manual_seed(seed_for(self.cfg.schedule.seed, _VAL_NOISE_STREAM, m))
+                losses.append(float(objective.loss(unwrapped, unwrapped, batch, g, autocast)))
+        unwrapped.train(was_training)
+        return {"val/loss": float(np.mean(losses))}
+
+    # ------------------------------------------------------------------------------------- restoring
+    def restore(self, model, frozen, step: int):
+        import torch
+        from PIL import Image
+
+        from train.restore import SUPIRRestorer
+
+        if self._metrics is None:
+            self._metrics = MetricSet(self.cfg.validation.metrics, self.device)
+        was_training = model.training
+        model.eval()
+        restorer = SUPIRRestorer(frozen.vae, frozen.text, model, frozen.schedule, self.restore_cfg, device=self.device)
+        rows, per_image = [], []
+        try:
+            for pair in self.pairs:
+                lq = pair["lq"]
+                with torch.no_grad():
+                    result = restorer.restore(Image.fromarray(lq), prompt=pair["caption"])
+                restored = np.asarray(result.image.convert("RGB"), dtype=np.uint8)
+                hq = pair["hq"]
+                if hq is not None and hq.shape != restored.shape:
+                    hq = np.asarray(Image.fromarray(hq).resize(restored.shape[1::-1], Image.BICUBIC))
+                per_image.append(self._metrics(restored, hq))
+                lq_shown = np.asarray(Image.fromarray(lq).resize(restored.shape[1::-1], Image.BICUBIC))
+                rows.append(np.concatenate([lq_shown, restored] + ([hq] if hq is not None else []), axis=1))
+        finally:
+            model.train(was_training)
+        metrics = {}
+        for name in sorted({k for d in per_image for k in d}):
+            metrics[f"val/{name}"] = float(np.mean([d[name] for d in per_image if name in d]))
+        grid = _stack_rows(rows) if rows else None
+        if grid is not None:
+            folder = self.out / "validation"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(grid).save(folder / f"step-{step:08d}.png")
+        return metrics, grid
+
+
+def _stack_rows(rows: list[np.ndarray]) -> np.ndarray:
+    width = max(r.shape[1] for r in rows)
+    padded = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    return np.concatenate(padded, axis=0)
+
+
+__all__ = ["Validator", "MetricSet"]
