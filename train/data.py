@@ -500,10 +500,7 @@ class DegraderFactory:
     def __call__(self):
         from degrade import Degrader
 
-        spec = self.spec
-        if spec.endswith((".yaml", ".yml")) or "/" in spec or os.sep in spec:
-            return Degrader.from_config(spec, self.overrides)
-        return Degrader.from_profile(spec, self.overrides)
+        return Degrader.from_spec(self.spec, self.overrides)
 
 
 def collate(samples: list[dict]) -> dict:
@@ -532,9 +529,12 @@ def build_loader(stream: MixtureStream, num_workers: int, prefetch_factor: int =
     """A DataLoader over whole micro-batches (the stream batches itself); order is deterministic."""
     from torch.utils.data import DataLoader
 
+    from degrade import worker_init_fn
+
     kwargs = {}
     if num_workers > 0:
-        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False)
+        # one OpenCV thread per worker: the degradation scales by workers, not threads
+        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False, worker_init_fn=worker_init_fn)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
 
 
