@@ -1,1 +1,21 @@
-"""captioning package."""
+"""captioning: LLaVA captions for a shard set (``supirkit caption``).
+
+Public API (heavy libraries load only when a model is built):
+- ``CaptionJobConfig`` (schema of ``configs/caption/*.yaml``), ``run_caption_job(shards, out, cfg, fresh)``;
+- ``CaptionStage`` (the ``datapipe`` stage: one input shard -> one captioned shard, one model per worker);
+- ``TransformersCaptioner`` / ``VLLMCaptioner`` / ``load_backend(cfg)`` (batch of images -> ``Generation``s);
+- ``CaptionCleaner`` / ``clean_caption`` and ``TokenCounter`` (clean-up, count against SDXL's 77 tokens);
+- ``fit_image`` (pad / crop / none, as the captioner should see an image).
+"""
+from captioning.backends import (BackendError, Generation, TransformersCaptioner, VLLMCaptioner, load_backend,
+                                 render_prompt)
+from captioning.clean import CaptionCleaner, TokenCount, TokenCounter, clean_caption
+from captioning.config import SUPIR_INSTRUCTION, VICUNA_SYSTEM, CaptionJobConfig
+from captioning.images import fit_image
+from captioning.job import CaptionJobResult, CaptionStage, run_caption_job, token_report
+
+__all__ = [
+    "BackendError", "Generation", "TransformersCaptioner", "VLLMCaptioner", "load_backend", "render_prompt",
+    "CaptionCleaner", "TokenCount", "TokenCounter", "clean_caption", "SUPIR_INSTRUCTION", "VICUNA_SYSTEM",
+    "CaptionJobConfig", "fit_image", "CaptionJobResult", "CaptionStage", "run_caption_job", "token_report",
+]

@@ -25,12 +25,18 @@ class ConditionError(ValueError):
 
 
 def _column_name(node: ast.AST) -> Optional[str]:
+    """``a`` or ``a.b.c`` (a flattened column name); never evaluated as Python, and dunder parts are
+    refused all the same so that a condition never even looks like attribute access."""
     if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
+        name = node.id
+    elif isinstance(node, ast.Attribute):
         base = _column_name(node.value)
-        return f"{base}.{node.attr}" if base else None
-    return None
+        name = f"{base}.{node.attr}" if base else None
+    else:
+        return None
+    if name and any(part.startswith("__") for part in name.split(".")):
+        raise ConditionError(f"column names may not start with '__': {name!r}")
+    return name
 
 
 def _constant(node: ast.AST) -> Any:

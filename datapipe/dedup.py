@@ -62,9 +62,9 @@ def _spill(files: list[str], cols: list[str], tmp: Path, n_buckets: int) -> list
 
     schema = None
     for f in files:
+        if pq.ParquetFile(f).metadata.num_rows == 0:
+            continue  # an empty part may lack the columns (nothing was accepted in it)
         t = pq.read_table(f, columns=cols)
-        if t.num_rows == 0:
-            continue
         if schema is None:
             schema = t.schema
         t = t.cast(schema)

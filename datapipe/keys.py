@@ -37,3 +37,16 @@ def source_is_exact(source: str) -> bool:
         return "\\x" not in source
     except UnicodeDecodeError:
         return False
+
+
+def source_from_display(display: str) -> str:
+    """Best inverse of ``display_source``: ``\\xNN`` escapes become their bytes again (in the
+    surrogate-escaped form ``open`` accepts). Exact unless the original name itself held the four
+    characters ``\\xNN``; manifests keep the exact bytes in ``source_uri`` for that reason."""
+    import re
+
+    if "\\x" not in display:
+        return display
+    raw = re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m.group(1), 16)]),
+                 display.encode("utf-8", "surrogateescape"))
+    return os.fsdecode(raw)

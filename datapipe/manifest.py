@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from datapipe.conditions import Condition, ConditionError
+from datapipe.keys import source_from_display
 from datapipe.sources import FILE, TAR, InputRef
 
 
@@ -55,20 +56,87 @@ def select(path: str | Path, where: str | None, columns: list[str] | None = None
     return ds.to_table(columns=columns, filter=flt)
 
 
-def manifest_inputs(path: str | Path, where: str | None) -> Iterator[InputRef]:
-    """Listing from a scores/index table: the exact ``source_uri`` column if present, else ``source``.
-    Rows come in the table's order sorted by ``order`` when that column exists (deterministic)."""
+def manifest_inputs(path: str | Path, where: str | None, batch_rows: int = 65536) -> Iterator[InputRef]:
+    """Listing from a scores/index table: per row the exact ``source_uri`` (bytes) when present, else
+    ``source`` (its ``\\xNN`` escapes undone when the escaped name does not exist).
+
+    Files in name order; rows in ``order`` inside a file when it has that column, else in file order.
+    Streamed batch by batch, so a 20M-row manifest never sits in memory whole; only a file whose rows are
+    out of ``order`` (not one supirkit wrote) is read whole to be sorted."""
+    files = manifest_files(path)
+    if not files:
+        raise FileNotFoundError(f"{path}: folder holds no parquet files")
     ds = open_manifest(path)
     names = ds.schema.names
-    col = "source_uri" if "source_uri" in names else "source" if "source" in names else None
-    if col is None:
+    if "source_uri" not in names and "source" not in names:
         raise ConditionError(f"{path}: a manifest needs a 'source' column to re-read its inputs")
-    cols = [col] + (["order"] if "order" in names else [])
-    t = select(path, where, columns=cols)
-    if "order" in names:
-        t = t.sort_by("order")
-    for v in t.column(col).to_pylist():
-        if v is None:
+    flt, cond_cols = None, set()
+    if where:
+        cond = Condition(where)
+        missing = sorted(c for c in cond.columns if c not in names)
+        if missing:
+            raise ConditionError(f"unknown column(s) {', '.join(missing)} in {path}; available: {', '.join(names)}")
+        flt, cond_cols = cond.to_arrow(), set(cond.columns)
+    cols = [c for c in ("source_uri", "source", "order") if c in names]
+    needed = cols + sorted(cond_cols - set(cols))
+    for f in files:
+        for part in _file_batches(f, ds.schema, needed, flt, batch_rows, sort_by="order" if "order" in cols else None):
+            exact = part.column("source_uri").to_pylist() if "source_uri" in cols else [None] * part.num_rows
+            shown = part.column("source").to_pylist() if "source" in cols else [None] * part.num_rows
+            for uri, display in zip(exact, shown):
+                if uri is not None:
+                    uri = os.fsdecode(uri) if isinstance(uri, bytes) else str(uri)
+                elif display is not None:
+                    uri = _reopenable(str(display))
+                else:
+                    continue
+                yield InputRef(uri, TAR if uri.lower().endswith(".tar") else FILE)
+
+
+def _file_batches(f: str, schema, needed: list[str], flt, batch_rows: int, sort_by: str | None):
+    """Filtered tables of ``needed`` columns from one parquet file, ``batch_rows`` rows read at a time.
+    A column the file lacks reads as null (as in the unified dataset). Rows come in ``sort_by`` order:
+    a file already in that order is streamed, any other is read whole and sorted."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(f)
+    have = [c for c in needed if c in pf.schema_arrow.names]
+
+    def batches(columns):
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            t = pa.Table.from_batches([batch])
+            for c in needed:
+                if c not in t.column_names:
+                    t = t.append_column(schema.field(c), pa.nulls(t.num_rows, schema.field(c).type))
+            yield t
+
+    if sort_by is not None and sort_by in have and not _is_sorted(batches([sort_by]), sort_by):
+        whole = pa.concat_tables(batches(have)).sort_by(sort_by)
+        yield whole.filter(flt) if flt is not None else whole
+        return
+    for t in batches(have):
+        yield t.filter(flt) if flt is not None else t
+
+
+def _is_sorted(tables, column: str) -> bool:
+    import pyarrow.compute as pc
+
+    last = None
+    for t in tables:
+        values = t.column(column)
+        if t.num_rows == 0:
             continue
-        uri = os.fsdecode(v) if isinstance(v, bytes) else str(v)
-        yield InputRef(uri, TAR if uri.lower().endswith(".tar") else FILE)
+        if values.null_count or (t.num_rows > 1 and not pc.all(pc.greater_equal(values[1:], values[:-1])).as_py()):
+            return False
+        first = values[0].as_py()
+        if last is not None and first < last:
+            return False
+        last = values[-1].as_py()
+    return True
+
+
+def _reopenable(display: str) -> str:
+    if "\\x" in display and "://" not in display and not os.path.lexists(display):
+        return source_from_display(display)
+    return display

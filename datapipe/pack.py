@@ -6,6 +6,9 @@ Three passes, each resumable on its own:
 2. dedup: group equal content hashes globally (bounded memory) -> ``_dedup``;
 3. write: per partition, re-read the inputs and write the primaries unchanged into shard i; their
    duplicates are recorded on the primary (``duplicates``) and as rejections ("duplicate").
+
+Identical bytes are one image (one key) by definition, so exact dedup is not optional: it is what
+keeps keys globally unique.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Iterable, Optional
 
 from pydantic import Field
 
+from datapipe import faults
 from datapipe.config import DecodeConfig, RunnerConfig, Schema, ShardingConfig, config_hash
 from datapipe.decode import EXT_BY_FORMAT, DecodeError, decode_rgb, probe
 from datapipe.dedup import duplicates_for_partition, group_exact_duplicates
@@ -30,8 +34,9 @@ HASH_DIR = "_hashes"
 
 class PackOptions(Schema):
     verify_decode: bool = Field(True, description="Decode every image fully to reject truncated files.")
-    dedup_exact: bool = True
     min_side: int = Field(0, ge=0, description="Reject images whose short side is below this (header only).")
+    max_aspect_ratio: float = Field(50.0, ge=0, description="Reject images longer than this times their width "
+                                                           "(or the reverse); 0 = no limit.")
 
 
 class ShardJobConfig(Schema):
@@ -42,6 +47,8 @@ class ShardJobConfig(Schema):
 
 
 class HashStage(PartitionStage):
+    """Pass 1: read, check and hash every input; one table part per partition, rejections recorded."""
+
     name = "shard:hash"
 
     def __init__(self, cfg: ShardJobConfig) -> None:
@@ -50,31 +57,48 @@ class HashStage(PartitionStage):
     def open_sink(self, out_dir, prefix, index, cfg_hash):
         return TableSink(out_dir, prefix, index, cfg_hash)
 
+    def check(self, data: bytes, header=None):
+        """The header of an acceptable image, or ``DecodeError`` with the reason it is not."""
+        dc, pk = self.cfg.decode, self.cfg.pack
+        header = header or probe(data)
+        if header.width * header.height > dc.max_pixels:
+            raise DecodeError("too_many_pixels", f"{header.width}x{header.height} > {dc.max_pixels}")
+        short, long = sorted((header.width, header.height))
+        if short < pk.min_side:
+            raise DecodeError("too_small", f"{header.width}x{header.height}")
+        if pk.max_aspect_ratio and long > pk.max_aspect_ratio * max(short, 1):
+            raise DecodeError("extreme_aspect_ratio", f"{header.width}x{header.height}")
+        return header
+
     def process(self, partition: Partition, sink: TableSink, stats: ShardStats) -> None:
         dc = self.cfg.decode
         for item in iter_raw_items(partition, stats, dc.max_file_bytes, self.cfg.runner.io_retries):
             try:
-                with stats.timer("probe"):
-                    header = probe(item.data)
-                if header.width * header.height > dc.max_pixels:
-                    raise DecodeError("too_many_pixels", f"{header.width}x{header.height}")
                 if self.cfg.pack.verify_decode:
+                    # decode_rgb checks the pixel limit from the header before decoding; its header then
+                    # serves the other checks (one header parse per image instead of two)
                     with stats.timer("decode"):
-                        decode_rgb(item.data, dc.max_pixels)
+                        _, header = decode_rgb(item.data, dc.max_pixels)
+                    header = self.check(item.data, header)
+                else:
+                    with stats.timer("probe"):
+                        header = self.check(item.data)
             except DecodeError as exc:
                 stats.reject(item.source, exc.reason, exc.detail)
-                continue
-            if min(header.width, header.height) < self.cfg.pack.min_side:
-                stats.reject(item.source, "too_small", f"{header.width}x{header.height}")
                 continue
             with stats.timer("hash"):
                 key = content_key(item.data)
             sink.write({"key": key, "order": item.order, "partition": partition.index, "source": item.source,
                         "width": header.width, "height": header.height, "format": header.format,
-                        "mode": header.mode, "n_frames": header.n_frames, "bytes": len(item.data)})
+                        "mode": header.mode, "n_frames": header.n_frames, "orientation": header.orientation,
+                        "bytes": len(item.data)})
 
 
 class WriteStage(PartitionStage):
+    """Pass 2: re-read the accepted inputs and write each image once, bytes unchanged, under its
+    content key; copies are recorded on the kept sample (``copies`` in its json, ``duplicates`` in the
+    index) and each as a rejection with reason ``duplicate``."""
+
     name = "shard:write"
 
     def __init__(self, cfg: ShardJobConfig, out_dir: str) -> None:
@@ -85,14 +109,17 @@ class WriteStage(PartitionStage):
 
         hashes_file = Path(self.out_dir) / HASH_DIR / f"hash-{partition.index:06d}.parquet"
         accepted = {r["order"]: r for r in pq.read_table(hashes_file).to_pylist()}
-        dups = duplicates_for_partition(self.out_dir, partition.index) if self.cfg.pack.dedup_exact else {}
+        dups = duplicates_for_partition(self.out_dir, partition.index)
+        halfway = max(1, len(accepted) // 2)
+        seen: set[int] = set()
         scratch = ShardStats()  # pass 1 already recorded the rejections of this partition
         for item in iter_raw_items(partition, scratch, self.cfg.decode.max_file_bytes, self.cfg.runner.io_retries):
             row = accepted.get(item.order)
             if row is None:
                 continue
-            stats.count("inputs")
-            key = content_key(item.data)
+            seen.add(item.order)
+            with stats.timer("hash"):
+                key = content_key(item.data)
             if key != row["key"]:
                 stats.reject(item.source, "changed_during_job", "content differs from the hashing pass")
                 continue
@@ -100,23 +127,41 @@ class WriteStage(PartitionStage):
             if dup is not None and not dup["is_primary"]:
                 stats.reject(item.source, "duplicate", f"same content as {dup['primary_source']}")
                 continue
-            ext = EXT_BY_FORMAT.get(row["format"], item.ext or "bin")
-            meta = {"key": key, "source": item.source, "orig_width": row["width"], "orig_height": row["height"],
-                    "format": row["format"], "n_frames": row["n_frames"], "encoded": "original"}
-            if dup is not None:
-                meta["duplicates"] = list(dup["duplicates"])
-            if item.upstream.get("meta"):
-                meta["upstream"] = item.upstream["meta"]
-            sample = {"__key__": key, ext: item.data, "json": meta}
-            if "txt" in item.upstream:
-                sample["txt"] = item.upstream["txt"]
             with stats.timer("write"):
-                sink.write(sample)
-        # rejections of the hashing pass belong to this shard's statistics too
+                sink.write(self.sample(item, row, dup))
+            if len(sink) == halfway:
+                faults.maybe_fail("mid_shard", partition.index)
+        for order in sorted(set(accepted) - seen):
+            # accepted by pass 1, unreadable now (deleted or broken between the passes)
+            stats.reject(accepted[order]["source"], "vanished", "gone between the hashing and writing passes")
+        # the hashing pass's rejections and timings belong to this shard's statistics too
         hstats = json.loads((hashes_file.with_name(hashes_file.name[:-8] + ".stats.json")).read_text())
         for r in hstats.get("rejections", []):
             stats.reject(r["source"], r["reason"], r.get("detail", ""), stage="hash")
+        for name, secs in hstats.get("timings_s", {}).items():
+            stats.timings[f"hash_pass.{name}"] += secs
         stats.counts["inputs"] = int(hstats.get("counts", {}).get("inputs", 0))
+
+    @staticmethod
+    def sample(item, row: dict, dup: Optional[dict]) -> dict:
+        """The sample of one accepted input. Every sample's json has the same keys with never-null
+        scalar values (plus ``upstream`` for members of input shards): readers that infer a schema
+        from the first samples (``datasets``' webdataset builder) fail on a field that is null or an
+        empty list there and filled later. The other copies' sources (a list) therefore go to the
+        parquet index (``duplicates``, JSON text), and the json keeps their count (``copies``)."""
+        ext = EXT_BY_FORMAT.get(row["format"], item.ext or "bin")
+        meta = {"key": row["key"], "source": item.source, "orig_width": row["width"], "orig_height": row["height"],
+                "format": row["format"], "mode": row["mode"], "n_frames": row["n_frames"],
+                "orientation": row.get("orientation", 1), "encoded": "original",
+                "copies": int(dup["copies"]) if dup is not None else 1}
+        if item.upstream.get("meta"):
+            meta["upstream"] = item.upstream["meta"]
+        index = {"source_uri": os.fsencode(item.uri),
+                 "duplicates": json.dumps(list(dup["duplicates"]) if dup is not None else [], ensure_ascii=False)}
+        sample = {"__key__": row["key"], ext: item.data, "json": meta, "__index__": index}
+        if "txt" in item.upstream:
+            sample["txt"] = item.upstream["txt"]
+        return sample
 
 
 def run_shard_job(sources: Iterable[str] | None, out: str, cfg: ShardJobConfig, fresh: bool = False,
@@ -135,8 +180,7 @@ def run_shard_job(sources: Iterable[str] | None, out: str, cfg: ShardJobConfig, 
                        desc="shard: hash")
     if not hashed.ok:
         return hashed
-    if cfg.pack.dedup_exact:
-        group_exact_duplicates(out_dir / HASH_DIR, out_dir)
+    group_exact_duplicates(out_dir / HASH_DIR, out_dir)
     result = run_stage(WriteStage(cfg, str(out_dir)), out_dir, out_dir, n, cfg.runner, chash,
                        prefix=cfg.sharding.prefix, desc="shard: write")
     write_job_summary(out_dir, "shard", result)

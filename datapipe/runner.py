@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -111,7 +112,9 @@ def plan_partitions(inputs: Iterable[InputRef], work_dir: str | Path, sharding: 
                 flush()
         order += 1
     flush()
-    done_marker.write_text(json.dumps({"partitions": count, "inputs": n_inputs}))
+    tmp = done_marker.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{done_marker.name}")
+    tmp.write_text(json.dumps({"partitions": count, "inputs": n_inputs}))
+    os.replace(tmp, done_marker)  # the plan exists whole or not at all
     return count
 
 
@@ -309,10 +312,10 @@ def _iter_ray_tasks(units: list[UnitOfWork], cfg: RunnerConfig) -> Iterator[dict
     ensure_ray(cfg)
     remote = ray.remote(num_cpus=cfg.num_cpus_per_task, max_retries=cfg.max_retries)(run_unit)
     pending: list = []
-    queue = list(units)
+    queue = deque(units)
     while queue or pending:
         while queue and len(pending) < cfg.max_in_flight:
-            pending.append(remote.remote(queue.pop(0)))
+            pending.append(remote.remote(queue.popleft()))
         ready, pending = ray.wait(pending, num_returns=1)
         for ref in ready:
             try:

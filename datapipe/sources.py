@@ -68,6 +68,10 @@ def _walk_local(root: str) -> Iterator[InputRef]:
         path = entry.path
         try:
             if entry.is_dir(follow_symlinks=False):
+                if _is_image_name(entry.name):
+                    # named like an image, so some listing may name it as one: account for it, then
+                    # walk it like any folder (its files are inputs of their own)
+                    yield InputRef(path, INVALID, reason="is_directory")
                 yield from _walk_local(path)
                 continue
             if entry.is_symlink():
@@ -92,14 +96,18 @@ def _walk_local(root: str) -> Iterator[InputRef]:
             yield InputRef(path, FILE, size)
 
 
-def _classify_local(path: str) -> Iterator[InputRef]:
+def _classify_local(path: str, explicit: bool = False) -> Iterator[InputRef]:
+    """One local path: a folder is walked, a list file is read, a tar or an image file is an input.
+
+    A folder named like an image that a glob or pattern matched is recorded as ``is_directory``; one
+    given explicitly as a source is walked like any folder."""
     try:
         st = os.stat(path)
     except OSError as exc:
         yield InputRef(path, INVALID, reason=f"unreadable: {exc.strerror or exc}")
         return
     if stat.S_ISDIR(st.st_mode):
-        if _is_image_name(path):
+        if _is_image_name(path) and not explicit:
             yield InputRef(path, INVALID, reason="is_directory")
         else:
             yield from _walk_local(path)
@@ -111,23 +119,49 @@ def _classify_local(path: str) -> Iterator[InputRef]:
         yield InputRef(path, FILE, st.st_size)
 
 
-def _iter_list_file(path: str) -> Iterator[InputRef]:
-    """A parquet or CSV with one path/URL per row (column url, path, source, ...), streamed in file order."""
-    import pyarrow.dataset as pads
+def _iter_list_file(path: str, fs=None) -> Iterator[InputRef]:
+    """A parquet or CSV with one path/URL per row (column url, path, source, ...), streamed in file order.
 
-    fmt = "parquet" if path.lower().endswith(".parquet") else "csv"
-    ds = pads.dataset(path, format=fmt)
-    names = ds.schema.names
+    Relative paths are taken relative to the current folder, as on the command line. A binary column
+    may hold exact file-name bytes. Read batch by batch with the format's own streaming reader: memory
+    stays flat whatever the list's length (pyarrow's dataset scanner reads ahead and grew with it)."""
+    for values in _iter_list_columns(path, fs):
+        for value in values:
+            if value is None or value == "" or value == b"":
+                continue
+            # a binary column holds exact file-name bytes (names that are not UTF-8)
+            value = os.fsdecode(value) if isinstance(value, bytes) else str(value)
+            kind = TAR if value.lower().endswith(TAR_EXTENSIONS) else FILE
+            yield InputRef(_strip_file_scheme(value), kind)
+
+
+def _iter_list_columns(path: str, fs=None, batch_rows: int = 65536) -> Iterator[list]:
+    """The path column of a list file, as Python lists of ``batch_rows`` values."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    with (fs.open(path, "rb") if fs is not None else open(path, "rb")) as f:
+        if path.lower().endswith(".parquet"):
+            pf = pq.ParquetFile(f)
+            column = _list_column(path, pf.schema_arrow.names)
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=[column]):
+                yield batch.column(0).to_pylist()
+            return
+        import pyarrow as pa
+
+        # paths are text whatever they look like (type inference on the first block could say otherwise)
+        reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22),
+                                convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in LIST_COLUMNS}))
+        index = reader.schema.names.index(_list_column(path, reader.schema.names))
+        for batch in reader:
+            yield batch.column(index).to_pylist()
+
+
+def _list_column(path: str, names: list[str]) -> str:
     column = next((c for c in LIST_COLUMNS if c in names), None)
     if column is None:
         raise ValueError(f"{path}: no column named one of {', '.join(LIST_COLUMNS)} (columns: {names})")
-    for batch in ds.to_batches(columns=[column], batch_size=65536):
-        for value in batch.column(0).to_pylist():
-            if value is None or value == "":
-                continue
-            value = str(value)
-            kind = TAR if value.lower().endswith(TAR_EXTENSIONS) else FILE
-            yield InputRef(_strip_file_scheme(value), kind)
+    return column
 
 
 def _iter_remote(url: str) -> Iterator[InputRef]:
@@ -148,20 +182,36 @@ def _iter_remote(url: str) -> Iterator[InputRef]:
             yield InputRef(full(p), kind, int(info.get("size") or -1))
         return
     if fs.isfile(root):
+        if root.lower().endswith(LIST_EXTENSIONS):
+            yield from _iter_list_file(root, fs)
+            return
         kind = TAR if root.lower().endswith(TAR_EXTENSIONS) else FILE
         yield InputRef(full(root), kind, int(fs.size(root) or -1))
         return
-    for dirpath, dirs, files in fs.walk(root, detail=True):
-        # walk order is made deterministic: sorted sub-folders (in place, top-down) and sorted files
-        if isinstance(dirs, dict):
-            for name in sorted(files):
-                info = files[name]
-                p = info.get("name") or f"{dirpath}/{name}"
-                low = name.lower()
-                if low.endswith(TAR_EXTENSIONS):
-                    yield InputRef(full(p), TAR, int(info.get("size") or -1))
-                elif _is_image_name(name):
-                    yield InputRef(full(p), FILE, int(info.get("size") or -1))
+    yield from _walk_remote(fs, root, full)
+
+
+def _walk_remote(fs, root: str, full) -> Iterator[InputRef]:
+    """Depth-first, sorted at every level (object stores list in their own order): one folder's
+    listing in memory at a time."""
+    try:
+        entries = sorted(fs.ls(root, detail=True), key=lambda e: e["name"])
+    except OSError as exc:
+        yield InputRef(full(root), INVALID, reason=f"unreadable_dir: {exc}")
+        return
+    for info in entries:
+        p = info["name"].rstrip("/")
+        if p == root.rstrip("/"):
+            continue  # some stores list a folder inside itself
+        name = p.rsplit("/", 1)[-1]
+        if info.get("type") == "directory":
+            if _is_image_name(name):
+                yield InputRef(full(p), INVALID, reason="is_directory")
+            yield from _walk_remote(fs, p, full)
+        elif name.lower().endswith(TAR_EXTENSIONS):
+            yield InputRef(full(p), TAR, int(info.get("size") or -1))
+        elif _is_image_name(name):
+            yield InputRef(full(p), FILE, int(info.get("size") or -1))
 
 
 def list_inputs(sources: Iterable[str]) -> Iterator[InputRef]:
@@ -169,7 +219,9 @@ def list_inputs(sources: Iterable[str]) -> Iterator[InputRef]:
     for source in sources:
         source = str(source)
         if is_url(source):
-            yield from _iter_remote(source)
+            names = expand_braces(source) if "{" in source and ".." in source else [source]
+            for name in names:
+                yield from _iter_remote(name)
             continue
         source = _strip_file_scheme(source)
         if "{" in source and ".." in source:
@@ -184,7 +236,7 @@ def list_inputs(sources: Iterable[str]) -> Iterator[InputRef]:
         elif not os.path.lexists(source):
             yield InputRef(source, INVALID, reason="not_found")
         else:
-            yield from _classify_local(source)
+            yield from _classify_local(source, explicit=True)
 
 
 class TransientIOError(Exception):

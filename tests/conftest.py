@@ -23,30 +23,63 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def ray_address(tmp_path_factory):
+def ray_address():
     """One local Ray head for the whole session, shared by in-process tests and subprocess drivers
-    (which join it through RAY_ADDRESS). Started with auth disabled so CLI clients can join."""
+    (which join it through RAY_ADDRESS). Started with auth disabled so CLI clients can join.
+
+    The head runs under ``ray start --block`` and is stopped by terminating that process group, so
+    teardown stops this session's Ray only (``ray stop`` would stop every Ray on the machine)."""
+    import signal
+    import time
+
     ray_bin = Path(sys.executable).with_name("ray")
-    temp = tmp_path_factory.mktemp("ray")
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     # Ray's socket paths must stay short: use a short temp dir
     short = Path("/tmp") / f"rt{os.getpid()}"
-    proc = subprocess.run([str(ray_bin), "start", "--head", "--num-cpus", "2", "--num-gpus", "0",
-                           "--include-dashboard", "false", "--port", "0", "--temp-dir", str(short),
-                           "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
-    if proc.returncode != 0:
-        pytest.fail(f"ray start failed: {proc.stdout}\n{proc.stderr}")
+    port = _free_port()
+    log = open(short.with_suffix(".log"), "w")
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--num-cpus", "2", "--num-gpus", "0",
+                             "--include-dashboard", "false", "--port", str(port), "--temp-dir", str(short),
+                             "--disable-usage-stats"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     import ray
 
-    ray.init(address="auto", ignore_reinit_error=True, _temp_dir=str(short), logging_level="WARNING")
+    address = f"127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        if head.poll() is not None:
+            pytest.fail(f"ray start exited with {head.returncode}: {short.with_suffix('.log').read_text()}")
+        try:
+            ray.init(address=address, ignore_reinit_error=True, logging_level="WARNING")
+            break
+        except Exception as exc:  # the GCS is not up yet
+            if time.time() > deadline:
+                head.kill()
+                pytest.fail(f"ray head did not come up in 180 s: {exc}")
+            time.sleep(1.0)
     address = ray.get_runtime_context().gcs_address
     os.environ["RAY_ADDRESS"] = address
-    del temp
     yield address
     ray.shutdown()
     os.environ.pop("RAY_ADDRESS", None)
-    subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    log.close()
 
 
 @pytest.fixture(scope="session")

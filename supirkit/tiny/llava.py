@@ -133,3 +133,50 @@ def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
     )
     processor.save_pretrained(str(out))
     return out
+
+
+#: LLaVA-NeXT's "anyres" grid at the tiny tile size (llava-v1.6: 336-px tiles up to 672x672, 1008x336, 336x1008).
+TINY_NEXT_PINPOINTS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
+
+
+def build_tiny_llava_next(out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny LLaVA-NeXT (llava-v1.6) checkpoint: ``LlavaNextForConditionalGeneration`` with anyres tiling
+    (``LlavaNextImageProcessor`` with image_grid_pinpoints), the same tiny tokenizer and chat template."""
+    import torch
+    from transformers import (CLIPVisionConfig, GenerationConfig, LlamaConfig, LlavaNextConfig,
+                              LlavaNextForConditionalGeneration, LlavaNextImageProcessor, LlavaNextProcessor)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer()
+    pad_token_id = tokenizer.pad_token_id
+    vision_config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+        image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, projection_dim=32, hidden_act="quick_gelu",
+    )
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_token_id,
+    )
+    config = LlavaNextConfig(
+        vision_config=vision_config, text_config=text_config, image_token_index=tokenizer.convert_tokens_to_ids(_IMAGE),
+        image_grid_pinpoints=TINY_NEXT_PINPOINTS, vision_feature_select_strategy="default", vision_feature_layer=-2,
+    )
+    config.pad_token_id = pad_token_id
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_token_id)
+    model.save_pretrained(str(out), safe_serialization=True)
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        image_grid_pinpoints=TINY_NEXT_PINPOINTS, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), resample=3,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=TINY_PATCH_SIZE,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token=_IMAGE,
+        chat_template=LLAVA_15_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(str(out))
+    return out

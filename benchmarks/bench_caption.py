@@ -1,0 +1,321 @@
+"""Caption throughput: captions/s, and where the time goes (generate vs model load, image decode, writing).
+
+Runs the real job (``captioning.run_caption_job``: shards in, read, decode, pad, processor, ``generate``, clean,
+count, write shards out) at several batch sizes, every sample producing the same fixed number of new tokens
+(``min_new_tokens = max_new_tokens``) so that batch sizes and backends compare on equal work.
+
+CPU (default): the tiny random-weight LLaVA on curated-size 1024x1024 JPEGs. The absolute figures say
+nothing about a real model; the ratios say how much batching and the pipeline around ``generate`` cost.
+
+GPU (``--gpu``): LLaVA-1.5-13B built from its config (CLIP ViT-L/14-336 + 40-layer 5120-wide Llama, 576 image
+tokens) with random weights in bf16, fixed 200 new tokens, for each backend (transformers; vLLM when
+installed, with dummy weights from the same config). Anchor, named in the issue: ShareGPT4V's
+Share-Captioner, 0.32 images/s per A100-class GPU; goal at least 10x (3.2 captions/s/GPU).
+The tiny tokenizer stands in for LLaVA's (token ids only feed random embeddings); its prompt is longer than
+the real one (char-level pieces), so prefill is slightly overstated.
+
+    .venv/bin/python benchmarks/bench_caption.py                 # CPU, tiny model
+    .venv/bin/python benchmarks/bench_caption.py --gpu           # GPU, full-size 13B, random weights
+Markdown table on stdout; JSON in bench_out/bench_caption.json (bench_caption_gpu.json for --gpu).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "hf"))
+os.environ.setdefault("TORCH_HOME", str(ROOT / ".cache" / "torch"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ANCHOR_IMAGES_PER_S = 0.32  # ShareGPT4V Share-Captioner: 1.2M captions in 44 A100 GPU-days
+GOAL_RATIO = 10.0
+OUT = ROOT / "bench_out"
+
+
+def make_shards(folder: Path, n: int, size: int, per_shard: int) -> Path:
+    """``n`` curated-like JPEGs (size x size, smooth colour fields + texture) in shards of ``per_shard``."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    from datapipe.keys import content_key
+    from datapipe.shards import ShardSink, ShardStats
+
+    rng = np.random.default_rng(0)
+    if folder.exists():
+        shutil.rmtree(folder)
+    sink, index = None, 0
+    for i in range(n):
+        if sink is None:
+            sink = ShardSink(folder, "shard", index)
+        small = rng.integers(0, 255, (size // 32, size // 32, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
+        noise = Image.fromarray(rng.integers(0, 64, (size, size, 3), dtype=np.uint8)).filter(ImageFilter.BLUR)
+        img = Image.blend(img, noise, 0.3)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=92)
+        data = buf.getvalue()
+        key = content_key(data)
+        sink.write({"__key__": key, "jpg": data, "json": {"key": key, "width": size, "height": size}})
+        if len(sink) == per_shard or i == n - 1:
+            sink.commit(ShardStats())
+            sink, index = None, index + 1
+    return folder
+
+
+def job_figures(out_dir: Path, wall: float) -> dict:
+    """Throughput and the time split from the shards' stats (``timings_s``) of one job."""
+    timings: dict = {}
+    captions = new_tokens = 0
+    for sp in sorted(out_dir.glob("shard-*.stats.json")):
+        st = json.loads(sp.read_text())
+        for k, v in st.get("timings_s", {}).items():
+            timings[k] = timings.get(k, 0.0) + v
+        captions += st["counts"].get("captioned", 0)
+        new_tokens += st["counts"].get("new_tokens", 0)
+    load = timings.get("load_model", 0.0)
+    work = max(wall - load, 1e-9)  # steady state: the job without the one-off model load
+
+    def share(*names):
+        return round(sum(timings.get(n, 0.0) for n in names) / wall, 3)
+
+    return {"captions": captions, "new_tokens": new_tokens, "wall_s": round(wall, 3), "load_model_s": round(load, 3),
+            "captions_per_s": round(captions / work, 3), "tokens_per_s": round(new_tokens / work, 1),
+            "generate_s": round(timings.get("generate", 0.0), 3),
+            "share_generate": share("generate"), "share_load": share("load_model"),
+            "share_read_decode": share("read", "decode"), "share_preprocess": share("preprocess"),
+            "share_decode_text_write": share("decode_text", "write"),
+            # the main thread's remainder (shard listing, commit, parquet index); read+decode run beside it
+            "share_other": round(1 - share("generate", "load_model", "preprocess", "decode_text", "write"), 3)}
+
+
+def run_job(shards: Path, out: Path, overrides: list[str], backend_factory=None) -> dict:
+    from captioning.config import CaptionJobConfig
+    from captioning.job import run_caption_job
+    from datapipe.config import load_config
+
+    cfg = load_config(CaptionJobConfig, "caption/default.yaml", overrides)
+    t = time.perf_counter()
+    job = run_caption_job([str(shards)], out, cfg, fresh=True, backend_factory=backend_factory)
+    wall = time.perf_counter() - t
+    if not job.ok:
+        raise RuntimeError(f"caption job failed: {job.result.failed}")
+    return job_figures(out, wall)
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r.get(k, "")) for _, k in columns) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- CPU
+
+def bench_cpu(args) -> dict:
+    from supirkit.tiny.llava import build_tiny_llava
+
+    work = OUT / "caption_cpu"
+    model = build_tiny_llava(work / "tiny_llava")
+    rows = []
+    for bs in args.batch_sizes:
+        n = max(args.samples, bs * 2)
+        shards = make_shards(work / f"in_{n}", n, args.size, per_shard=max(bs * 2, 8))
+        overrides = [f"model.name={model}", "model.device=cpu", "model.dtype=float32", "runner.executor=local",
+                     "runner.progress=none", f"model.cpu_threads={args.threads}", f"caption.batch_size={bs}",
+                     f"generation.max_new_tokens={args.new_tokens}",
+                     f"generation.min_new_tokens={args.new_tokens}", "tokens.tokenizer=null"]
+        row = {"backend": "transformers", "batch": bs, **run_job(shards, work / f"out_bs{bs}", overrides)}
+        rows.append(row)
+        print(f"  batch {bs}: {row['captions_per_s']} captions/s, generate {row['share_generate']:.0%} of wall",
+              file=sys.stderr, flush=True)
+    base = rows[0]["captions_per_s"] or 1e-9
+    for r in rows:
+        r["speedup_vs_batch1"] = round(r["captions_per_s"] / base, 2) if rows[0]["batch"] == 1 else None
+        r["ratio_vs_sharegpt4v"] = round(r["captions_per_s"] / ANCHOR_IMAGES_PER_S, 2)
+    return {"mode": "cpu",
+            "model": f"tiny LLaVA-1.5 (random weights, 56 px, 16 image tokens), {args.threads} torch thread(s)",
+            "image_size": args.size, "new_tokens": args.new_tokens, "rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------- GPU
+
+def llava15_13b_config(image_token_id: int, pad_token_id: int, bos: int, eos: int):
+    """llava-hf/llava-1.5-13b-hf's architecture: CLIP ViT-L/14-336 tower, 2-layer GELU projector, Llama-13B."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+                              layer_norm_eps=1e-5)
+    text = LlamaConfig(vocab_size=32064, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                       num_attention_heads=40, num_key_value_heads=40, max_position_embeddings=4096,
+                       rms_norm_eps=1e-5, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
+                         image_seq_length=576, projector_hidden_act="gelu", vision_feature_layer=-2,
+                         vision_feature_select_strategy="default")
+    config.pad_token_id = pad_token_id
+    return config
+
+
+def full_size_folder(folder: Path):
+    """config.json + processor (336 px CLIP image processor, tiny tokenizer, llava-1.5 chat template), no
+    weights: vLLM loads it with load_format='dummy'; transformers builds the model from the config."""
+    from transformers import CLIPImageProcessor, GenerationConfig, LlavaProcessor
+
+    from supirkit.tiny.llava import CLIP_MEAN, CLIP_STD, LLAVA_15_CHAT_TEMPLATE, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    config = llava15_13b_config(tok.convert_tokens_to_ids("<image>"), tok.pad_token_id, tok.bos_token_id,
+                                tok.eos_token_id)
+    config.architectures = ["LlavaForConditionalGeneration"]
+    config.dtype = "bfloat16"
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                     pad_token_id=tok.pad_token_id).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                         resample=3, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=LLAVA_15_CHAT_TEMPLATE)
+    processor.save_pretrained(folder)
+    return config, processor
+
+
+def bench_gpu(args) -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu: no CUDA device visible")
+    from captioning.backends import TransformersCaptioner, VLLMCaptioner
+    from captioning.config import CaptionJobConfig
+    from datapipe.config import load_config
+    from transformers import LlavaForConditionalGeneration
+
+    work = OUT / "caption_gpu"
+    folder = work / "llava-1.5-13b-random"
+    config, processor = full_size_folder(folder)
+    n_tokens = args.new_tokens
+    common = [f"model.name={folder}", "runner.executor=local", "runner.progress=none",
+              f"generation.max_new_tokens={n_tokens}", f"generation.min_new_tokens={n_tokens}", "tokens.tokenizer=null"]
+    rows = []
+
+    t = time.perf_counter()
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = LlavaForConditionalGeneration(config).eval()  # random weights, built on the GPU in bf16
+    torch.set_default_dtype(previous)
+    build_s = time.perf_counter() - t
+    params = sum(p.numel() for p in model.parameters())
+    print(f"  13B built in {build_s:.0f}s: {params / 1e9:.2f}B parameters", file=sys.stderr, flush=True)
+    for bs in args.gpu_batch_sizes:
+        n = bs * args.gpu_batches
+        shards = make_shards(work / f"in_{n}", n, args.size, per_shard=n)
+        cfg = load_config(CaptionJobConfig, "caption/default.yaml", common + [f"caption.batch_size={bs}"])
+
+        def factory(cfg=cfg, model=model):  # one 13B model shared by every batch size
+            return TransformersCaptioner(cfg.model, cfg.prompt, cfg.generation, model=model, processor=processor)
+
+        row = {"backend": "transformers", "batch": bs, **run_job(shards, work / f"out_hf_{bs}",
+                                                                  common + [f"caption.batch_size={bs}"], factory)}
+        row["load_model_s"] = round(build_s, 1)
+        rows.append(row)
+        print(f"  transformers batch {bs}: {row['captions_per_s']} captions/s", file=sys.stderr, flush=True)
+        torch.cuda.empty_cache()
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    try:
+        import vllm  # noqa: F401
+        have_vllm = True
+    except ImportError:
+        have_vllm = False
+        rows.append({"backend": "vllm", "batch": "-", "note": "vllm not installed on this machine"})
+    if have_vllm:
+        for bs in args.vllm_batch_sizes:
+            n = bs * args.gpu_batches
+            shards = make_shards(work / f"in_{n}", n, args.size, per_shard=n)
+            overrides = common + [f"caption.batch_size={bs}", "model.backend=vllm", "model.dtype=bfloat16",
+                                  f"model.max_num_seqs={min(bs, 256)}", "model.max_model_len=2048"]
+            cfg = load_config(CaptionJobConfig, "caption/default.yaml", overrides)
+            engine = {}
+
+            def factory(cfg=cfg, engine=engine):
+                if "backend" not in engine:
+                    engine["backend"] = VLLMCaptioner(cfg.model, cfg.prompt, cfg.generation,
+                                                      engine_overrides={"load_format": "dummy"})
+                return engine["backend"]
+
+            t = time.perf_counter()
+            factory()
+            load_s = time.perf_counter() - t
+            row = {"backend": "vllm", "batch": bs, **run_job(shards, work / f"out_vllm_{bs}", overrides, factory)}
+            row["load_model_s"] = round(load_s, 1)
+            rows.append(row)
+            print(f"  vllm batch {bs}: {row['captions_per_s']} captions/s", file=sys.stderr, flush=True)
+            del engine["backend"]
+            gc.collect()
+            torch.cuda.empty_cache()
+    for r in rows:
+        if "captions_per_s" in r:
+            r["ratio_vs_sharegpt4v"] = round(r["captions_per_s"] / ANCHOR_IMAGES_PER_S, 2)
+            r["meets_10x"] = r["ratio_vs_sharegpt4v"] >= GOAL_RATIO
+    return {"mode": "gpu", "device": torch.cuda.get_device_name(0), "model": "LLaVA-1.5-13B architecture, random bf16 weights",
+            "parameters": params, "image_size": args.size, "new_tokens": n_tokens, "rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+COLUMNS = [("backend", "backend"), ("batch", "batch"), ("captions", "captions"), ("captions/s", "captions_per_s"),
+           ("new tokens/s", "tokens_per_s"), ("generate", "share_generate"), ("model load", "share_load"),
+           ("read+decode", "share_read_decode"), ("processor", "share_preprocess"),
+           ("detok+write", "share_decode_text_write"), ("other", "share_other"),
+           ("x vs batch 1", "speedup_vs_batch1"), ("x vs ShareGPT4V 0.32/s", "ratio_vs_sharegpt4v")]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--gpu", action="store_true", help="full-size LLaVA-1.5-13B (random weights) on the GPU")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16], help="CPU batch sizes")
+    p.add_argument("--samples", type=int, default=32, help="CPU: images per batch size (at least 2 batches)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU: torch threads (on a shared 2-core machine 1 is steadier and faster than 2)")
+    p.add_argument("--size", type=int, default=1024, help="side of the curated JPEGs")
+    p.add_argument("--new-tokens", type=int, default=None, help="fixed new tokens (CPU default 32, GPU 200)")
+    p.add_argument("--gpu-batch-sizes", type=int, nargs="+", default=[8, 32])
+    p.add_argument("--vllm-batch-sizes", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--gpu-batches", type=int, default=2, help="GPU: batches per measurement")
+    args = p.parse_args(argv)
+    if args.new_tokens is None:
+        args.new_tokens = 200 if args.gpu else 32
+    OUT.mkdir(exist_ok=True)
+    result = bench_gpu(args) if args.gpu else bench_cpu(args)
+    result.update(machine=f"{platform.machine()}, {os.cpu_count()} CPUs", python=platform.python_version(),
+                  anchor={"name": "ShareGPT4V Share-Captioner", "images_per_s_per_gpu": ANCHOR_IMAGES_PER_S,
+                          "goal_ratio": GOAL_RATIO},
+                  command="python benchmarks/bench_caption.py" + (" --gpu" if args.gpu else ""))
+    path = OUT / ("bench_caption_gpu.json" if args.gpu else "bench_caption.json")
+    path.write_text(json.dumps(result, indent=1))
+    print(f"\n### caption ({result['mode']}: {result['model']}, {result['new_tokens']} new tokens per caption, "
+          f"{result['image_size']}px JPEG inputs)\n")
+    print(table(result["rows"], COLUMNS))
+    print("\nShares are of the job's wall time; read+decode runs in a prefetch thread, overlapping generate.")
+    print(f"JSON: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,403 @@
+"""``supirkit caption``: a shard set in, the same samples out with a ``.txt`` caption and caption metadata.
+
+Input shard i becomes output shard i (exactly-once and resumable through ``datapipe.runner``: a shard is
+done when its stats JSON exists; a rerun redoes only the others). Every member of a sample is copied
+byte for byte except ``.json`` (gains a ``caption`` object) and ``.txt`` (the cleaned caption; an earlier
+``.txt`` is kept in the json as ``previous_txt``). A sample that cannot be captioned is recorded with a
+reason and dropped (or kept uncaptioned with ``caption.on_failure: keep``); it never fails the shard.
+
+Inside a worker, one thread reads and decodes the next batches while the model generates the current one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+from captioning.config import CaptionJobConfig
+from datapipe.config import ShardingConfig
+from datapipe.decode import DecodeError
+from datapipe.keys import display_source
+from datapipe.runner import JobResult, Partition, PartitionStage, plan_partitions, prepare_output, run_stage, write_job_summary
+from datapipe.shards import ShardSink, ShardStats, list_shards, read_shard, sample_meta, stats_path
+from datapipe.sources import TAR, InputRef
+
+log = logging.getLogger("supirkit")
+
+STAGE = "caption"
+
+
+@dataclass
+class Prepared:
+    """One input sample and the image to caption (or why there is none)."""
+
+    sample: dict
+    meta: dict
+    source: str
+    image: object = None  # PIL image
+    size: tuple = ()
+    generation: object = None  # captioning.backends.Generation
+    error: Optional[tuple[str, str]] = None  # (reason, detail)
+
+
+@dataclass
+class Batch:
+    items: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    rejections: list = field(default_factory=list)  # inputs that are not samples at all (unsafe names, bad tar)
+    error: Optional[BaseException] = None
+
+
+def batch_seed(seed: int, shard: int, batch: int) -> int:
+    """Seed of one batch: stable across runs and resumes, different for every batch."""
+    digest = hashlib.sha256(f"{seed}:{shard}:{batch}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class CaptionStage(PartitionStage):
+    """One input shard -> one captioned shard. The model is loaded once per worker (``setup``)."""
+
+    name = STAGE
+    needs_gpu = True
+
+    def __init__(self, cfg: CaptionJobConfig, backend_factory=None) -> None:
+        self.cfg = cfg
+        self.backend_factory = backend_factory  # tests and benchmarks may pass an already built backend
+        self.backend = None
+
+    def __getstate__(self):  # the loaded model never travels to a worker: each loads its own
+        state = dict(self.__dict__)
+        for name in ("backend", "cleaner", "counter", "caption_base"):
+            state.pop(name, None)
+        state["backend"] = None
+        return state
+
+    def setup(self) -> None:
+        from captioning.backends import generation_settings, load_backend
+        from captioning.clean import CaptionCleaner, TokenCounter
+
+        cfg = self.cfg
+        t = time.perf_counter()
+        self.backend = self.backend_factory() if self.backend_factory else load_backend(cfg)
+        self.load_s = time.perf_counter() - t
+        self._load_reported = False
+        self.cleaner = CaptionCleaner(cfg.clean.openings, cfg.clean.strip_openings, cfg.clean.capitalize)
+        self.counter = TokenCounter(cfg.tokens.tokenizer, cfg.tokens.limit, cfg.tokens.on_missing)
+        info = self.backend.describe()
+        self.caption_base = {
+            "model": info["model"], "backend": info["backend"], "dtype": info["dtype"],
+            "quantization": info["quantization"], "prompt": cfg.prompt.instruction, "system": cfg.prompt.system,
+            "chat_prompt": self.backend.prompt_text, "generation": generation_settings(cfg.generation),
+            "image": cfg.image.use, "fit": cfg.image.fit, "clip_tokens_method": self.counter.method,
+            "clip_token_limit": cfg.tokens.limit,
+        }
+
+    # ------------------------------------------------------------------------------------- reading side
+    def _prepare(self, sample: dict, tar_source: str) -> Prepared:
+        from captioning.images import SampleImageError, image_bytes_for, prepare_image
+
+        cfg = self.cfg
+        key = sample["__key__"]
+        item = Prepared(sample, sample_meta(sample), f"{tar_source}#{display_source(key)}")
+        try:
+            data = image_bytes_for(sample, item.meta, cfg.image.use, cfg.decode.max_file_bytes)
+            image = prepare_image(data, cfg.image.fit, cfg.image.max_side, self.backend.pad_colour,
+                                  cfg.decode.max_pixels)
+            item.image, item.size = image, image.size
+        except SampleImageError as exc:
+            item.error = (exc.reason, exc.detail)
+        except DecodeError as exc:
+            item.error = (exc.reason, exc.detail)
+        except Exception as exc:  # anything else about one sample is that sample's problem
+            item.error = ("image_error", f"{type(exc).__name__}: {exc}")
+        return item
+
+    def _batches(self, url: str) -> Iterator[Batch]:
+        """Read the shard and prepare batches, in order; reading/decoding failures become values."""
+        tar_source = display_source(url)
+        bs = self.cfg.caption.batch_size
+        batch = Batch()
+        t_read = time.perf_counter()
+
+        def unsafe(name: str) -> None:
+            batch.rejections.append((f"{tar_source}#{display_source(name)}", "unsafe_tar_member",
+                                     "absolute path or '..' in a tar member name"))
+
+        try:
+            for sample in read_shard(url, on_unsafe=unsafe):
+                batch.timings["read"] = batch.timings.get("read", 0.0) + time.perf_counter() - t_read
+                t = time.perf_counter()
+                batch.items.append(self._prepare(sample, tar_source))
+                batch.timings["decode"] = batch.timings.get("decode", 0.0) + time.perf_counter() - t
+                if len(batch.items) >= bs:
+                    yield batch
+                    batch = Batch()
+                t_read = time.perf_counter()
+        except Exception as exc:  # a truncated or corrupt tar: what was read is captioned, the rest recorded
+            batch.rejections.append((tar_source, "corrupt_tar", f"{type(exc).__name__}: {exc}"))
+        if batch.items or batch.rejections:
+            yield batch
+
+    def _prefetched(self, url: str) -> Iterator[Batch]:
+        ahead = self.cfg.caption.prefetch_batches
+        if ahead == 0:
+            yield from self._batches(url)
+            return
+        q: queue.Queue = queue.Queue(maxsize=ahead)
+        stop = threading.Event()
+        done = object()
+
+        def put(item) -> bool:
+            while not stop.is_set():  # the consumer may have given up: never block for ever
+                try:
+                    q.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce():
+            try:
+                for b in self._batches(url):
+                    if not put(b):
+                        return
+            except BaseException as exc:  # surfaced in the consumer: the shard fails and is retried
+                put(Batch(error=exc))
+                return
+            put(done)
+
+        thread = threading.Thread(target=produce, name="caption-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                b = q.get()
+                if b is done:
+                    break
+                if b.error is not None:
+                    raise b.error
+                yield b
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+
+    # ------------------------------------------------------------------------------------- model side
+    def _caption(self, images: list, seed: int, stats: ShardStats) -> list:
+        """Generations for ``images``; if the batch fails, each image alone (so one bad image costs one)."""
+        try:
+            out = self.backend.caption(images, seed, stats.timer)
+            if len(out) != len(images):
+                raise RuntimeError(f"backend returned {len(out)} captions for {len(images)} images")
+            return out
+        except Exception as exc:
+            _release_cuda_cache(exc)
+            if len(images) == 1:
+                return [exc]
+            log.warning("caption: batch of %d failed (%s); captioning one by one", len(images), exc)
+            stats.count("batch_retries")
+            results = []
+            for i, image in enumerate(images):
+                try:
+                    results.extend(self.backend.caption([image], seed + i + 1, stats.timer))
+                except Exception as one:
+                    _release_cuda_cache(one)
+                    results.append(one)
+            return results
+
+    def process(self, partition: Partition, sink: ShardSink, stats: ShardStats) -> None:
+        from datapipe import faults
+
+        url = partition.refs[0].uri
+        if not getattr(self, "_load_reported", True):
+            stats.timings["load_model"] += self.load_s  # once per worker: on its first shard
+            self._load_reported = True
+        summary = {"input_shard": display_source(url), "captions": 0, "new_tokens": 0, "unfinished": 0,
+                   "clip_tokens_sum": 0, "clip_tokens_over_limit": 0, "clip_tokens_method": self.counter.method}
+        uncaptioned: list[dict] = []
+        written = 0
+        for b_index, batch in enumerate(self._prefetched(url)):
+            for name, seconds in batch.timings.items():
+                stats.timings[name] += seconds
+            for source, reason, detail in batch.rejections:
+                stats.count("inputs")
+                stats.reject(source, reason, detail)
+            ok = [item for item in batch.items if item.error is None]
+            gens = self._caption([item.image for item in ok], batch_seed(self.cfg.generation.seed, partition.index,
+                                                                        b_index), stats) if ok else []
+            for item, gen in zip(ok, gens):
+                if isinstance(gen, Exception):
+                    item.error = ("caption_failed", f"{type(gen).__name__}: {gen}")
+                else:
+                    item.generation, item.image = gen, None
+            with stats.timer("write"):
+                for item in batch.items:
+                    stats.count("inputs")
+                    if item.error is not None:
+                        self._failed(item, sink, stats, uncaptioned)
+                        continue
+                    try:
+                        self._write(item, item.generation, sink, summary)
+                    except (ValueError, TypeError) as exc:  # e.g. a key seen twice in the input shard
+                        stats.reject(item.source, "invalid_sample", str(exc))
+                        continue
+                    written += 1
+                    if written == 1:
+                        faults.maybe_fail("caption_mid_shard", partition.index)
+        summary["clip_tokens_mean"] = round(summary.pop("clip_tokens_sum") / summary["captions"], 2) if summary["captions"] else None
+        stats.counts["captioned"] = summary["captions"]
+        stats.counts["new_tokens"] = summary["new_tokens"]
+        stats.extra["caption"] = summary
+        if uncaptioned:
+            stats.extra["uncaptioned"] = uncaptioned
+
+    def _write(self, item: Prepared, gen, sink: ShardSink, summary: dict) -> None:
+        text = self.cleaner(gen.raw)
+        count = self.counter.count(text)
+        meta = dict(item.meta)
+        sample = _copy_members(item.sample)
+        if "txt" in item.sample:
+            meta["previous_txt"] = item.sample["txt"].decode("utf-8", errors="replace")
+        meta["caption"] = {**self.caption_base, "text": text, "raw": gen.raw, "new_tokens": gen.new_tokens,
+                           "finished": gen.finished, "clip_tokens": count.tokens, "fits_clip_limit": count.fits,
+                           "image_size": list(item.size)}
+        sample["json"] = meta
+        sample["txt"] = text
+        sink.write(sample)  # raises before anything is written for an invalid sample
+        summary["captions"] += 1
+        summary["new_tokens"] += gen.new_tokens
+        summary["unfinished"] += int(not gen.finished)
+        summary["clip_tokens_sum"] += count.tokens
+        summary["clip_tokens_over_limit"] += int(not count.fits)
+
+    def _failed(self, item: Prepared, sink: ShardSink, stats: ShardStats, uncaptioned: list) -> None:
+        reason, detail = item.error
+        if self.cfg.caption.on_failure == "drop" or item.sample.get("__key__") is None:
+            stats.reject(item.source, reason, detail)
+            return
+        sample = _copy_members(item.sample)
+        meta = dict(item.meta)
+        meta["caption"] = {"error": reason, "detail": detail[:300], "model": self.caption_base["model"]}
+        sample["json"] = meta
+        if "txt" in item.sample:
+            sample["txt"] = item.sample["txt"]
+        sink.write(sample)
+        stats.count("uncaptioned")
+        uncaptioned.append({"source": item.source, "reason": reason, "detail": detail[:300]})
+
+
+def _release_cuda_cache(exc: Exception) -> None:
+    """After a CUDA out-of-memory error, free the cached blocks before the one-by-one retry."""
+    if "out of memory" in str(exc).lower():
+        try:
+            import torch
+
+            torch.cuda.empty_cache()
+        except Exception:
+            pass
+
+
+def _copy_members(sample: dict) -> dict:
+    """Every member byte for byte (image included), except json/txt which the caller sets."""
+    out = {"__key__": sample["__key__"]}
+    for name, value in sample.items():
+        if name.startswith("__") or name in ("json", "txt"):
+            continue
+        out[name] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the job
+
+@dataclass
+class CaptionJobResult:
+    result: JobResult
+    summary: dict
+    out_dir: Path
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok
+
+
+def check_model(cfg: CaptionJobConfig) -> None:
+    """Fail before any shard is touched when the checkpoint cannot be a LLaVA (one line for the user)."""
+    from captioning.backends import SUPPORTED_MODEL_TYPES, BackendError
+
+    from transformers import AutoConfig
+
+    name = cfg.model.name
+    try:
+        config = AutoConfig.from_pretrained(name, revision=cfg.model.revision, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackendError(f"model {name!r} cannot be loaded: {first}") from None
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise BackendError(f"model {name!r} is a {config.model_type!r} checkpoint; expected one of "
+                           f"{', '.join(SUPPORTED_MODEL_TYPES)} (LLaVA-1.5 / LLaVA-NeXT)")
+
+
+def token_report(out_dir: Path, prefix: str, n_shards: int, warn_share: float, limit: int) -> dict:
+    """Caption totals over every done shard, and a warning when most captions exceed the CLIP context."""
+    captions = over = new_tokens = unfinished = 0
+    token_sum = 0.0
+    methods = set()
+    for i in range(n_shards):
+        sp = stats_path(out_dir, prefix, i)
+        if not sp.is_file():
+            continue
+        cap = json.loads(sp.read_text()).get("caption") or {}
+        n = int(cap.get("captions", 0))
+        captions += n
+        over += int(cap.get("clip_tokens_over_limit", 0))
+        new_tokens += int(cap.get("new_tokens", 0))
+        unfinished += int(cap.get("unfinished", 0))
+        token_sum += (cap.get("clip_tokens_mean") or 0) * n
+        methods.add(cap.get("clip_tokens_method"))
+    methods.discard(None)
+    share = over / captions if captions else 0.0
+    report = {"captions": captions, "new_tokens": new_tokens, "unfinished": unfinished,
+              "clip_token_limit": limit, "clip_tokens_mean": round(token_sum / captions, 2) if captions else None,
+              "clip_tokens_over_limit": over, "over_limit_share": round(share, 4),
+              "clip_tokens_method": ",".join(sorted(methods)) or None, "warnings": []}
+    if captions and share > warn_share:
+        report["warnings"].append(
+            f"{share:.0%} of captions exceed SDXL's {limit}-token text context "
+            f"({report['clip_tokens_method']} count); SUPIR joins caption and quality prompt and truncates at "
+            f"{limit} tokens, so the quality prompt (and the caption's tail) is lost for them")
+    if captions and unfinished:
+        report["warnings"].append(f"{unfinished} caption(s) were cut at generation.max_new_tokens")
+    return report
+
+
+#: Settings that change how fast, not what is written: left out of the config hash, so a resume may change them.
+EXECUTION_ONLY = {"runner": True, "caption": {"prefetch_batches"},
+                  "model": {"cpu_threads", "gpu_memory_utilization", "enforce_eager"}}
+
+
+def job_hash(cfg: CaptionJobConfig) -> str:
+    data = cfg.model_dump(mode="json", exclude=EXECUTION_ONLY)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def run_caption_job(shards: Iterable[str], out: str | Path, cfg: CaptionJobConfig, fresh: bool = False,
+                    backend_factory=None) -> CaptionJobResult:
+    """The whole ``supirkit caption`` job over the shards named by ``shards`` (folders, patterns, tars)."""
+    urls = list_shards(list(shards))
+    if not urls:
+        raise FileNotFoundError("no input shards found")
+    if backend_factory is None:
+        check_model(cfg)
+    chash = job_hash(cfg)
+    out_dir = prepare_output(out, STAGE, chash, fresh, sources=urls)
+    n = plan_partitions((InputRef(u, TAR, -1) for u in urls), out_dir, ShardingConfig())
+    stage = CaptionStage(cfg, backend_factory)
+    result = run_stage(stage, out_dir, out_dir, n, cfg.runner, chash, prefix=cfg.output.prefix, desc="caption")
+    report = token_report(out_dir, cfg.output.prefix, n, cfg.tokens.warn_share, cfg.tokens.limit)
+    write_job_summary(out_dir, STAGE, result, extra={"model": cfg.model.name, "backend": cfg.model.backend,
+                                                       "config_hash": chash, "caption": report})
+    return CaptionJobResult(result, report, out_dir)

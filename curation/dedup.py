@@ -1,0 +1,239 @@
+"""Global duplicate grouping: exact (content hash), near (perceptual hash), semantic (CLIP embeddings).
+
+Grouping runs once over the whole scored set, between scoring and writing. Every kind of match is an
+edge between two inputs; groups are the connected components. Which member of a group is kept is
+decided later, at selection (the best-scoring member that passes the rules), so new thresholds
+re-select without regrouping.
+
+Scale: exact and near matching hold two int64 columns per input (20M inputs: a few hundred MB) and use
+sorting, never all pairs: near matches within ``k`` bits share at least one of ``k+1`` bit bands exactly
+(pigeonhole), so only inputs equal on a band are compared. Semantic matching fits k-means centroids
+on a sample, spills embeddings to bucket files by centroid, then compares pairs only inside a cluster
+(torch matmul), so memory holds one bucket at a time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+GROUPS_FILE = "groups.parquet"
+MAX_RUN = 2000  # inputs equal on one band beyond this are compared in windows (flat images all hash alike)
+
+
+def _key64(keys: Iterable[str]) -> np.ndarray:
+    return np.array([int(k[:16], 16) - (1 << 63) for k in keys], np.int64)
+
+
+def exact_edges(key64: np.ndarray) -> np.ndarray:
+    order = np.argsort(key64, kind="stable")
+    same = key64[order][1:] == key64[order][:-1]
+    return np.stack([order[:-1][same], order[1:][same]], axis=1)
+
+
+def near_edges(phash: np.ndarray, max_hamming: int) -> np.ndarray:
+    """Pairs whose 64-bit hashes differ in at most ``max_hamming`` bits."""
+    n_bands = max_hamming + 1
+    bits = 64 // n_bands
+    u = phash.astype(np.int64).view(np.uint64)
+    edges = []
+    for b in range(n_bands):
+        width = bits if b < n_bands - 1 else 64 - bits * (n_bands - 1)
+        band = (u >> np.uint64(b * bits)) & np.uint64((1 << width) - 1)
+        order = np.argsort(band, kind="stable")
+        sb = band[order]
+        starts = np.flatnonzero(np.r_[True, sb[1:] != sb[:-1]])
+        ends = np.r_[starts[1:], len(sb)]
+        for s, e in zip(starts, ends):
+            if e - s < 2:
+                continue
+            idx = order[s:e]
+            for w0 in range(0, len(idx), MAX_RUN):
+                win = idx[w0:w0 + 2 * MAX_RUN]
+                x = u[win]
+                dist = np.bitwise_count(x[:, None] ^ x[None, :])
+                i, j = np.nonzero(np.triu(dist <= max_hamming, 1))
+                if i.size:
+                    edges.append(np.stack([win[i], win[j]], axis=1))
+    return np.concatenate(edges) if edges else np.zeros((0, 2), np.int64)
+
+
+def _kmeans(x: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
+    """Spherical k-means (cosine) on L2-normalised rows; returns unit centroids."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    data = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    cent = data[torch.from_numpy(rng.choice(len(x), size=k, replace=False))].clone()
+    for _ in range(iterations):
+        assign = (data @ cent.T).argmax(dim=1)
+        new = torch.zeros_like(cent).index_add_(0, assign, data)
+        counts = torch.bincount(assign, minlength=k)
+        empty = counts == 0
+        new[empty] = cent[empty]  # an empty cluster keeps its centroid
+        cent = torch.nn.functional.normalize(new, dim=1)
+    return cent.numpy()
+
+
+def semantic_edges(parts: list[Path], index_of: dict[int, int], cfg, work: Path) -> np.ndarray:
+    """Pairs with cosine similarity >= threshold, via k-means buckets (see the module docstring)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for p in parts:
+            t = pq.read_table(p, columns=["order", "clip_embedding"])
+            t = t.filter(t["clip_embedding"].is_valid())
+            if t.num_rows == 0:
+                continue
+            emb = np.asarray(t["clip_embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                             np.float32).reshape(t.num_rows, -1)
+            yield np.asarray(t["order"].to_numpy(), np.int64), emb
+
+    n = sum(len(o) for o, _ in batches())
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    k = cfg.n_clusters or max(1, int(np.sqrt(n) / 2))
+    k = min(k, n)
+    stride = max(1, n // cfg.sample_size)
+    sample = np.concatenate([e[::stride] for _, e in batches()])[: cfg.sample_size]
+    cent = _kmeans(sample, min(k, len(sample)), cfg.iterations, cfg.seed)
+    spill = work / "semantic"
+    spill.mkdir(parents=True, exist_ok=True)
+    buffers: dict[int, list] = {}
+    sizes: dict[int, int] = {}
+    flush_rows = 20_000
+
+    def flush(b: int) -> None:
+        rows = buffers.pop(b, [])
+        if rows:
+            o = np.concatenate([r[0] for r in rows])
+            c = np.concatenate([r[1] for r in rows])
+            e = np.concatenate([r[2] for r in rows])
+            t = pa.table({"order": o, "cluster": c,
+                          "emb": pa.FixedSizeListArray.from_arrays(pa.array(e.ravel()), e.shape[1])})
+            pq.write_table(t, spill / f"b{b:04d}-{uuid.uuid4().hex[:8]}.parquet")
+        sizes[b] = 0
+
+    for orders, emb in batches():
+        cl = (torch.from_numpy(emb) @ torch.from_numpy(cent).T).argmax(dim=1).numpy()
+        bucket = cl % cfg.n_buckets
+        for b in np.unique(bucket):
+            m = bucket == b
+            buffers.setdefault(int(b), []).append((orders[m], cl[m], emb[m].astype(np.float16)))
+            sizes[int(b)] = sizes.get(int(b), 0) + int(m.sum())
+            if sizes[int(b)] >= flush_rows:
+                flush(int(b))
+    for b in list(buffers):
+        flush(b)
+    edges = []
+    for b in range(cfg.n_buckets):
+        files = sorted(spill.glob(f"b{b:04d}-*.parquet"))
+        if not files:
+            continue
+        t = pa.concat_tables([pq.read_table(f) for f in files])
+        orders = t["order"].to_numpy()
+        clusters = t["cluster"].to_numpy()
+        emb = np.asarray(t["emb"].combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                         np.float32).reshape(t.num_rows, -1)
+        for c in np.unique(clusters):
+            idx = np.flatnonzero(clusters == c)
+            if idx.size < 2:
+                continue
+            x = torch.from_numpy(emb[idx])
+            for s in range(0, idx.size, 4096):  # chunked so a huge cluster stays in memory bounds
+                sim = x[s:s + 4096] @ x.T
+                i, j = np.nonzero(sim.numpy() >= cfg.threshold)
+                keep = (i + s) < j
+                if keep.any():
+                    a = [index_of[int(o)] for o in orders[idx[i[keep] + s]]]
+                    bb = [index_of[int(o)] for o in orders[idx[j[keep]]]]
+                    edges.append(np.stack([np.asarray(a), np.asarray(bb)], axis=1))
+        for f in files:
+            f.unlink()
+    return np.concatenate(edges).astype(np.int64) if edges else np.zeros((0, 2), np.int64)
+
+
+def components(n: int, edges: np.ndarray) -> np.ndarray:
+    """Component label per node (the smallest node index in the component)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(edges) == 0:
+        return np.arange(n)
+    g = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    _, labels = connected_components(g, directed=False)
+    first = np.full(labels.max() + 1, n, np.int64)
+    np.minimum.at(first, labels, np.arange(n))
+    return first[labels]
+
+
+def group_duplicates(signal_parts: list[Path], model_parts: list[Path], out_dir: Path, cfg, cfg_hash: str) -> dict:
+    """Write ``out_dir/groups.parquet`` (order, group, kinds) for inputs that have duplicates."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    marker = out_dir / "_DONE.json"
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("hash") == cfg_hash:
+            return done
+    out_dir.mkdir(parents=True, exist_ok=True)
+    orders, keys, hashes = [], [], []
+    for p in signal_parts:
+        cols = [c for c in ("order", "key", "phash", "status") if c in pq.read_schema(p).names]
+        t = pq.read_table(p, columns=cols).to_pydict()
+        for i, st in enumerate(t.get("status", [])):
+            if st != "scored":
+                continue
+            orders.append(t["order"][i])
+            keys.append(t["key"][i])
+            hashes.append(t["phash"][i] if "phash" in t and t["phash"][i] is not None else None)
+    n = len(orders)
+    order_arr = np.asarray(orders, np.int64)
+    index_of = {int(o): i for i, o in enumerate(order_arr)}
+    kinds: dict[str, int] = {}
+    all_edges = []
+    if cfg.exact and n:
+        e = exact_edges(_key64(keys))
+        kinds["exact"] = len(e)
+        all_edges.append(e)
+    if cfg.near.enabled and n:
+        have = np.array([h is not None for h in hashes])
+        ph = np.array([h if h is not None else 0 for h in hashes], np.int64)
+        idx = np.flatnonzero(have)
+        e = near_edges(ph[idx], cfg.near.max_hamming)
+        e = idx[e] if len(e) else e
+        kinds["near"] = len(e)
+        all_edges.append(e)
+    if cfg.semantic.enabled and n and model_parts:
+        e = semantic_edges(model_parts, index_of, cfg.semantic, out_dir)
+        kinds["semantic"] = len(e)
+        all_edges.append(e)
+    edges = np.concatenate(all_edges) if all_edges else np.zeros((0, 2), np.int64)
+    labels = components(n, edges) if n else np.zeros(0, np.int64)
+    counts = np.bincount(labels, minlength=n) if n else np.zeros(0, np.int64)
+    member = counts[labels] > 1 if n else np.zeros(0, bool)
+    table = pa.table({"order": order_arr[member], "group": order_arr[labels[member]]})
+    tmp = out_dir / f".tmp-{uuid.uuid4().hex[:8]}-{GROUPS_FILE}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, out_dir / GROUPS_FILE)
+    done = {"hash": cfg_hash, "inputs": n, "in_groups": int(member.sum()),
+            "groups": int(len(np.unique(labels[member]))) if n else 0, "edges": kinds}
+    marker.write_text(json.dumps(done))
+    return done
+
+
+def load_groups(out_dir: Path) -> dict[int, int]:
+    import pyarrow.parquet as pq
+
+    p = out_dir / GROUPS_FILE
+    if not p.is_file():
+        return {}
+    t = pq.read_table(p).to_pydict()
+    return dict(zip(t["order"], t["group"]))

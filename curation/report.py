@@ -1,0 +1,185 @@
+"""report.html with PNG plots (matplotlib, Agg): signal histograms with their thresholds, the
+acceptance funnel, and sample grids (accepted; rejected near a threshold; clearly rejected)."""
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from curation.config import CurateConfig
+from curation.rules import thresholds
+
+NUMERIC_SKIP = {"order", "partition", "bytes", "width", "height", "phash", "dup_group", "jpeg_table_error"}
+
+
+def _scores_sample(out: Path, max_rows: int):
+    from datapipe.manifest import open_manifest
+
+    ds = open_manifest(out / "scores")
+    n = ds.count_rows()
+    t = ds.to_table()
+    if n > max_rows:
+        t = t.take(np.linspace(0, n - 1, max_rows).astype(np.int64))
+    return t
+
+
+def _thumb(data: bytes, size: int):
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (size * 2, size * 2))
+    img = img.convert("RGB")
+    img.thumbnail((size, size))
+    return img
+
+
+def _grid(images: list, labels: list[str], path: Path, size: int, title: str) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not images:
+        return False
+    cols = min(6, len(images))
+    rows = (len(images) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size / 80, rows * (size / 80 + 0.5)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, lab in zip(axes.ravel(), images, labels):
+        ax.imshow(np.asarray(img))
+        ax.set_title(lab, fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def _margin(row: dict, failed: list[str], checks) -> float:
+    """How far past its thresholds a rejected row is (relative; 0 = on the threshold)."""
+    worst = 0.0
+    for c in checks:
+        if c.name not in failed or c.signal is None:
+            continue
+        v = row.get(c.signal)
+        if v is None:
+            worst = max(worst, 1.0)
+            continue
+        for bound in (c.min, c.max):
+            if bound is not None:
+                worst = max(worst, abs(float(v) - bound) / (abs(bound) + 1e-6))
+    return worst + (len(failed) - 1)
+
+
+def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from PIL import Image
+
+    from datapipe.inputs import read_source
+    from datapipe.shards import list_shards, read_shard, sample_image, sample_meta
+
+    rc = cfg.report
+    t = _scores_sample(out, rc.max_rows)
+    rows = t.to_pylist()
+    th = thresholds(cfg.rules)
+    parts: list[str] = []
+    # -- histograms
+    numeric = [f.name for f in t.schema if (str(f.type).startswith(("double", "float", "int")) and
+                                            f.name not in NUMERIC_SKIP)]
+    numeric = sorted(numeric, key=lambda c: (c not in th, c))
+    for col in numeric:
+        vals = np.array([r[col] for r in rows if r.get(col) is not None and r.get("status") == "scored"], float)
+        vals = vals[np.isfinite(vals)]
+        if vals.size == 0:
+            continue
+        fig, ax = plt.subplots(figsize=(4.5, 2.6))
+        ax.hist(vals, bins=40, color="#4a7ab5")
+        for kind, v in th.get(col, []):
+            ax.axvline(v, color="#c0392b", linestyle="--")
+            ax.text(v, ax.get_ylim()[1] * 0.9, f" {kind} {v:g}", color="#c0392b", fontsize=7)
+        ax.set_title(col, fontsize=9)
+        fig.tight_layout()
+        name = f"report-hist-{col.replace('.', '_')}.png"
+        fig.savefig(out / name, dpi=80)
+        plt.close(fig)
+        parts.append(f'<img src="{name}" alt="{html.escape(col)}">')
+    # -- funnel
+    stages = [(k, funnel.get(k, 0)) for k in ("inputs", "read", "passed_prefilter", "decoded", "passed_rules",
+                                              "accepted", "training_samples")]
+    reasons = sorted(funnel.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.2))
+    a1.barh([s for s, _ in stages][::-1], [v for _, v in stages][::-1], color="#27ae60")
+    for i, (_, v) in enumerate(stages[::-1]):
+        a1.text(v, i, f" {v}", va="center", fontsize=8)
+    a1.set_title("funnel")
+    if reasons:
+        a2.barh([r for r, _ in reasons][::-1], [v for _, v in reasons][::-1], color="#c0392b")
+        for i, (_, v) in enumerate(reasons[::-1]):
+            a2.text(v, i, f" {v}", va="center", fontsize=8)
+    a2.set_title("rejected, by reason")
+    fig.tight_layout()
+    fig.savefig(out / "report-funnel.png", dpi=80)
+    plt.close(fig)
+    # -- grids
+    n, size = rc.grid_samples, rc.thumb_size
+    grids = []
+    if n:
+        acc_imgs, acc_labels = [], []
+        for url in list_shards(out)[:4]:
+            for s in read_shard(url):
+                ext, data = sample_image(s)
+                m = sample_meta(s)
+                acc_imgs.append(_thumb(data, size))
+                acc_labels.append(f"{Path(m.get('source', '')).name[:24]}")
+                if len(acc_imgs) >= n:
+                    break
+            if len(acc_imgs) >= n:
+                break
+        if _grid(acc_imgs, acc_labels, out / "report-accepted.png", size, "accepted (training crops)"):
+            grids.append("report-accepted.png")
+        ruled = []
+        for r in rows:
+            if r.get("stage") == "rules" and r.get("failed_rules"):
+                failed = json.loads(r["failed_rules"])
+                ruled.append((_margin(r, failed, cfg.rules.checks), r, failed))
+        ruled.sort(key=lambda x: x[0])
+        for name, chosen, title in (("report-near.png", ruled[:n], "rejected near a threshold"),
+                                    ("report-clear.png", ruled[::-1][:n], "clearly rejected")):
+            imgs, labels = [], []
+            for _, r, failed in chosen:
+                try:
+                    data = read_source(os.fsdecode(r["source_uri"]), cfg.decode.max_file_bytes)
+                    imgs.append(_thumb(data, size))
+                except (OSError, ValueError, Image.DecompressionBombError):  # gone or unreadable since scoring
+                    continue
+                labels.append(f"{Path(r['source']).name[:22]}\n{','.join(failed)[:26]}")
+            if _grid(imgs, labels, out / name, size, title):
+                grids.append(name)
+    body = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>supirkit curate report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}img{margin:4px;border:1px solid #ddd}"
+        "td,th{padding:2px 8px;text-align:right}</style></head><body>",
+        f"<h1>Curation report: {html.escape(str(out))}</h1>",
+        f"<p>subset <b>{html.escape(cfg.output.subset)}</b>; selection: <code>"
+        f"{html.escape(selection)}</code></p>",
+        "<h2>Funnel</h2><img src='report-funnel.png' alt='funnel'><table><tr><th>stage</th><th>count</th></tr>",
+        *[f"<tr><td>{html.escape(s)}</td><td>{v}</td></tr>" for s, v in stages],
+        "</table><h3>Rejected, by reason</h3><table>",
+        *[f"<tr><td>{html.escape(r)}</td><td>{v}</td></tr>" for r, v in reasons],
+        "</table><h2>Signals</h2><p>Histograms of decoded inputs; dashed lines: rule thresholds.</p>",
+        *parts,
+        "<h2>Samples</h2>", *[f'<p><img src="{g}" alt="{g}"></p>' for g in grids],
+        "</body></html>",
+    ]
+    path = out / "report.html"
+    path.write_text("\n".join(body), encoding="utf-8")
+    return path

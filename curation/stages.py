@@ -1,0 +1,282 @@
+"""The three partitioned passes of ``supirkit curate`` (see ``curation.job`` for the whole flow).
+
+ScoreStage (CPU tasks): header prefilter, decode, cheap signals -> one table row per input.
+ModelStage (GPU actors, when configured): pyiqa metrics, aesthetics and CLIP embeddings, batched.
+WriteStage (CPU tasks): re-read only the selected sources, crop, encode once -> curated shards.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from curation.config import CurateConfig
+from datapipe.decode import DecodeError, decode_rgb, encode_image, probe
+from datapipe.inputs import MEMBER_ORDER_STRIDE, MEMBER_SEP, RawItem, iter_raw_items, read_source
+from datapipe.keys import content_key, display_source, sub_key
+from datapipe.runner import Partition, PartitionStage
+from datapipe.shards import ShardStats, TableSink
+from datapipe.sources import TAR, InputRef
+
+SIGNALS_DIR = "_signals"
+MODELS_DIR = "_models"
+PLAN_DIR = "_select"
+
+
+def _view_options(cfg: CurateConfig):
+    from curation.signals import ViewOptions
+
+    c = cfg.signals.cheap
+    return ViewOptions(tile_size=c.tile_size, detail_tiles=c.detail_tiles, flat_tiles=c.flat_tiles,
+                       grid=c.grid, small_side=c.small_side)
+
+
+def _one_cv2_thread() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one worker per core: cv2's own threads would only compete
+
+
+class ScoreStage(PartitionStage):
+    """One row per input: its provenance, header, the prefilter/decode verdict and the cheap signals."""
+
+    name = "curate:score"
+
+    def __init__(self, cfg: CurateConfig) -> None:
+        self.cfg = cfg
+
+    def setup(self) -> None:
+        from curation.signals import build_cheap_scorers
+
+        _one_cv2_thread()
+        self.scorers = build_cheap_scorers(self.cfg.signals.cheap.enabled)
+        self.view_options = _view_options(self.cfg)
+
+    def open_sink(self, out_dir, prefix, index, cfg_hash):
+        return TableSink(out_dir, prefix, index, cfg_hash)
+
+    def process(self, partition: Partition, sink: TableSink, stats: ShardStats) -> None:
+        from curation.signals import ImageView, score_views
+
+        cfg = self.cfg
+        first_rejection = len(stats.rejections)
+        for item in iter_raw_items(partition, stats, cfg.decode.max_file_bytes, cfg.runner.io_retries):
+            row = {"order": item.order, "partition": partition.index, "source": item.source,
+                   "source_uri": os.fsencode(item.uri), "bytes": len(item.data)}
+            try:
+                with stats.timer("probe"):
+                    header = probe(item.data)
+                row.update(width=header.width, height=header.height, short_side=min(header.width, header.height),
+                           format=header.format)
+                reason = self._prefilter(header)
+                if reason:
+                    sink.write({**row, "status": "rejected", "stage": "prefilter", "reason": reason})
+                    stats.count("prefiltered")
+                    continue
+                with stats.timer("decode"):
+                    rgb, header = decode_rgb(item.data, cfg.decode.max_pixels)
+            except DecodeError as exc:
+                sink.write({**row, "status": "rejected", "stage": "decode", "reason": exc.reason,
+                            "detail": exc.detail[:300]})
+                stats.count("undecodable")
+                continue
+            with stats.timer("hash"):
+                row["key"] = content_key(item.data)
+            with stats.timer("signals"):
+                view = ImageView(rgb, header, item.data, self.view_options)
+                row.update(score_views(self.scorers, [view])[0])
+            row["status"] = "scored"
+            sink.write(row)
+            stats.count("scored")
+        # inputs that could not even be read were recorded by iter_raw_items: they get rows too. Their
+        # order is the listing position's when the source is a listed one; a tar member or a damaged
+        # tar's tail gets a fresh order after the tar's readable members (unique, deterministic).
+        orders = {display_source(r.uri): (partition.first_order + i) * MEMBER_ORDER_STRIDE
+                  for i, r in enumerate(partition.refs)}
+        used = {row["order"] for row in sink.rows}
+        extra = max(used, default=partition.first_order * MEMBER_ORDER_STRIDE) + 1
+        for rej in stats.rejections[first_rejection:]:
+            order = orders.get(rej["source"])
+            if order is None or order in used:
+                order, extra = extra, extra + 1
+            used.add(order)
+            sink.write({"order": order, "partition": partition.index, "source": rej["source"],
+                        "status": "rejected", "stage": "read", "reason": rej["reason"],
+                        "detail": rej.get("detail", "")})
+
+    def _prefilter(self, header) -> str:
+        p = self.cfg.prefilter
+        short, long_ = sorted((header.width, header.height))
+        if header.width * header.height > self.cfg.decode.max_pixels:
+            return "too_many_pixels"
+        if short < p.min_side:
+            return "too_small"
+        if long_ > p.max_aspect * short:
+            return "bad_aspect"
+        return ""
+
+
+class ModelStage(PartitionStage):
+    """Learned signals for the inputs the CPU pass scored: pyiqa metrics on native tiles, aesthetics
+    and CLIP embeddings; images are batched, models are loaded once per actor."""
+
+    name = "curate:models"
+    needs_gpu = True
+
+    def __init__(self, cfg: CurateConfig, out_dir: str) -> None:
+        self.cfg, self.out_dir = cfg, out_dir
+
+    def setup(self) -> None:
+        from curation.signals.models import build_model_scorers
+
+        _one_cv2_thread()
+        self.scorers = build_model_scorers(self.cfg)
+        self.view_options = _view_options(self.cfg)
+
+    def open_sink(self, out_dir, prefix, index, cfg_hash):
+        return TableSink(out_dir, prefix, index, cfg_hash)
+
+    def process(self, partition: Partition, sink: TableSink, stats: ShardStats) -> None:
+        import pyarrow.parquet as pq
+
+        from curation.signals import ImageView, score_views
+
+        part = Path(self.out_dir) / SIGNALS_DIR / f"signals-{partition.index:06d}.parquet"
+        t = pq.read_table(part, columns=["order", "status"]).to_pydict()
+        wanted = {o for o, s in zip(t["order"], t["status"]) if s == "scored"}
+        batch_size = max(1, min([s.batch_size for s in self.scorers] or [1]))
+        batch: list[tuple[int, object]] = []
+
+        def flush():
+            if not batch:
+                return
+            with stats.timer("models"):
+                rows = score_views(self.scorers, [v for _, v in batch])
+            for (order, _), row in zip(batch, rows):
+                sink.write({"order": order, **row})
+            stats.count("scored", len(batch))
+            batch.clear()
+
+        scratch = ShardStats()
+        for item in iter_raw_items(partition, scratch, self.cfg.decode.max_file_bytes, self.cfg.runner.io_retries):
+            if item.order not in wanted:
+                continue
+            with stats.timer("decode"):
+                rgb, header = decode_rgb(item.data, self.cfg.decode.max_pixels)
+            batch.append((item.order, ImageView(rgb, header, item.data, self.view_options)))
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+
+
+# ------------------------------------------------------------------------------------------------ write
+
+@dataclass
+class WritePartition:
+    index: int
+    rows: list[dict] = field(default_factory=list)
+
+
+def load_write_partition(work_dir: str, index: int) -> WritePartition:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(Path(work_dir) / PLAN_DIR / f"plan-{index:06d}.parquet").to_pylist()
+    return WritePartition(index, rows)
+
+
+def _tar_of(uri: str) -> str | None:
+    if MEMBER_SEP in uri and ".tar" + MEMBER_SEP in uri:
+        return uri.rsplit(MEMBER_SEP, 1)[0]
+    return None
+
+
+class WriteStage(PartitionStage):
+    """Selected sources -> training crops, each encoded once, with crop box and scale in the json."""
+
+    name = "curate:write"
+
+    def __init__(self, cfg: CurateConfig) -> None:
+        self.cfg = cfg
+
+    def setup(self) -> None:
+        _one_cv2_thread()
+
+    def _items(self, rows: list[dict], stats: ShardStats):
+        """(row, raw item or None) in plan order; a tar is streamed once per run of its members."""
+        cfg = self.cfg
+        uri_of = lambda r: os.fsdecode(r["source_uri"])  # noqa: E731
+        for tar, group in itertools.groupby(rows, key=lambda r: _tar_of(uri_of(r))):
+            group = list(group)
+            if tar is None:
+                for r in group:
+                    try:
+                        data = read_source(uri_of(r), cfg.decode.max_file_bytes, cfg.runner.io_retries)
+                    except OSError as exc:
+                        stats.reject(r["source"], "vanished", str(exc)[:200])
+                        yield r, None
+                        continue
+                    yield r, RawItem(r["source"], uri_of(r), r["order"], data)
+                continue
+            by_order = {r["order"]: r for r in group}
+            tar_order = min(by_order) // (1 << 24)
+            found = set()
+            scratch = ShardStats()
+            for item in iter_raw_items(Partition(0, [InputRef(tar, TAR)], tar_order), scratch,
+                                       cfg.decode.max_file_bytes, cfg.runner.io_retries):
+                r = by_order.get(item.order)
+                if r is not None:
+                    found.add(item.order)
+                    yield r, item
+            for o in sorted(set(by_order) - found):
+                stats.reject(by_order[o]["source"], "vanished", "member no longer in its tar")
+
+    def process(self, partition: WritePartition, sink, stats: ShardStats) -> None:
+        from curation.crops import apply_crop, plan_crops
+
+        cfg = self.cfg
+        out = cfg.output
+        enc = out.encode
+        quality = enc.quality if enc.codec == "jpg" else min(enc.quality, 9)
+        for row, item in self._items(partition.rows, stats):
+            stats.count("inputs")
+            if item is None:
+                continue
+            key = content_key(item.data)
+            if key != row["key"]:
+                stats.reject(row["source"], "changed_during_job", "content differs from the scoring pass")
+                continue
+            with stats.timer("decode"):
+                rgb, header = decode_rgb(item.data, cfg.decode.max_pixels)
+            detail = None
+            if out.crop.mode == "grid":
+                from curation.signals import ImageView
+
+                detail = ImageView(rgb, header, b"", _view_options(cfg)).small_detail
+            boxes = plan_crops(header.width, header.height, out.crop, detail)
+            if not boxes:
+                stats.reject(row["source"], "too_small_for_crop", f"{header.width}x{header.height}")
+                continue
+            scores = json.loads(row["scores_json"]) if row.get("scores_json") else {}
+            for i, box in enumerate(boxes):
+                with stats.timer("crop"):
+                    crop = apply_crop(rgb, box, out.crop.size)
+                with stats.timer("encode"):
+                    data = encode_image(crop, enc.codec, quality)
+                sample_key = key if len(boxes) == 1 and out.crop.mode != "grid" else sub_key(key, i)
+                meta = {"key": sample_key, "source": row["source"], "source_key": key, "subset": out.subset,
+                        "width": out.crop.size, "height": out.crop.size, "orig_width": header.width,
+                        "orig_height": header.height, "orig_format": header.format, "crop_box": box.as_list(),
+                        "scale": round(box.scale, 6), "crop_mode": out.crop.mode, "crop_index": i,
+                        "n_crops": len(boxes), "codec": enc.codec, "quality": quality, "scores": scores}
+                if row.get("duplicates"):
+                    meta["duplicates"] = json.loads(row["duplicates"])
+                if item.upstream.get("meta"):
+                    meta["upstream"] = item.upstream["meta"]
+                sample = {"__key__": sample_key, enc.codec: data, "json": meta}
+                if "txt" in item.upstream:
+                    sample["txt"] = item.upstream["txt"]
+                with stats.timer("write"):
+                    sink.write(sample)
+            stats.count("sources_written")

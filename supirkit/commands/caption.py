@@ -1,0 +1,50 @@
+"""supirkit caption"""
+from __future__ import annotations
+
+from supirkit.commands._common import add_config_args, add_output_args, load
+
+HELP = "caption every sample of a shard set with LLaVA (adds .txt and caption metadata; images unchanged)"
+DESCRIPTION = (HELP + ". Input shard i becomes output shard i; rerunning the same command resumes, redoing "
+               "only unfinished shards. Defaults follow SUPIR: llava-hf/llava-1.5-13b-hf, \"Describe this image "
+               "and its style in a very detailed manner.\", temperature 0.2, top_p 0.7, up to 512 new tokens.")
+
+
+def add_arguments(p):
+    p.add_argument("shards", nargs="+", metavar="SHARDS",
+                   help="shard folder, brace pattern (shard-{000000..000009}.tar), glob or .tar files")
+    add_output_args(p)
+    p.add_argument("--model", metavar="ID_OR_PATH",
+                   help="LLaVA-1.5 / LLaVA-NeXT checkpoint id or local folder (overrides model.name)")
+    add_config_args(p, "caption/default.yaml")
+
+
+def run(args) -> int:
+    from supirkit.cli import UserError
+
+    from captioning.backends import BackendError
+    from captioning.config import CaptionJobConfig
+    from captioning.job import run_caption_job
+
+    cfg = load(args, CaptionJobConfig)
+    if args.model:
+        data = cfg.model_dump()
+        data["model"]["name"] = args.model
+        cfg = CaptionJobConfig.model_validate(data)
+    try:
+        job = run_caption_job(args.shards, args.out, cfg, fresh=args.fresh)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc).strip("'\"")) from None
+    except BackendError as exc:
+        raise UserError(str(exc)) from None
+    result, report = job.result, job.summary
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.rejected.items())) or "none"
+    mean = report.get("clip_tokens_mean")
+    print(f"caption: {report['captions']} captions in {result.units} shards under {args.out} "
+          f"({result.skipped} already done); skipped samples: {reasons}; CLIP tokens mean {mean}, "
+          f"{report['over_limit_share']:.0%} over {report['clip_token_limit']} ({report['clip_tokens_method']})")
+    for warning in report["warnings"]:
+        print(f"caption: warning: {warning}")
+    if result.failed:
+        print(f"caption: {len(result.failed)} shard(s) failed; rerun the same command to retry them")
+        return 1
+    return 0

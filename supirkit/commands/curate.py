@@ -1,0 +1,42 @@
+"""supirkit curate"""
+from __future__ import annotations
+
+from supirkit.commands._common import add_config_args, add_output_args, load
+
+HELP = "score, deduplicate and select high-resolution photos; write curated training shards"
+DESCRIPTION = (HELP + ". Every input gets a row in OUT/scores (with the rule that rejected it); accepted "
+               "images become training crops in shards at the top of OUT, with report.html and summary.json. "
+               "With --select-only, new thresholds re-select from the scores without rescoring.")
+
+
+def add_arguments(p):
+    p.add_argument("sources", nargs="*", metavar="SRC", help="folder, glob, fsspec URL, .parquet/.csv list, or .tar")
+    add_output_args(p)
+    p.add_argument("--select-only", action="store_true",
+                   help="re-select from the scores in OUT (rules, dedup, output changed); never rescores")
+    add_config_args(p, "curate/default.yaml")
+
+
+def run(args) -> int:
+    from supirkit.cli import UserError
+
+    if not args.sources and not args.select_only:
+        raise UserError("give at least one SRC, or --select-only to re-select an existing run")
+    from curation import CurateConfig, MissingWeightsError, run_curate_job
+
+    cfg = load(args, CurateConfig)
+    try:
+        result = run_curate_job(args.sources, args.out, cfg, fresh=args.fresh, select_only=args.select_only)
+    except MissingWeightsError as exc:
+        raise UserError(str(exc)) from None
+    f = result.funnel
+    if f:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(f.get("rejected_by_reason", {}).items())) or "none"
+        print(f"curate: {f.get('accepted', 0)} of {f.get('inputs', 0)} inputs accepted -> "
+              f"{f.get('training_samples', 0)} training samples in {args.out}; rejected: {reasons}")
+    if result.failed:
+        for fail in result.failed[:5]:
+            print(f"curate: {fail.get('shard')} failed: {fail.get('error')}")
+        print(f"curate: {len(result.failed)} unit(s) failed; rerun the same command to retry them")
+        return 1
+    return 0

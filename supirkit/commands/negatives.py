@@ -1,0 +1,48 @@
+"""supirkit negatives"""
+from __future__ import annotations
+
+from supirkit.commands._common import add_config_args, add_output_args, load
+
+HELP = "make SUPIR's negative-quality samples with SDXL (img2img from shards at strength 0.5, or txt2img)"
+DESCRIPTION = (HELP + ". Each sample is captioned with its negative-quality prompt and marked "
+               '"quality": "negative"; the same config gives the same images under the same keys, and a '
+               "rerun resumes shard by shard.")
+
+
+def add_arguments(p):
+    p.add_argument("sources", nargs="*", metavar="SRC",
+                   help="input shard set(s) for img2img: folder, glob, brace pattern or .tar "
+                        "(not needed with --set generate.mode=txt2img)")
+    add_output_args(p)
+    p.add_argument("--count", type=int, metavar="N", help="samples to make (default: generate.count of the config)")
+    p.add_argument("--model", metavar="ID_OR_PATH",
+                   help="SDXL diffusers pipeline: hub id or local folder (default: model.id of the config)")
+    add_config_args(p, "negatives/default.yaml")
+
+
+def run(args) -> int:
+    from supirkit.cli import UserError
+
+    from curation.negatives import ModelLoadError, run_negatives_job
+    from curation.negatives_config import NegativesJobConfig
+    from datapipe.config import validate
+
+    cfg = load(args, NegativesJobConfig)
+    if args.count is not None or args.model is not None:
+        data = cfg.model_dump()
+        if args.count is not None:
+            data["generate"]["count"] = args.count
+        if args.model is not None:
+            data["model"]["id"] = args.model
+        cfg = validate(NegativesJobConfig, data, "--count/--model")
+    try:
+        result = run_negatives_job(args.sources, args.out, cfg, fresh=args.fresh)
+    except (FileNotFoundError, ModelLoadError) as exc:
+        raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.rejected.items())) or "none"
+    print(f"negatives: {result.samples} of {cfg.generate.count} samples ({cfg.generate.mode}) in {result.units} "
+          f"shards under {args.out} ({result.skipped} already done); rejected sources: {reasons}")
+    if result.failed:
+        print(f"negatives: {len(result.failed)} shard(s) failed; rerun the same command to retry them")
+        return 1
+    return 0
