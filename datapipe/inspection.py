@@ -666,10 +666,13 @@ def score_items(meta: dict, names: Optional[list[str]] = None, limit: int = 4) -
         return [(n, flat[n]) for n in names if isinstance(flat.get(n), (int, float)) and not isinstance(flat.get(n), bool)]
     out = []
     for k, v in flat.items():
-        leaf = k.rsplit(".", 1)[-1]
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and leaf not in STRUCTURAL \
-                and not k.startswith("upstream."):
+        parts = k.split(".")
+        # bookkeeping (sizes, caption settings, provenance) is not a score, at any depth
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not STRUCTURAL.intersection(parts) \
+                and parts[0] != "upstream":
             out.append((k, v))
+    # a stage's quality scores (curation writes them under ``scores.``) come before anything else
+    out.sort(key=lambda kv: not kv[0].startswith("scores."))
     return out[:limit]
 
 
