@@ -25,6 +25,9 @@ $(STAMP): $(PY) pyproject.toml $(CONSTRAINTS)
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test]"
 	# pyiqa's CLIP-based metrics import pkg_resources: keep setuptools below 81.
 	$(PIP) install -q -c $(CONSTRAINTS) "setuptools<81"
+	# The reference degradation (BasicSR) for the cross-check tests and the degrade benchmark. Without its
+	# dependencies: only its pure degradation functions are used, and its pins would move torch.
+	$(PIP) install -q --no-deps "basicsr==1.4.2"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -8,9 +8,16 @@ the per-core rate the loader cores each GPU needs at the full-size model's sampl
 
 One thread per process (cv2, torch, BLAS). Ours and the anchor alternate in rounds so that load from other
 processes hits both alike; rates are given per wall second and per CPU second of the process (the latter is
-the per-core figure and is less sensitive to a busy machine). The full-size model's samples/s per GPU is not
-measured here yet (no GPU machine was available): the cores-per-GPU figure uses an estimated GPU rate
-(``ESTIMATED_GPU_SAMPLES_PER_S``) and is labelled as an estimate.
+the per-core figure and is less sensitive to a busy machine).
+
+On a machine with CUDA the script also measures the full-size training step (``full_size_step``): SDXL base
+1.0 shapes (``configs/model``: UNet, VAE; the two CLIP text encoders' published sizes) with random weights,
+UNet/VAE/text encoders frozen in bf16, the adaptor of the config's selected trunk layout in fp32 under bf16
+autocast, gradient checkpointing, 512 px, batch 4: VAE encode of the HQ, DR-encoder latent of the LQ, both
+text encoders, the controlled UNet forward + backward, gradient clipping, AdamW and the EMA update, as
+``train.loop`` does. Its samples/s and peak memory are reported, and the cores-per-GPU figure uses that
+measured rate. Without CUDA the figure uses an estimated GPU rate (``ESTIMATED_GPU_SAMPLES_PER_S``) and is
+labelled as an estimate.
 
 Prints a markdown block and writes bench_out/train.json.
 """
@@ -242,11 +249,138 @@ def tiny_step_vs_loader(root: Path, steps: int) -> dict:
             "loader_over_step_cpu": load["per_cpu_s"] / step["per_cpu_s"]}
 
 
+#: SDXL base 1.0's two text encoders (text_encoder/, text_encoder_2/ config.json): CLIP ViT-L/14 and OpenCLIP
+#: ViT-bigG/14 text towers. Only their sizes matter here (random weights); checked by parameter count below.
+SDXL_TEXT_ENCODERS = (
+    dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+         max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768),
+    dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+         max_position_embeddings=77, hidden_act="gelu", projection_dim=1280),
+)
+SDXL_TEXT_ENCODER_PARAMS = (123_060_480, 694_659_840)
+
+
+def full_size_step(device, steps: int, warmup: int, batch: int = 4, px: int = 512, unet_config=None, vae_config=None,
+                   text_configs=SDXL_TEXT_ENCODERS, layout="selected") -> dict:
+    """Samples/s and peak memory of the adaptor training step at full size (random weights).
+
+    The step is ``train.loop.AdaptorObjective.loss`` plus the optimizer part of the loop, on models built from
+    configs instead of ``from_pretrained`` (no download): frozen VAE, DR encoder and text encoders in bf16 under
+    ``no_grad``, the SUPIR model with the UNet in bf16 and the adaptor in fp32 under bf16 autocast, gradient
+    checkpointing, MSE on the epsilon prediction, clipping at 1.0, AdamW, EMA. Inputs are uint8 images moved to
+    the device each step, as the loader delivers them. ``unet_config``/``vae_config``/``text_configs`` default
+    to the full-size ones (other sizes only to smoke-test this function).
+    """
+    import torch
+    import torch.nn.functional as F
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from train.data import to_model_range
+    from train.loop import EMA
+    from train.model.config import load_model_config, read_json_config
+    from train.model.dr_encoder import DegradationRobustEncoder
+    from train.model.supir import SUPIRModel, move_to
+
+    mcfg = load_model_config()
+    unet_config = unet_config or read_json_config(mcfg.sdxl.unet_config)
+    vae_config = vae_config or read_json_config(mcfg.sdxl.vae_config)
+    trunk = mcfg.trunk.selected() if layout == "selected" else layout
+    bf16 = torch.bfloat16
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(unet_config).to(bf16)
+        vae = AutoencoderKL.from_config(vae_config).to(bf16)
+        text = [CLIPTextModel(CLIPTextConfig(**text_configs[0])).to(bf16),
+                CLIPTextModelWithProjection(CLIPTextConfig(**text_configs[1])).to(bf16)]
+    counts = [sum(p.numel() for p in m.parameters()) for m in text]
+    if text_configs is SDXL_TEXT_ENCODERS and tuple(counts) != SDXL_TEXT_ENCODER_PARAMS:
+        raise RuntimeError(f"text encoder sizes {counts} differ from SDXL's {SDXL_TEXT_ENCODER_PARAMS}")
+    for m in (vae, *text):
+        m.requires_grad_(False).eval()
+    dr = DegradationRobustEncoder.from_vae(vae).requires_grad_(False).eval()
+    model = SUPIRModel.from_unet(unet, trunk, sft_hidden_channels=mcfg.connectors.sft_hidden_channels,
+                                 cross_attn_head_dim=mcfg.connectors.cross_attn_head_dim, dr_encoder=dr,
+                                 control_scale=mcfg.control_scale)
+    model.unet.eval()
+    move_to(model.adaptor, device, torch.float32).train().requires_grad_(True)
+    model.enable_gradient_checkpointing()
+    params = list(model.trainable_parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=1e-2)
+    ema = EMA(params, 0.9999)
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   num_train_timesteps=1000)  # SDXL's scheduler/scheduler_config.json
+    alphas = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
+    scaling = float(vae.config.scaling_factor)
+    g = torch.Generator().manual_seed(0)
+    hq_u8 = torch.randint(0, 256, (batch, 3, px, px), generator=g, dtype=torch.uint8)
+    lq_u8 = torch.randint(0, 256, (batch, 3, px, px), generator=g, dtype=torch.uint8)
+    ids = torch.randint(0, text_configs[0]["vocab_size"], (batch, 77), generator=g)
+    time_ids = torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch)
+    n_step = [0]
+
+    def step():
+        n_step[0] += 1
+        with torch.no_grad():
+            hq = to_model_range(hq_u8, device, bf16)
+            lq = to_model_range(lq_u8, device, bf16)
+            post = vae.encode(hq).latent_dist
+            z0 = (post.mean + post.std * torch.randn_like(post.mean)).float() * scaling
+            zlq = dr.latent(lq, vae).float()
+            tok = ids.to(device)
+            h1 = text[0](tok, output_hidden_states=True).hidden_states[-2]
+            out2 = text[1](tok, output_hidden_states=True)
+            embeds, pooled = torch.cat([h1, out2.hidden_states[-2]], dim=-1), out2.text_embeds
+        t = torch.randint(0, 1000, (batch,), device=device)
+        eps = torch.randn_like(z0)
+        a = alphas[t].view(batch, 1, 1, 1)
+        x_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        with torch.autocast(device.type, dtype=bf16):
+            eps_hat = model(x_t, t, embeds, {"text_embeds": pooled, "time_ids": time_ids.to(device)}, zlq)
+        loss = F.mse_loss(eps_hat.float(), eps)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(n_step[0])
+        return loss
+
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        loss = step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"non-finite loss {float(loss)} in the full-size step")
+    times.sort()
+    median = times[len(times) // 2]
+    result = {"device": torch.cuda.get_device_name(device) if cuda else str(device), "batch": batch, "px": px,
+              "layout": mcfg.trunk.layout if layout == "selected" else str(layout), "steps": steps,
+              "median_s_per_step": median, "min_s_per_step": times[0], "samples_per_s": batch / median,
+              "peak_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if cuda else None,
+              "trainable": sum(p.numel() for p in params)}
+    del model, unet, vae, dr, text, optimizer, ema
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "train.json"))
+    ap.add_argument("--gpu-steps", type=int, default=None, help="timed full-size steps on CUDA (default 10, --quick 4)")
     args = ap.parse_args()
+    if args.gpu_steps is None:
+        args.gpu_steps = 4 if args.quick else 10
     rounds = 6 if args.quick else 16
     batch = 4
     import torch
@@ -261,8 +395,14 @@ def main() -> int:
         workers = [worker_rates(root, rounds, batch, w) for w in (1, 2)]
         tiny = tiny_step_vs_loader(root, 4 if args.quick else 8)
     per_core = loader["ours"]["per_cpu_s"]
-    gpu = None  # full-size GPU step: not measured by this script yet (no GPU machine was available)
+    gpu = None
     gpu_rate, label = ESTIMATED_GPU_SAMPLES_PER_S, "estimated [I], not measured"
+    if torch.cuda.is_available():
+        torch.set_num_threads(max(1, os.cpu_count() or 1))  # the GPU step's host side is not the loader
+        torch.backends.cuda.matmul.allow_tf32 = True  # as the training config (schedule.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = True
+        gpu = full_size_step(torch.device("cuda"), steps=args.gpu_steps, warmup=2, batch=batch, px=512)
+        gpu_rate, label = gpu["samples_per_s"], f"measured on {gpu['device']}"
     cores = gpu_rate / per_core
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                           "load_average": os.getloadavg()},
@@ -288,6 +428,13 @@ def main() -> int:
     print(f"| step consumes: samples per CPU-s | {tiny['step_samples_per_cpu_s']:.2f} |")
     print(f"| loader at 64 px: samples per CPU-s | {tiny['loader_samples_per_cpu_s']:.2f} |")
     print(f"| loader / step | {tiny['loader_over_step_cpu']:.2f} |")
+    if gpu is not None:
+        print(f"\n| full-size SUPIR step on {gpu['device']} ({gpu['layout']} trunk, random weights, 512 px, batch "
+              f"{gpu['batch']}, bf16, gradient checkpointing, AdamW + EMA) | value |\n|---|---|")
+        print(f"| trainable parameters | {gpu['trainable']:,} |")
+        print(f"| s/step (median of {gpu['steps']}) | {gpu['median_s_per_step']:.3f} |")
+        print(f"| samples/s per GPU | {gpu['samples_per_s']:.2f} |")
+        print(f"| peak memory (GiB allocated) | {gpu['peak_gib']:.1f} |")
     print(f"\nfull-size model: {gpu_rate:.1f} samples/s per GPU ({label}) / {per_core:.2f} samples per core-s "
           f"= **{cores:.2f} loader cores per GPU** (goal <= {GOAL_CORES_PER_GPU:.0f})")
     return 0

@@ -341,6 +341,49 @@ def check_model(cfg: CaptionJobConfig) -> None:
                            f"{', '.join(SUPPORTED_MODEL_TYPES)} (LLaVA-1.5 / LLaVA-NeXT)")
 
 
+def check_backend(cfg: CaptionJobConfig) -> None:
+    """Fail before any shard is touched when a GPU-only option cannot run where the job will run: the vLLM
+    backend and 8/4-bit loading (bitsandbytes) need their package and a CUDA GPU. Without this check the
+    error would surface inside every worker as a failed shard, with the advice to rerun."""
+    import importlib.util
+
+    from captioning.backends import BackendError
+
+    m = cfg.model
+    if m.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise BackendError("model.backend vllm needs the vllm package, which is not installed here "
+                           "(pip install 'supirkit[vllm]', GPU only); or use model.backend transformers")
+    if m.backend == "vllm" and m.quantization == "8bit":
+        raise BackendError("vLLM quantizes in flight to 4-bit only: use model.quantization 4bit or "
+                           "model.backend transformers")
+    if m.backend == "vllm" and cfg.generation.num_beams != 1:
+        raise BackendError("model.backend vllm samples one sequence per image: set generation.num_beams 1")
+    if m.backend == "transformers" and m.quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise BackendError(f"model.quantization {m.quantization} needs the bitsandbytes package, which is not "
+                           "installed here (pip install 'supirkit[quant]'); or use model.quantization none")
+    if m.backend != "vllm" and m.quantization == "none":
+        return
+    what = "model.backend vllm" if m.backend == "vllm" else f"model.quantization {m.quantization}"
+    if m.device == "cpu":
+        raise BackendError(f"{what} runs on a CUDA GPU only, but model.device is cpu")
+    if cfg.runner.executor == "local" or m.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendError(f"{what} runs on a CUDA GPU only and none is visible here; use model.quantization "
+                               "none and model.backend transformers on CPU")
+    elif cfg.runner.num_gpus_per_actor == 0:
+        raise BackendError(f"{what} runs on a CUDA GPU only, but runner.num_gpus_per_actor is 0")
+    else:
+        import ray
+
+        from datapipe.runner import ensure_ray
+
+        ensure_ray(cfg.runner)
+        if not ray.cluster_resources().get("GPU", 0):
+            raise BackendError(f"{what} runs on a CUDA GPU only, and the Ray cluster has no GPU")
+
+
 def token_report(out_dir: Path, prefix: str, n_shards: int, warn_share: float, limit: int) -> dict:
     """Caption totals over every done shard, and a warning when most captions exceed the CLIP context."""
     captions = over = new_tokens = unfinished = 0
@@ -391,6 +434,7 @@ def run_caption_job(shards: Iterable[str], out: str | Path, cfg: CaptionJobConfi
     if not urls:
         raise FileNotFoundError("no input shards found")
     if backend_factory is None:
+        check_backend(cfg)
         check_model(cfg)
     chash = job_hash(cfg)
     out_dir = prepare_output(out, STAGE, chash, fresh, sources=urls)

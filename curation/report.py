@@ -76,6 +76,69 @@ def _margin(row: dict, failed: list[str], checks) -> float:
     return worst + (len(failed) - 1)
 
 
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-]+", "_", text)[:60] or "unknown"
+
+
+def _reason_examples(out: Path, cfg: CurateConfig, rows: list[dict], funnel: dict, per_reason: int,
+                     size: int) -> list[str]:
+    """One grid per rejection reason (a few of its inputs, as pictures) with the values that decided it;
+    inputs that cannot be pictured (unreadable, undecodable) are listed by name and detail instead."""
+    from PIL import Image
+
+    from datapipe.inputs import read_source
+
+    signal_of = {c.name: c.signal for c in cfg.rules.checks if c.signal}
+    bounds_of = {c.name: " ".join(f"{k} {v:g}" for k, v in (("min", c.min), ("max", c.max)) if v is not None)
+                 for c in cfg.rules.checks if c.signal}
+    by_reason: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("accepted") or r.get("status") is None:
+            continue
+        by_reason.setdefault(r.get("reason") or "unknown", []).append(r)
+    order = sorted(by_reason, key=lambda k: (-funnel.get("rejected_by_reason", {}).get(k, len(by_reason[k])), k))
+    for old in out.glob("report-reason-*.png"):  # a re-selection may no longer have an earlier reason
+        old.unlink()
+    parts: list[str] = []
+    for reason in order:
+        chosen = by_reason[reason]
+        stage = chosen[0].get("stage") or "?"
+        imgs, labels, unpictured = [], [], []
+        for r in chosen:
+            if len(imgs) >= per_reason:
+                break
+            try:
+                uri = os.fsdecode(r["source_uri"]) if r.get("source_uri") else None
+                imgs.append(_thumb(read_source(uri, cfg.decode.max_file_bytes) if uri else b"", size))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:  # unreadable/undecodable inputs
+                if len(unpictured) < per_reason:
+                    unpictured.append((r["source"], r.get("detail") or type(exc).__name__))
+                continue
+            name = Path(r["source"]).name[:22]
+            if stage == "rules":
+                sig = signal_of.get(reason)
+                value = r.get(sig) if sig else None
+                labels.append(f"{name}\n{sig} {value:.3g} ({bounds_of[reason]})" if isinstance(value, (int, float))
+                              else name)
+            elif stage == "dedup":
+                labels.append(f"{name}\ndup of {Path(r.get('duplicate_of') or '?').name[:18]}")
+            elif stage == "prefilter":
+                labels.append(f"{name}\n{r.get('width')}x{r.get('height')}")
+            else:
+                labels.append(name)
+        count = funnel.get("rejected_by_reason", {}).get(reason, len(chosen))
+        parts.append(f"<h3>{html.escape(reason)} <small>({html.escape(stage)}, {count} rejected)</small></h3>")
+        png = f"report-reason-{_slug(reason)}.png"
+        if _grid(imgs, labels, out / png, size, f"rejected: {reason}"):
+            parts.append(f'<p><img src="{png}" alt="{html.escape(reason)}"></p>')
+        if unpictured:
+            parts.append("<ul>" + "".join(f"<li>{html.escape(s)}: {html.escape(str(d)[:200])}</li>"
+                                          for s, d in unpictured) + "</ul>")
+    return parts
+
+
 def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = "") -> Path:
     import matplotlib
 
@@ -131,7 +194,7 @@ def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = ""
     plt.close(fig)
     # -- grids
     n, size = rc.grid_samples, rc.thumb_size
-    grids = []
+    grids, by_reason = [], []
     if n:
         acc_imgs, acc_labels = [], []
         for url in list_shards(out)[:4]:
@@ -164,6 +227,7 @@ def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = ""
                 labels.append(f"{Path(r['source']).name[:22]}\n{','.join(failed)[:26]}")
             if _grid(imgs, labels, out / name, size, title):
                 grids.append(name)
+        by_reason = _reason_examples(out, cfg, rows, funnel, max(1, min(n, 6)), size)
     body = [
         "<!doctype html><html><head><meta charset='utf-8'><title>supirkit curate report</title>",
         "<style>body{font-family:sans-serif;margin:2em}img{margin:4px;border:1px solid #ddd}"
@@ -178,6 +242,7 @@ def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = ""
         "</table><h2>Signals</h2><p>Histograms of decoded inputs; dashed lines: rule thresholds.</p>",
         *parts,
         "<h2>Samples</h2>", *[f'<p><img src="{g}" alt="{g}"></p>' for g in grids],
+        "<h2>Examples of each rejection reason</h2>", *by_reason,
         "</body></html>",
     ]
     path = out / "report.html"

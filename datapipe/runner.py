@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -29,6 +30,8 @@ log = logging.getLogger("supirkit")
 
 PARTITIONS_DIR = "_partitions"
 JOB_FILE = "_job.json"
+#: ``s3://b/x``, also as ``pathlib`` leaves it (``s3:/b/x``); a one-letter scheme is a Windows drive
+_URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:/")
 
 
 # ------------------------------------------------------------------------------------------ partitions
@@ -122,8 +125,16 @@ def plan_partitions(inputs: Iterable[InputRef], work_dir: str | Path, sharding: 
 
 def prepare_output(out_dir: str | Path, stage: str, cfg_hash: str, fresh: bool, sources: list[str] | None = None) -> Path:
     """Create (or reuse) an output folder. Resuming with another config is refused: mixing two
-    configs' samples in one shard set is the mistake a user would not notice until training."""
-    out = Path(out_dir)
+    configs' samples in one shard set is the mistake a user would not notice until training.
+
+    The output is written with local file operations (temporary name, fsync, rename), which object
+    stores do not offer; a URL is refused here instead of becoming a local folder named ``s3:``. On a
+    cluster, ``out_dir`` must be storage every node mounts (NFS, FSx for Lustre, Filestore)."""
+    out_dir = str(out_dir)
+    if _URL_LIKE.match(out_dir) and not out_dir.startswith("file:"):
+        raise ConfigError(f"{out_dir}: --out must be a local path (on a cluster: storage every node mounts, "
+                          "e.g. NFS); writing to a URL is not supported, sync the finished folder instead")
+    out = Path(re.sub(r"^file:(//)?", "", out_dir))  # file:///x, or file:/x as pathlib leaves it
     job_file = out / JOB_FILE
     if fresh and out.exists():
         if not job_file.exists() and any(out.iterdir()):

@@ -379,26 +379,26 @@ def list_shards(spec: str | Path | Iterable[str]) -> list[str]:
     """
     import glob as _glob
 
-    from datapipe.sources import expand_braces, is_url
+    from datapipe.sources import expand_braces, has_braces, is_url, strip_file_scheme
 
     if not isinstance(spec, (str, Path)):
         out: list[str] = []
         for s in spec:
             out.extend(list_shards(s))
         return out
-    spec = str(spec)
+    spec = strip_file_scheme(str(spec))
     if is_url(spec):
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(spec)
         proto = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-        if "{" in spec:
+        if has_braces(spec):
             return expand_braces(spec)
         if root.endswith(".tar"):
             return [spec]
         names = sorted(p for p in fs.ls(root, detail=False) if p.endswith(".tar"))
         return [f"{proto}://{p}" for p in names]
-    if "{" in spec and ".." in spec:
+    if has_braces(spec) and not os.path.lexists(spec):
         return expand_braces(spec)
     if _glob.has_magic(spec):
         return sorted(_glob.glob(spec))

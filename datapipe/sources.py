@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass
@@ -41,12 +42,21 @@ def is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def _strip_file_scheme(path: str) -> str:
+def strip_file_scheme(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
+#: a webdataset brace pattern: a range ``{000000..000009}`` or a list ``{000000,000003}``
+_BRACES = re.compile(r"\{[^{}]*(?:\.\.|,)[^{}]*\}")
+
+
+def has_braces(pattern: str) -> bool:
+    """True when ``pattern`` holds a brace range or list (a lone ``{`` in a file name is not one)."""
+    return bool(_BRACES.search(pattern))
+
+
 def expand_braces(pattern: str) -> list[str]:
-    """``shard-{000000..000009}.tar`` -> 10 names (webdataset's brace syntax)."""
+    """``shard-{000000..000009}.tar`` -> 10 names, ``shard-{000000,000003}.tar`` -> 2 (webdataset's syntax)."""
     import braceexpand
 
     return list(braceexpand.braceexpand(pattern))
@@ -132,7 +142,7 @@ def _iter_list_file(path: str, fs=None) -> Iterator[InputRef]:
             # a binary column holds exact file-name bytes (names that are not UTF-8)
             value = os.fsdecode(value) if isinstance(value, bytes) else str(value)
             kind = TAR if value.lower().endswith(TAR_EXTENSIONS) else FILE
-            yield InputRef(_strip_file_scheme(value), kind)
+            yield InputRef(strip_file_scheme(value), kind)
 
 
 def _iter_list_columns(path: str, fs=None, batch_rows: int = 65536) -> Iterator[list]:
@@ -219,12 +229,12 @@ def list_inputs(sources: Iterable[str]) -> Iterator[InputRef]:
     for source in sources:
         source = str(source)
         if is_url(source):
-            names = expand_braces(source) if "{" in source and ".." in source else [source]
+            names = expand_braces(source) if has_braces(source) else [source]
             for name in names:
                 yield from _iter_remote(name)
             continue
-        source = _strip_file_scheme(source)
-        if "{" in source and ".." in source:
+        source = strip_file_scheme(source)
+        if has_braces(source) and not os.path.lexists(source):  # a name that exists is taken as written
             for name in expand_braces(source):
                 yield from _classify_local(name)
         elif glob.has_magic(source):

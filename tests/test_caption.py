@@ -123,7 +123,7 @@ def test_a_failing_generation_costs_only_its_sample(tmp_path, tiny_models):
 
 def test_source_images_and_fit_modes(tmp_path, tiny_models):
     shards = make_shards(tmp_path / "in", n_shards=1, per_shard=4)
-    assert _run(_argv(shards, tmp_path / "src", tiny_models, "--set", "image.use=source",
+    assert _run(_argv(shards, tmp_path / "src", tiny_models, "--source", "original",
                       "--set", "image.max_side=100")) == 0
     assert _run(_argv(shards, tmp_path / "crop", tiny_models, "--set", "image.fit=crop")) == 0
     before = _samples(shards)
@@ -195,6 +195,37 @@ def test_cli_reports_a_bad_model_in_one_line(tmp_path, tiny_models, capsys):
     code = _run(["caption", str(shards), "--out", str(tmp_path / "o2"), "--model", str(tiny_models["sdxl"] / "unet"),
                  "--config", "caption/demo.yaml", "--set", "runner.executor=local"])
     assert code == 2
+
+
+def test_gpu_only_options_fail_in_one_line_before_any_shard(tmp_path, tiny_models, capsys):
+    """vLLM and 8/4-bit loading run on a CUDA GPU only: refused up front with the reason, not as a failed
+    shard per worker followed by the advice to rerun."""
+    import importlib.util
+
+    shards = make_shards(tmp_path / "in", n_shards=1, per_shard=1)
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    cases = [
+        (["--set", "model.backend=vllm", "--set", "model.device=cpu"],
+         "runs on a CUDA GPU only" if has_vllm else "needs the vllm package"),
+        (["--set", "model.backend=vllm", "--set", "model.quantization=8bit"],
+         "4-bit only" if has_vllm else "needs the vllm package"),
+        (["--set", "model.quantization=8bit", "--set", "model.device=cpu"],
+         "runs on a CUDA GPU only, but model.device is cpu" if has_bnb else "needs the bitsandbytes package"),
+        (["--set", "model.quantization=4bit", "--set", "model.device=auto", "--set", "runner.executor=ray",
+          "--set", "runner.num_gpus_per_actor=0"],
+         "runner.num_gpus_per_actor is 0" if has_bnb else "needs the bitsandbytes package"),
+    ]
+    import torch
+
+    if has_bnb and not torch.cuda.is_available():  # device auto on a machine without a GPU
+        cases.append((["--set", "model.quantization=8bit", "--set", "model.device=auto"], "none is visible here"))
+    for i, (extra, needle) in enumerate(cases):
+        out = tmp_path / f"o{i}"
+        code = _run(_argv(shards, out, tiny_models, *extra))
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and needle in err, (extra, err)
+        assert not out.exists()  # nothing was started
 
 
 @pytest.mark.ray

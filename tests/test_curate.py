@@ -131,6 +131,14 @@ def _check_report(out: Path) -> None:
     for n in names:
         assert (out / n).stat().st_size > 1000, n
     assert "Rejected, by reason" in html and "too_small" in html
+    # every rejection reason gets its own examples: pictures of the inputs it rejected (duplicates and
+    # prefiltered images included), or their names and details when they cannot be decoded
+    funnel = json.loads((out / "summary.json").read_text())["funnel"]
+    stage_of = {r["reason"]: r["stage"] for r in _scores(out) if not r["accepted"]}
+    for reason in funnel["rejected_by_reason"]:
+        assert f"<h3>{reason} <small>" in html, reason
+        if stage_of[reason] in ("rules", "dedup", "prefilter"):
+            assert f"report-reason-{reason}.png" in names, reason
 
 
 # ------------------------------------------------------------------------------------------ the flow
@@ -164,6 +172,25 @@ def test_curate_on_ray_with_aesthetics_accounts_for_every_input(samples, tmp_pat
 
     again = select(out / "scores", summary["selection_condition"] + " and status == 'scored'")
     assert len(again) == len([r for r in rows if r["accepted"] or r["stage"] == "dedup"])
+
+
+@pytest.mark.ray
+def test_curate_as_a_separate_driver_joins_the_cluster_through_ray_address(samples, tmp_path, ray_address):
+    """What ``ray job submit ... -- supirkit curate`` does: the unchanged command in its own driver process,
+    started elsewhere than the repository, with RAY_ADDRESS pointing at the running cluster and no
+    terminal (plain progress lines for ``ray job logs``)."""
+    folder, truth = samples
+    out = tmp_path / "curated"
+    env = dict(os.environ, RAY_ADDRESS=ray_address)
+    env.pop("SUPIRKIT_FAULT", None)
+    argv = ["curate", folder, "--out", out, "--config", "curate/demo.yaml", "--set", "runner.executor=ray",
+            "--set", "runner.progress=log", "--set", "input.inputs_per_partition=8", "--set", "report.enabled=false"]
+    proc = subprocess.run([sys.executable, "-m", "supirkit.cli", *map(str, argv)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "[curate: score] 2/2 shards" in proc.stderr and "[curate: write] 1/1 shards" in proc.stderr
+    rows = _check_verdicts(out, truth)
+    _check_shards(out, rows)
 
 
 def test_select_only_reselects_without_rescoring_and_resume_after_a_kill(samples, tmp_path):
@@ -241,6 +268,28 @@ def test_png_output_and_grid_crops(samples, tmp_path):
         assert len(ms) == 2 and len({m["key"] for m in ms}) == 2
         a, b = (m["crop_box"] for m in ms)
         assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]  # non-overlapping
+
+
+def test_faces_profile_writes_its_own_tagged_shard_set(samples, tmp_path):
+    """configs/curate/faces.yaml end to end (scaled to the small sample images): its own shard prefix,
+    every sample tagged "subset": "faces", its own rules (colour) in the selection, defects still rejected."""
+    folder, truth = samples
+    out = tmp_path / "faces"
+    assert _cli(["curate", folder, "--out", out, "--config", "curate/faces.yaml", "--set", "runner.executor=local",
+                 "--set", "runner.progress=none", "--set", f"prefilter.min_side={SIZE}",
+                 "--set", f"output.crop.size={SIZE}", "--set", "report.enabled=false"]) == 0
+    assert sorted(p.name for p in out.glob("*.tar")) == ["faces-000000.tar"]
+    rows = {Path(r["source"]).name: r for r in _scores(out)}
+    assert sorted(rows) == sorted(truth)
+    for name, kind in truth.items():
+        if kind in ("blurred", "noisy", "compressed", "too_small", "corrupt"):
+            assert not rows[name]["accepted"], (name, rows[name]["reason"])
+    metas = _shard_samples(out)
+    assert metas and sorted(m["source"] for m in metas) == sorted(r["source"] for r in rows.values() if r["accepted"])
+    assert {m["subset"] for m in metas} == {"faces"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["subset"] == "faces" and summary["prefix"] == "faces"
+    assert "chroma >= 2" in summary["selection_condition"]
 
 
 def test_missing_pyiqa_weights_is_one_clear_error(samples, tmp_path, capsys):

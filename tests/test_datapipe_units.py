@@ -319,6 +319,46 @@ def test_manifest_rows_are_streamed_filtered_and_in_listing_order(tmp_path):
     assert len(list(manifest_inputs(m, None, batch_rows=3))) == 13
 
 
+# ------------------------------------------------------------------------------------------ progress
+
+def test_progress_bar_and_log_lines_show_counts_and_eta(monkeypatch, capsys):
+    """On a terminal a bar with shards done/total, samples, rejections and an ETA; elsewhere (under
+    ``ray job submit``, in a log file) plain lines, at most one per ``log_every_s`` and always the last."""
+    import re
+
+    from datapipe import runner
+    from datapipe.config import RunnerConfig
+
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(runner.time, "time", lambda: clock["t"])
+    shard = {"counts": {"samples": 7}, "rejected": {"truncated": 1, "duplicate": 2}}
+
+    monkeypatch.setattr(runner.sys.stderr, "isatty", lambda: False, raising=False)
+    p = runner._Progress("shard: write", 4, RunnerConfig(progress="auto", log_every_s=60))
+    assert p.mode == "log"
+    for step in range(4):
+        clock["t"] += 20  # 20 s per shard: lines at 60 s and at the end
+        p.update({"failed": True, "error": "x"} if step == 2 else shard)
+    p.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["[shard: write] 3/4 shards, 14 samples, 6 rejected, 1 failed, elapsed 60s, ETA 20s",
+                     "[shard: write] 4/4 shards, 21 samples, 9 rejected, 1 failed, elapsed 80s, ETA 0s"]
+
+    monkeypatch.setattr(runner.sys.stderr, "isatty", lambda: True, raising=False)
+    p = runner._Progress("curate: score", 3, RunnerConfig(progress="auto"))
+    assert p.mode == "bar"
+    p.bar.start_t -= 10  # 10 s into the job (tqdm keeps its own clock): 1 of 3 done -> 20 s left
+    p.update(shard)
+    p.close()
+    shown = capsys.readouterr().err
+    assert "curate: score" in shown and "samples=7" in shown and "rejected=3" in shown
+    assert re.search(r"1/3 \[00:1\d<00:[12]\d", shown), shown  # elapsed<remaining: the ETA
+    none = runner._Progress("x", 2, RunnerConfig(progress="none"))
+    none.update(shard)
+    none.close()
+    assert capsys.readouterr().err == ""
+
+
 # ------------------------------------------------------------------------------------------ conditions
 
 @pytest.mark.parametrize("text", ["__import__('os').system('true')", "open('/etc/passwd')", "x.__class__",

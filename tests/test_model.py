@@ -590,3 +590,22 @@ def test_public_api_is_exported_lazily():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip().splitlines()[-1]) >= 30
+
+
+def test_converter_cli_errors_are_one_line(tmp_path, capsys):
+    """Missing file, a pickle that weights_only refuses, keys of another model: rc 2 and one line each."""
+    from train.model.convert import main as convert_main
+
+    import argparse
+
+    pickled = tmp_path / "opaque.ckpt"  # hyper-parameters as a pickled object, which weights_only refuses
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "hparams": argparse.Namespace(lr=1e-5)}, str(pickled))
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"model.control_model.input_blocks.99.7.weight": torch.zeros(1)}}, str(foreign))
+    cases = [(tmp_path / "missing.ckpt", "no such checkpoint file"), (pickled, "weights_only=True"),
+             (foreign, "no counterpart")]
+    for path, message in cases:
+        assert convert_main([str(path), str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

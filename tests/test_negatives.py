@@ -230,6 +230,24 @@ def test_bad_config_is_one_line(tmp_path, capsys):
     assert (cfg.generate.width, cfg.runner.num_gpus_per_actor) == (64, 0)
 
 
+def test_a_prompt_list_is_sampled_per_sample_and_the_count_spread_over_shards():
+    from curation.negatives import PromptSampler, n_partitions, partition_range, sample_seed
+    from curation.negatives_config import PromptOptions
+
+    prompts = ["oil painting, cartoon", "blurring, dirty, messy", "lowres, over-smooth"]
+    sampler = PromptSampler(PromptOptions(list=prompts))
+    chosen = [sampler.prompt(sample_seed(0, i)) for i in range(300)]
+    assert chosen == [sampler.prompt(sample_seed(0, i)) for i in range(300)]  # a pure function of the seed
+    counts = {p: chosen.count(p) for p in prompts}
+    assert set(chosen) == set(prompts) and min(counts.values()) > 60, counts  # about 100 each
+    # 100,000 samples at 1000 per shard: 100 shards, each a contiguous index range, together every index once
+    n = n_partitions(100_000, 1000)
+    ranges = [partition_range(j, 1000, 100_000) for j in range(n)]
+    assert n == 100 and all(len(r) == 1000 for r in ranges)
+    assert [i for r in ranges for i in r] == list(range(100_000))
+    assert n_partitions(7, 3) == 3 and list(partition_range(2, 3, 7)) == [6]
+
+
 def test_source_rule_is_deterministic_and_takes_fresh_members():
     from curation.negatives import SourcePlan
 

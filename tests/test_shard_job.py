@@ -47,6 +47,14 @@ def test_shards_keep_bytes_and_carry_required_metadata(packed):
     assert kept["copies"] == 3 and kept["source"] == str(src / "img_002.jpg")
     dups = sorted(r["source"] for r in rejections(out) if r["reason"] == "duplicate")
     assert dups == [str(src / "sub" / "zz_copy2.jpg"), str(src / "zz_copy1.jpg")]
+    # each copy names the kept one, and the kept one's index row lists the copies
+    assert {r["detail"] for r in rejections(out) if r["reason"] == "duplicate"} == {
+        f"same content as {src / 'img_002.jpg'}"}
+    from datapipe.manifest import open_manifest
+
+    index = {r["key"]: r for r in open_manifest(out).to_table().to_pylist()}
+    assert sorted(json.loads(index[content_key(files["img_002.jpg"])]["duplicates"])) == dups
+    assert all(json.loads(r["duplicates"]) == [] for k, r in index.items() if k != content_key(files["img_002.jpg"]))
     assert [r["reason"] for r in rejections(out) if r["source"].endswith("broken.jpg")] == ["not_an_image"]
     assert total_inputs(out) == 13 == len(samples) + len(rejections(out))
 
@@ -68,7 +76,13 @@ def test_shard_layout_index_stats_and_adjacent_members(packed):
         index = pq.read_table(out / t.replace(".tar", ".parquet"))
         assert sorted(index.column("key").to_pylist()) == sorted(set(keys))
         if keys:  # the last shard holds only a duplicate: it is empty
-            assert {"orig_width", "orig_height", "source", "source_uri", "bytes", "has_caption"} <= set(index.column_names)
+            assert {"orig_width", "orig_height", "width", "height", "source", "source_uri", "bytes", "has_caption",
+                    "duplicates", "copies"} <= set(index.column_names)
+            for row in index.to_pylist():  # one row per sample: its size on disk and its pixel size
+                with tarfile.open(out / t) as tar:
+                    members = [m for m in tar.getmembers() if m.name.split(".", 1)[0] == row["key"]]
+                assert row["bytes"] == sum(m.size for m in members)
+                assert (row["width"], row["height"]) == (row["orig_width"], row["orig_height"]) != (None, None)
         stats = json.loads((out / t.replace(".tar", ".stats.json")).read_text())
         assert stats["counts"]["samples"] == len(set(keys))
         assert {"inputs", "samples", "bytes"} <= set(stats["counts"]) and "timings_s" in stats
@@ -204,3 +218,42 @@ def test_file_gone_between_passes_is_recorded(tmp_path, monkeypatch):
     rej = rejections(out)
     assert [(Path(r["source"]).name, r["reason"]) for r in rej] == [("img_001.jpg", "vanished")]
     assert total_inputs(out) == 3 and len(files) == 3
+
+
+def test_file_urls_and_brace_lists_address_inputs_and_shards(packed, tmp_path):
+    """``file://`` URLs are local paths; a brace list ``{a,b}`` expands like a range, for inputs and shards."""
+    from datapipe.shards import list_shards
+    from datapipe.sources import list_inputs
+
+    src, out, files = packed
+    assert list_shards(f"file://{out}/shard-{{000000,000002}}.tar") == [str(out / "shard-000000.tar"),
+                                                                        str(out / "shard-000002.tar")]
+    assert list_shards(f"file://{out}") == list_shards(out)
+    picked = [r.uri for r in list_inputs([f"file://{src}/img_00{{1,4}}.jpg", f"file://{src}/sub"])]
+    assert picked == [str(src / "img_001.jpg"), str(src / "img_004.jpg")] + [
+        str(src / "sub" / f"img_00{i}.jpg") for i in (6, 7, 8)] + [str(src / "sub" / "zz_copy2.jpg")]
+    sel = tmp_path / "sel"
+    assert run_shard([f"file://{src}/img_00{{1,4}}.jpg", "--out", f"file://{sel}", *LOCAL]) == 0
+    assert sorted(keys_and_bytes(sel).values()) == sorted([files["img_001.jpg"], files["img_004.jpg"]])
+    # a name that holds braces and exists is taken as written
+    odd = tmp_path / "odd{1,2}"
+    odd.mkdir()
+    (odd / "x.jpg").write_bytes(files["img_000.jpg"])
+    assert [r.uri for r in list_inputs([str(odd)])] == [str(odd / "x.jpg")]
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/corpus", "gs://bucket/corpus", "memory://x/out"])
+def test_output_urls_are_refused_in_one_line(packed, tmp_path, monkeypatch, capsys, url):
+    """Shards are committed with local renames: a URL --out is refused before any work, instead of
+    silently becoming a local folder named ``s3:``."""
+    src, _, _ = packed
+    monkeypatch.chdir(tmp_path)
+    assert run_shard([str(src), "--out", url, *LOCAL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and url in err[0] and "local path" in err[0]
+    assert list(tmp_path.iterdir()) == []
+    from datapipe.config import ConfigError
+    from datapipe.runner import prepare_output
+
+    with pytest.raises(ConfigError):  # also as pathlib leaves it (s3:/bucket/corpus)
+        prepare_output(Path(url), "shard", "h", False)

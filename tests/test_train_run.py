@@ -194,6 +194,15 @@ def test_stop_and_resume_equals_uninterrupted(setup):
     assert names == ["step-00000002", "step-00000003", "step-00000004"]
     state = json.loads((Path(part["output_dir"]) / "checkpoints" / names[-1] / "train_state.json").read_text())
     assert state["step"] == 4 and state["micro_batches"] == 8
+    # a checkpoint holds optimizer, scheduler, EMA (custom object) and the process's random states, which
+    # load_state puts back; the trained weights only (the frozen SDXL is reloaded from model.pretrained)
+    ckpt = Path(part["output_dir"]) / "checkpoints" / names[0]
+    files = {p.name for p in ckpt.iterdir()}
+    assert {"optimizer.bin", "scheduler.bin", "custom_checkpoint_0.pkl", "random_states_0.pkl"} <= files, files
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
+        assert all(k.startswith("adaptor.") for k in f.keys())
 
 
 def test_encoder_stage_trains_and_exports_the_dr_encoder(setup):

@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("accelerate", "diffusers", "transformers", "PIL", "urllib3", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from train.data import DataError
-    from train.loop import train
+    from train.loop import SetupError, train
 
     try:
         result = train(cfg, resume=args.resume, stop_at_step=args.stop_at_step)
-    except (DataError, FileNotFoundError) as exc:
+    except (DataError, SetupError, FileNotFoundError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
     if rank == 0:

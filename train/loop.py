@@ -408,23 +408,47 @@ def _check_partial_checkpoint(ckpt: Path, trainable: list[str], prefix: str) -> 
         have = {_strip_wrapper(k) for k in f.keys()}
     missing = [prefix + n for n in trainable if prefix + n not in have]
     if missing:
-        raise RuntimeError(f"checkpoint {ckpt} lacks {len(missing)} trained weights (e.g. {missing[0]}): "
-                           "it was written for a different model config")
+        raise SetupError(f"checkpoint {ckpt} lacks {len(missing)} trained weights (e.g. {missing[0]}): "
+                         "it was written for a different model config")
 
 
 # ---------------------------------------------------------------------------------------------------- run
+
+class SetupError(RuntimeError):
+    """The run cannot start as configured (a one-line message for the user, no traceback)."""
+
+
+def check_optimizer(cfg: TrainConfig, on_cuda: bool):
+    """The 8-bit AdamW module, or None for torch's AdamW; a ``SetupError`` when 8-bit Adam cannot run here.
+    Called before SDXL is loaded (minutes at full size) so that a missing package fails at once."""
+    if not cfg.optim.use_8bit_adam:
+        return None
+    if not on_cuda:
+        raise SetupError("optim.use_8bit_adam needs a CUDA GPU (bitsandbytes); set it to false on CPU")
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise SetupError("optim.use_8bit_adam needs bitsandbytes: pip install 'supirkit[quant]' "
+                         "or set optim.use_8bit_adam=false") from None
+    return bnb
+
+
+def check_logging(cfg: TrainConfig) -> None:
+    """accelerate drops a tracker whose package is missing with only a warning: refuse instead."""
+    import importlib.util
+
+    backend = cfg.logging.backend
+    if backend != "none" and importlib.util.find_spec(backend) is None:
+        raise SetupError(f"logging.backend {backend} needs the {backend} package: pip install {backend}, "
+                         "or choose another backend (tensorboard, wandb, none)")
+
 
 def build_optimizer(cfg: TrainConfig, params, on_cuda: bool):
     import torch
 
     o = cfg.optim
-    if o.use_8bit_adam:
-        if not on_cuda:
-            raise RuntimeError("optim.use_8bit_adam needs a CUDA GPU (bitsandbytes); set it to false on CPU")
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise RuntimeError("optim.use_8bit_adam needs bitsandbytes: pip install 'supirkit[quant]'") from None
+    bnb = check_optimizer(cfg, on_cuda)
+    if bnb is not None:
         return bnb.optim.AdamW8bit(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
     return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
 
@@ -461,6 +485,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, stop_at_step: Optional
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    check_optimizer(cfg, device.type == "cuda")
+    check_logging(cfg)
     torch.manual_seed(seed_for(sch.seed, 0))  # new weights (connectors) start equal on every rank
     frozen = FrozenSDXL(cfg.model.pretrained, device, dtype, need_text=cfg.stage == "adaptor")
     objective = (AdaptorObjective if cfg.stage == "adaptor" else EncoderObjective)(cfg, frozen, device, dtype)
@@ -471,14 +497,14 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, stop_at_step: Optional
     ema = None
     if cfg.optim.ema.enabled:
         if accelerator.distributed_type == DistributedType.FSDP:
-            raise RuntimeError("optim.ema with FSDP is not supported (sharded parameters); disable EMA or use DDP/ZeRO-2")
+            raise SetupError("optim.ema with FSDP is not supported (sharded parameters); disable EMA or use DDP/ZeRO-2")
         e = cfg.optim.ema
         ema = EMA(params, e.decay, e.update_every, e.start_step)
         accelerator.register_for_checkpointing(ema)
     module, optimizer, lr_scheduler = accelerator.prepare(plain, optimizer, lr_scheduler)
     if accelerator.gradient_accumulation_steps != sch.grad_accum:
-        raise RuntimeError(f"the launcher's gradient accumulation ({accelerator.gradient_accumulation_steps}) differs from "
-                           f"schedule.grad_accum ({sch.grad_accum}): make them equal (DeepSpeed config)")
+        raise SetupError(f"the launcher's gradient accumulation ({accelerator.gradient_accumulation_steps}) differs from "
+                         f"schedule.grad_accum ({sch.grad_accum}): make them equal (DeepSpeed config)")
     unwrapped = accelerator.unwrap_model(module)
     params = objective.trainable(unwrapped)
     partial = objective.checkpoint_prefix is not None and accelerator.distributed_type in (
@@ -659,5 +685,5 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, stop_at_step: Optional
     return RunResult(step=step, output_dir=out, export=exported, stopped_early=not finished)
 
 
-__all__ = ["train", "RunResult", "EMA", "AdaptorObjective", "EncoderObjective", "FrozenSDXL", "seed_for",
+__all__ = ["train", "RunResult", "SetupError", "check_optimizer", "check_logging", "build_optimizer", "EMA", "AdaptorObjective", "EncoderObjective", "FrozenSDXL", "seed_for",
            "param_digest", "training_hash", "load_dr_encoder"]

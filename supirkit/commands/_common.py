@@ -14,7 +14,8 @@ def add_config_args(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (local path or fsspec URL)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder: a local path (on a cluster: storage every node mounts)")
     p.add_argument("--fresh", action="store_true",
                    help="delete what an earlier run left in --out and start over (else: resume)")
 

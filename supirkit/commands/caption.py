@@ -15,6 +15,9 @@ def add_arguments(p):
     add_output_args(p)
     p.add_argument("--model", metavar="ID_OR_PATH",
                    help="LLaVA-1.5 / LLaVA-NeXT checkpoint id or local folder (overrides model.name)")
+    p.add_argument("--source", choices=["curated", "original"], default=None,
+                   help="image to caption: the sample's own (curated training crop) or the original it was cut "
+                        "from, named by the sample json's 'source' (overrides image.use; default: curated)")
     add_config_args(p, "caption/default.yaml")
 
 
@@ -26,9 +29,12 @@ def run(args) -> int:
     from captioning.job import run_caption_job
 
     cfg = load(args, CaptionJobConfig)
-    if args.model:
+    if args.model or args.source:
         data = cfg.model_dump()
-        data["model"]["name"] = args.model
+        if args.model:
+            data["model"]["name"] = args.model
+        if args.source:
+            data["image"]["use"] = {"curated": "curated", "original": "source"}[args.source]
         cfg = CaptionJobConfig.model_validate(data)
     try:
         job = run_caption_job(args.shards, args.out, cfg, fresh=args.fresh)

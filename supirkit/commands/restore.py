@@ -5,7 +5,13 @@ from supirkit.commands._common import add_config_args
 
 HELP = "restore images with SDXL and a trained SUPIR adaptor (optionally captioned by LLaVA)"
 DESCRIPTION = (HELP + ". Each IMAGE becomes OUT/<stem>.png plus OUT/<stem>.json (caption, prompt, settings). "
-               "Without --prompt or --captioner the caption is empty and only the positive quality prompt is used.")
+               "Without --prompt or --captioner the caption is empty and only the positive quality prompt is used. "
+               "Sampling is set in the config (configs/restore/default.yaml; --set KEY=VALUE): steps, restoration "
+               "guidance (sampler.restore_cfg), the linear CFG and control-scale schedules "
+               "(sampler.cfg_scale_start/cfg_scale, control_scale_start/control_scale), tiled sampling "
+               "(tiling.tile_size/tile_stride, latent units), the colour fix (image.color_fix) and the positive and "
+               "negative prompts (prompt.positive/negative). The released SUPIR-v0Q/v0F weights become an adaptor "
+               "folder with: python -m train.model.convert SUPIR-v0Q.ckpt ADAPTOR_DIR")
 
 
 def add_arguments(p):

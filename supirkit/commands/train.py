@@ -122,8 +122,21 @@ def run(args) -> int:
         overrides.append(f"stage={args.stage}")
     saved = args.overrides
     args.overrides = overrides
-    load(args, TrainConfig)  # one-line config errors before any process starts
+    cfg = load(args, TrainConfig)  # one-line config errors before any process starts
     args.overrides = saved
+    import importlib.util
+
+    # fail here, not after every process has loaded SDXL
+    backend = cfg.logging.backend
+    if backend != "none" and importlib.util.find_spec(backend) is None:
+        raise UserError(f"logging.backend {backend} needs the {backend} package: pip install {backend}, "
+                        "or choose another backend (tensorboard, wandb, none)")
+    if cfg.optim.use_8bit_adam:
+        if args.cpu or not _has_cuda():
+            raise UserError("optim.use_8bit_adam needs a CUDA GPU (bitsandbytes); set it to false on CPU")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UserError("optim.use_8bit_adam needs bitsandbytes: pip install 'supirkit[quant]' "
+                            "or set optim.use_8bit_adam=false")
     if args.resume and args.resume != "latest" and os.sep in args.resume and not os.path.isdir(args.resume):
         raise UserError(f"--resume {args.resume}: expected 'latest', a checkpoint folder or a step-N name")
     argv, env = launch_argv(args, sys.executable)

@@ -182,14 +182,22 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from .config import load_model_config, read_json_config
 
-    cfg = load_model_config(args.config)
-    unet_cfg = read_json_config(args.unet_config or cfg.sdxl.unet_config)
-    vae_cfg = read_json_config(cfg.sdxl.vae_config)
-    sd = load_checkpoint_file(args.checkpoint)
-    # The released checkpoints are full copies: the layout is "released" whatever the config selects.
-    out = write_adaptor_folder(sd, args.out, unet_cfg, vae_cfg, layout=None,
-                               sft_hidden_channels=cfg.connectors.sft_hidden_channels,
-                               cross_attn_head_dim=cfg.connectors.cross_attn_head_dim)
+    from datapipe.config import ConfigError
+
+    try:
+        if not Path(args.checkpoint).is_file():
+            raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
+        cfg = load_model_config(args.config)
+        unet_cfg = read_json_config(args.unet_config or cfg.sdxl.unet_config)
+        vae_cfg = read_json_config(cfg.sdxl.vae_config)
+        sd = load_checkpoint_file(args.checkpoint)
+        # The released checkpoints are full copies: the layout is "released" whatever the config selects.
+        out = write_adaptor_folder(sd, args.out, unet_cfg, vae_cfg, layout=None,
+                                   sft_hidden_channels=cfg.connectors.sft_hidden_channels,
+                                   cross_attn_head_dim=cfg.connectors.cross_attn_head_dim)
+    except (ConfigError, OSError, ValueError, RuntimeError) as exc:  # RuntimeError: shape mismatch on load
+        print(f"convert: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
     print(out)
     return 0
 
