@@ -180,9 +180,9 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=None, help="model config (default: configs/model/supir.yaml)")
     p.add_argument("--unet-config", default=None, help="UNet config JSON (default: the model config's)")
     args = p.parse_args(argv)
-    from .config import load_model_config, read_json_config
-
     from datapipe.config import ConfigError
+
+    from .config import load_model_config, read_json_config
 
     try:
         if not Path(args.checkpoint).is_file():
