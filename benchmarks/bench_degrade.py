@@ -37,25 +37,15 @@ sys.path.insert(0, str(ROOT))
 
 from degrade import Degrader  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared inputs beside this script
+import _images  # noqa: E402
+
 cv2.setNumThreads(1)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
 def photo_like(seed: int, side: int) -> np.ndarray:
-    """A textured, colourful RGB crop with edges and detail up to Nyquist (uint8)."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((side, side, 3), np.float32)
-    amp = 70.0
-    for cells in (4, 8, 16, 32, 64, 128, 256, side):
-        layer = rng.standard_normal((cells, cells, 3)).astype(np.float32)
-        img += amp * cv2.resize(layer, (side, side), interpolation=cv2.INTER_CUBIC)
-        amp *= 0.6
-    for _ in range(8):
-        c = tuple(int(v) for v in rng.integers(0, side, 2))
-        cv2.circle(img, c, int(rng.integers(side // 16, side // 4)), tuple(float(v) for v in rng.uniform(-80, 80, 3)), -1)
-    yy, xx = np.mgrid[0:side, 0:side]
-    img += 12 * np.sin(0.35 * xx + 0.2 * yy)[..., None]
-    return np.clip(img + 128, 0, 255).astype(np.uint8)
+    return _images.photo_like(seed, side, shapes=True)
 
 
 # ------------------------------------------------------------------------------------------------ reference

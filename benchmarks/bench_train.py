@@ -39,6 +39,8 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared inputs beside this script
+import _images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,18 +54,6 @@ ESTIMATED_GPU_SAMPLES_PER_S = 10.0
 GOAL_CORES_PER_GPU = 4.0
 
 
-def photo_like(seed: int, side: int) -> np.ndarray:
-    """Textured RGB with detail up to Nyquist (JPEG size and decode time like a photo's)."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((side, side, 3), np.float32)
-    amp = 70.0
-    for cells in (4, 8, 16, 32, 64, 128, 256, side):
-        layer = rng.standard_normal((cells, cells, 3)).astype(np.float32)
-        img += amp * cv2.resize(layer, (side, side), interpolation=cv2.INTER_CUBIC)
-        amp *= 0.6
-    return np.clip(img + 128, 0, 255).astype(np.uint8)
-
-
 def write_set(folder: Path, prefix: str, shards: int, per_shard: int, side: int, seed: int) -> None:
     from datapipe.decode import encode_image
     from datapipe.shards import ShardSink, ShardStats
@@ -71,7 +61,7 @@ def write_set(folder: Path, prefix: str, shards: int, per_shard: int, side: int,
     for s in range(shards):
         sink = ShardSink(folder, prefix, s)
         for i in range(per_shard):
-            img = photo_like(seed * 1000 + s * 100 + i, side)
+            img = _images.photo_like(seed * 1000 + s * 100 + i, side)
             sink.write({"__key__": f"{prefix}{s:02d}x{i:03d}", "jpg": encode_image(img, "jpg", 95),
                         "json": {"width": side, "height": side}, "txt": f"a detailed photo number {i}"})
         sink.commit(ShardStats())

@@ -16,19 +16,11 @@ from degrade.noise import (PoissonTable, add_gaussian_noise, add_poisson_noise, 
                            to_levels)
 from degrade.resize import resize
 from degrade.sharpen import unsharp_mask
+from degrade_fixtures import photo
 
 cv2.setNumThreads(1)
 
 
-def photo(seed: int, h: int, w: int) -> np.ndarray:
-    """Small photo-like RGB uint8 image: smooth colour fields, edges and fine texture."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((h, w, 3), np.float32)
-    for octave, amp in ((4, 60.0), (16, 30.0), (max(h, w), 12.0)):
-        layer = rng.standard_normal((octave, octave, 3)).astype(np.float32)
-        img += amp * cv2.resize(layer, (w, h), interpolation=cv2.INTER_CUBIC)
-    img[h // 3: 2 * h // 3, w // 4: w // 2] += 50.0  # a hard-edged block
-    return np.clip(img + 128.0, 0, 255).astype(np.uint8)
 
 
 def basicsr_module(relpath: str):

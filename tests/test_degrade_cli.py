@@ -13,15 +13,8 @@ from PIL import Image
 from degrade import Degrader
 from degrade.preview import contact_sheet, describe, fit_crop, inspect_views, pair_rows, render_pairs
 from supirkit.cli import main
+from degrade_fixtures import photo
 
-
-def photo(seed: int, h: int, w: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = np.zeros((h, w, 3), np.float32)
-    for octave, amp in ((4, 60.0), (16, 30.0), (max(h, w), 12.0)):
-        layer = rng.standard_normal((octave, octave, 3)).astype(np.float32)
-        img += amp * cv2.resize(layer, (w, h), interpolation=cv2.INTER_CUBIC)
-    return np.clip(img + 128.0, 0, 255).astype(np.uint8)
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:

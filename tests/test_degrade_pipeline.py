@@ -16,19 +16,12 @@ import degrade
 from degrade import PROFILES, Degrader
 from degrade.jpeg import to_uint8
 from degrade.sharpen import unsharp_mask
+from degrade_fixtures import photo
 
 cv2.setNumThreads(1)
 P_MIN = 1e-4  # goodness-of-fit threshold: a correct sampler fails one check in 10,000
 
 
-def photo(seed: int, h: int, w: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = np.zeros((h, w, 3), np.float32)
-    for octave, amp in ((4, 60.0), (16, 30.0), (max(h, w), 12.0)):
-        layer = rng.standard_normal((octave, octave, 3)).astype(np.float32)
-        img += amp * cv2.resize(layer, (w, h), interpolation=cv2.INTER_CUBIC)
-    img[h // 3: 2 * h // 3, w // 4: w // 2] += 50.0
-    return np.clip(img + 128.0, 0, 255).astype(np.uint8)
 
 
 def small(profile: str, side: int = 64, out: str | int | None = None) -> Degrader:
