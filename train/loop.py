@@ -242,8 +242,13 @@ class AdaptorObjective:
             eps_hat = module(x_t, t, embeds, {"text_embeds": pooled, "time_ids": time_ids}, zlq)
         return F.mse_loss(eps_hat.float(), eps)
 
-    def save(self, unwrapped, directory: Path) -> None:
-        unwrapped.save_adaptor(directory)
+    def save(self, unwrapped, state: dict, directory: Path) -> None:
+        """The adaptor (and its DR encoder, if any) with the weights in ``state``, the model's full state dict."""
+        from train.model.supir import DR_ENCODER_SUBFOLDER
+
+        save_copy(unwrapped.adaptor, _strip(state, "adaptor."), directory)
+        if unwrapped.dr_encoder is not None:
+            save_copy(unwrapped.dr_encoder, _strip(state, "dr_encoder."), Path(directory) / DR_ENCODER_SUBFOLDER)
 
 
 class _CallThrough:
@@ -300,10 +305,28 @@ class EncoderObjective:
         with autocast():
             return dr_encoder_loss(_CallThrough(module, unwrapped), fz.vae, lq, hq, self.cfg.encoder.loss_target)
 
-    def save(self, unwrapped, directory: Path) -> None:
+    def save(self, unwrapped, state: dict, directory: Path) -> None:
         from train.model.supir import DR_ENCODER_SUBFOLDER
 
-        unwrapped.save_pretrained(Path(directory) / DR_ENCODER_SUBFOLDER, safe_serialization=True)
+        save_copy(unwrapped, state, Path(directory) / DR_ENCODER_SUBFOLDER)
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def save_copy(template, state: dict, directory: Path) -> None:
+    """Save ``template``'s architecture (a diffusers model) with the weights in ``state`` as a diffusers folder.
+
+    The export goes through a state dict, not the live module, because under FSDP the live module holds only
+    this process's shard: ``accelerator.get_state_dict`` gathers the full one on the main process (and is a
+    plain ``state_dict()`` otherwise, so every launcher takes this one path)."""
+    import torch
+
+    with torch.device("meta"):
+        copy = type(template).from_config(template.config)
+    copy.load_state_dict(state, strict=True, assign=True)
+    copy.save_pretrained(directory, safe_serialization=True)
 
 
 def load_dr_encoder(path: str):
@@ -488,13 +511,9 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, stop_at_step: Optional
     check_optimizer(cfg, device.type == "cuda")
     check_logging(cfg)
     torch.manual_seed(seed_for(sch.seed, 0))  # new weights (connectors) start equal on every rank
-    if accelerator.distributed_type == DistributedType.FSDP:
-        # FULL_SHARD leaves each process a slice of the adaptor; validation and the export read it whole on
-        # the main process, which would need a gather (untestable here without several GPUs). Refused
-        # rather than exporting a wrong adaptor.
-        raise SetupError("FSDP is not supported yet: validation and the adaptor export need the whole adaptor on "
-                         "one process; use DeepSpeed ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml: sharded "
-                         "optimizer state, the saving that matters for a 1.3 B-parameter adaptor) or DDP")
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp and cfg.optim.ema.enabled:
+        raise SetupError("optim.ema with FSDP is not supported (sharded parameters); disable EMA or use DDP/ZeRO-2")
     frozen = FrozenSDXL(cfg.model.pretrained, device, dtype, need_text=cfg.stage == "adaptor")
     objective = (AdaptorObjective if cfg.stage == "adaptor" else EncoderObjective)(cfg, frozen, device, dtype)
     plain = objective.module()
@@ -561,6 +580,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, stop_at_step: Optional
     def validate(step: int) -> None:
         nonlocal validator
         v = cfg.validation
+        if fsdp:  # the main process holds a shard of the model only; restore the exported adaptor instead
+            if validator is None:
+                log.warning("validation is skipped under FSDP: run `supirkit restore` on an exported adaptor")
+                validator = False
+            return
         if accelerator.is_main_process:
             from train.validate import Validator
 
@@ -590,12 +614,14 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, stop_at_step: Optional
     def export(step: int) -> Optional[Path]:
         accelerator.wait_for_everyone()
         path = None
+        use_ema = ema is not None and cfg.checkpoint.export_ema
+        with (ema.applied() if use_ema else nullcontext()):
+            state = accelerator.get_state_dict(module)  # every process takes part (a gather under FSDP)
         if accelerator.is_main_process:
-            use_ema = ema is not None and cfg.checkpoint.export_ema
-            with (ema.applied() if use_ema else nullcontext()):
-                path = export_folder(out, step, lambda d: objective.save(unwrapped, d),
-                                     {"stage": cfg.stage, "ema": use_ema, "pretrained": cfg.model.pretrained})
+            path = export_folder(out, step, lambda d: objective.save(unwrapped, state, d),
+                                 {"stage": cfg.stage, "ema": use_ema, "pretrained": cfg.model.pretrained})
             log.info("exported %s", path)
+        del state
         accelerator.wait_for_everyone()
         return path
 
