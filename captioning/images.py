@@ -12,7 +12,7 @@ import numpy as np
 
 from datapipe.decode import decode_rgb
 from datapipe.inputs import read_source
-from datapipe.shards import sample_image
+from datapipe.shards import image_too_large, sample_image
 
 
 class SampleImageError(Exception):
@@ -27,6 +27,8 @@ def image_bytes_for(sample: dict, meta: dict, use: str, max_file_bytes: int) -> 
     """The encoded image to caption: the sample's own, or the original named by ``meta['source']``."""
     if use == "curated":
         _, data = sample_image(sample)
+        if (data is None and image_too_large(sample)) or (data is not None and len(data) > max_file_bytes):
+            raise SampleImageError("too_large", f"image member larger than max_file_bytes={max_file_bytes}")
         if data is None:
             raise SampleImageError("no_image_in_sample")
         return data

@@ -130,7 +130,7 @@ class CaptionStage(PartitionStage):
                                      "absolute path or '..' in a tar member name"))
 
         try:
-            for sample in read_shard(url, on_unsafe=unsafe):
+            for sample in read_shard(url, on_unsafe=unsafe, max_member_bytes=self.cfg.decode.max_file_bytes):
                 batch.timings["read"] = batch.timings.get("read", 0.0) + time.perf_counter() - t_read
                 t = time.perf_counter()
                 batch.items.append(self._prepare(sample, tar_source))

@@ -164,9 +164,10 @@ class SourcePlan:
         return np.random.default_rng([self.seed, 2, input_pos]).permutation(n_members)
 
 
-def shard_keys(tar_url: str) -> list[str]:
-    """Sorted sample keys of an input shard: from its parquet index, else from one pass over the tar."""
-    from datapipe.shards import read_shard, sample_image, shard_index_path
+def shard_keys(tar_url: str, max_member_bytes: Optional[int] = None) -> list[str]:
+    """Sorted sample keys of an input shard: from its parquet index, else from one pass over the tar
+    (members over ``max_member_bytes`` are not read; their samples are listed, and rejected when used)."""
+    from datapipe.shards import image_too_large, read_shard, sample_image, shard_index_path
     from datapipe.sources import open_binary
 
     try:
@@ -176,7 +177,8 @@ def shard_keys(tar_url: str) -> list[str]:
             keys = pq.read_table(f, columns=["key"]).column("key").to_pylist()
         return sorted({str(k) for k in keys if k})
     except Exception:  # no index, or one without a key column (another tool's shards): list the tar
-        return sorted({s["__key__"] for s in read_shard(tar_url) if sample_image(s)[1] is not None})
+        return sorted({s["__key__"] for s in read_shard(tar_url, max_member_bytes=max_member_bytes)
+                       if sample_image(s)[1] is not None or image_too_large(s)})
 
 
 def fit_to_size(rgb: np.ndarray, width: int, height: int, crop: str, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
@@ -229,7 +231,7 @@ class SourceReader:
         url = self.inputs[input_pos]
         tar_display = display_source(url)
         with stats.timer("read_index"):
-            keys = shard_keys(url)
+            keys = shard_keys(url, self.cfg.sources.decode.max_file_bytes)
         if not keys:
             for p in picks:
                 stats.reject(tar_display, "no_members", f"input shard has no images (sample {specs[p.t].key})")
@@ -270,11 +272,11 @@ class SourceReader:
         from datapipe.decode import DecodeError, decode_rgb
         from datapipe.inputs import MEMBER_SEP
         from datapipe.keys import display_source
-        from datapipe.shards import read_shard, sample_image
+        from datapipe.shards import image_too_large, read_shard, sample_image
 
         dec, gen = self.cfg.sources.decode, self.cfg.generate
         found: set[str] = set()
-        stream = read_shard(url)
+        stream = read_shard(url, max_member_bytes=dec.max_file_bytes)
         corrupt = False
         while True:
             try:
@@ -294,6 +296,8 @@ class SourceReader:
             src = f"{tar_display}{MEMBER_SEP}{display_source(key)}"
             _, data = sample_image(sample)
             try:
+                if data is None and image_too_large(sample):  # not read: over the limit by its header
+                    raise DecodeError("too_large", f"image member larger than max_file_bytes={dec.max_file_bytes}")
                 if data is None:
                     raise DecodeError("no_image_in_sample")
                 if len(data) > dec.max_file_bytes:

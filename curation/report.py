@@ -3,7 +3,6 @@ acceptance funnel, and sample grids (accepted; rejected near a threshold; clearl
 from __future__ import annotations
 
 import html
-import io
 import json
 import os
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 
 from curation.config import CurateConfig
 from curation.rules import thresholds
+from datapipe.decode import DecodeError
 
 NUMERIC_SKIP = {"order", "partition", "bytes", "width", "height", "phash", "dup_group", "jpeg_table_error"}
 
@@ -27,14 +27,12 @@ def _scores_sample(out: Path, max_rows: int):
     return t
 
 
-def _thumb(data: bytes, size: int):
-    from PIL import Image
+def _thumb(data: bytes, size: int, max_pixels: int):
+    """Through the shared decoder, so a rejected decompression bomb is refused here too (from its
+    header, at the configured ``decode.max_pixels``) instead of being decoded for a picture."""
+    from datapipe.decode import decode_thumbnail
 
-    img = Image.open(io.BytesIO(data))
-    img.draft("RGB", (size * 2, size * 2))
-    img = img.convert("RGB")
-    img.thumbnail((size, size))
-    return img
+    return decode_thumbnail(data, size, max_pixels)[0]
 
 
 def _grid(images: list, labels: list[str], path: Path, size: int, title: str) -> bool:
@@ -86,8 +84,6 @@ def _reason_examples(out: Path, cfg: CurateConfig, rows: list[dict], funnel: dic
                      size: int) -> list[str]:
     """One grid per rejection reason (a few of its inputs, as pictures) with the values that decided it;
     inputs that cannot be pictured (unreadable, undecodable) are listed by name and detail instead."""
-    from PIL import Image
-
     from datapipe.inputs import read_source
 
     signal_of = {c.name: c.signal for c in cfg.rules.checks if c.signal}
@@ -111,8 +107,9 @@ def _reason_examples(out: Path, cfg: CurateConfig, rows: list[dict], funnel: dic
                 break
             try:
                 uri = os.fsdecode(r["source_uri"]) if r.get("source_uri") else None
-                imgs.append(_thumb(read_source(uri, cfg.decode.max_file_bytes) if uri else b"", size))
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:  # unreadable/undecodable inputs
+                imgs.append(_thumb(read_source(uri, cfg.decode.max_file_bytes) if uri else b"", size,
+                                   cfg.decode.max_pixels))
+            except (OSError, ValueError, DecodeError) as exc:  # unreadable/undecodable inputs
                 if len(unpictured) < per_reason:
                     unpictured.append((r["source"], r.get("detail") or type(exc).__name__))
                 continue
@@ -145,8 +142,6 @@ def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = ""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from PIL import Image
-
     from datapipe.inputs import read_source
     from datapipe.shards import list_shards, read_shard, sample_image, sample_meta
 
@@ -171,7 +166,7 @@ def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = ""
             ax.text(v, ax.get_ylim()[1] * 0.9, f" {kind} {v:g}", color="#c0392b", fontsize=7)
         ax.set_title(col, fontsize=9)
         fig.tight_layout()
-        name = f"report-hist-{col.replace('.', '_')}.png"
+        name = f"report-hist-{_slug(col.replace('.', '_'))}.png"  # a file name in ``out``, whatever the column
         fig.savefig(out / name, dpi=80)
         plt.close(fig)
         parts.append(f'<img src="{name}" alt="{html.escape(col)}">')
@@ -198,10 +193,13 @@ def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = ""
     if n:
         acc_imgs, acc_labels = [], []
         for url in list_shards(out)[:4]:
-            for s in read_shard(url):
+            for s in read_shard(url, max_member_bytes=cfg.decode.max_file_bytes):
                 ext, data = sample_image(s)
                 m = sample_meta(s)
-                acc_imgs.append(_thumb(data, size))
+                try:
+                    acc_imgs.append(_thumb(data or b"", size, cfg.decode.max_pixels))
+                except DecodeError:  # an output shard changed by hand since: picture the others
+                    continue
                 acc_labels.append(f"{Path(m.get('source', '')).name[:24]}")
                 if len(acc_imgs) >= n:
                     break
@@ -221,8 +219,8 @@ def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = ""
             for _, r, failed in chosen:
                 try:
                     data = read_source(os.fsdecode(r["source_uri"]), cfg.decode.max_file_bytes)
-                    imgs.append(_thumb(data, size))
-                except (OSError, ValueError, Image.DecompressionBombError):  # gone or unreadable since scoring
+                    imgs.append(_thumb(data, size, cfg.decode.max_pixels))
+                except (OSError, ValueError, DecodeError):  # gone, unreadable or over the limits
                     continue
                 labels.append(f"{Path(r['source']).name[:22]}\n{','.join(failed)[:26]}")
             if _grid(imgs, labels, out / name, size, title):

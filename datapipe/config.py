@@ -172,11 +172,14 @@ def load_config(
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    """Accept a file path or a name relative to ``configs/`` (``curate/default.yaml``)."""
+    """Accept a file path or a name relative to ``configs/`` (``curate/default.yaml``, or
+    ``configs/curate/default.yaml`` as the docs write it, from any working folder)."""
     p = Path(path)
     if p.is_file():
         return p
     candidate = CONFIG_ROOT / p
+    if not p.is_absolute() and p.parts[:1] == (CONFIG_ROOT.name,) and (CONFIG_ROOT.parent / p).is_file():
+        candidate = CONFIG_ROOT.parent / p
     if candidate.is_file():
         return candidate
     if candidate.with_suffix(".yaml").is_file():

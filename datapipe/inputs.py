@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 
 from datapipe.keys import display_source
 from datapipe.runner import Partition
-from datapipe.shards import ShardStats, read_shard, sample_image, sample_meta
+from datapipe.shards import ShardStats, image_too_large, read_shard, sample_image, sample_meta
 from datapipe.sources import INVALID, TAR, read_bytes
 
 #: a tar member's provenance is written ``tar_uri#member_key``
@@ -106,17 +106,21 @@ def _iter_tar(uri: str, order: int, stats: ShardStats, max_file_bytes: int) -> I
                      "absolute path or '..' in a tar member name")
 
     def skipped(name: str, why: str) -> None:
-        stats.count("tar_members_skipped")  # not inputs: links, extensionless names, repeated fields
+        stats.count("tar_members_skipped")  # not inputs: links, extensionless names, repeated fields, too large
         listed = stats.extra.setdefault("skipped_members", [])
         if len(listed) < 100:
             listed.append({"member": f"{tar_source}{MEMBER_SEP}{display_source(name)}", "why": why})
 
     try:
-        for idx, sample in enumerate(read_shard(uri, on_unsafe=unsafe, on_skip=skipped)):
+        for idx, sample in enumerate(read_shard(uri, on_unsafe=unsafe, on_skip=skipped,
+                                                max_member_bytes=max_file_bytes)):
             stats.count("inputs")
             key = sample["__key__"]
             src = f"{tar_source}{MEMBER_SEP}{display_source(key)}"
             ext, data = sample_image(sample)
+            if data is None and image_too_large(sample):
+                stats.reject(src, "too_large")
+                continue
             if data is None:
                 stats.reject(src, "no_image_in_sample", f"members: {sorted(k for k in sample if not k.startswith('__'))}")
                 continue
@@ -142,14 +146,16 @@ def _iter_tar_members(tar_uri: str, wanted: list[tuple[int, str]], stats: ShardS
     stats.count("inputs", len(wanted))
     error = ""
     try:
-        for sample in read_shard(tar_uri):
+        for sample in read_shard(tar_uri, max_member_bytes=max_file_bytes):
             positions = by_key.pop(sample["__key__"], None)
             if positions is None:
                 continue
             src = f"{tar_source}{MEMBER_SEP}{display_source(sample['__key__'])}"
             ext, data = sample_image(sample)
             for pos in positions:
-                if data is None:
+                if data is None and image_too_large(sample):
+                    stats.reject(src, "too_large")
+                elif data is None:
                     stats.reject(src, "no_image_in_sample")
                 elif len(data) > max_file_bytes:
                     stats.reject(src, "too_large")
@@ -172,10 +178,12 @@ def read_source(uri: str, max_file_bytes: int, io_retries: int = 3) -> bytes:
     member = split_member_uri(uri)
     if member is not None:
         tar, key = member
-        for sample in read_shard(tar):
+        for sample in read_shard(tar, max_member_bytes=max_file_bytes):
             if sample["__key__"] == key:
                 _, data = sample_image(sample)
                 if data is not None:
                     return data
+                if image_too_large(sample):  # the same error read_bytes gives for a large file
+                    raise OSError(f"{uri}: member larger than max_file_bytes={max_file_bytes}")
         raise FileNotFoundError(f"{key} not found in {tar}")
     return read_bytes(uri, max_bytes=max_file_bytes, retries=io_retries)

@@ -30,7 +30,8 @@ from pydantic import Field
 from datapipe.config import DecodeConfig, Schema
 from datapipe.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_thumbnail, probe
 from datapipe.keys import display_source
-from datapipe.shards import IMAGE_EXTS, list_shards, read_shard, sample_image, sample_meta, split_member
+from datapipe.shards import (IMAGE_EXTS, image_too_large, list_shards, read_shard, sample_image, sample_meta,
+                             split_member)
 
 SHARDS, MANIFEST = "shards", "manifest"
 #: short-side bins of the resolution histogram (pixels); SUPIR trains on 1024+ px crops of large photos
@@ -307,20 +308,27 @@ class Summary:
 # ------------------------------------------------------------------------------------------ summary
 
 def _scan_tar_members(url: str) -> tuple[Counter, int, set]:
-    """Fields per extension, sample count and keys of one tar, from its headers only."""
+    """Fields per extension, sample count and keys of one tar, from its headers only (members the
+    readers refuse, absolute or ``..`` names, are not counted)."""
     import tarfile
+
+    from datapipe.shards import UnsafeMember, _check_member
 
     fields: Counter = Counter()
     keys: dict[str, set] = {}
     with tarfile.open(url, mode="r:") as tar:  # random access: member data is skipped by seeking
         for info in tar:
+            tar.members = []
             if not info.isreg():
+                continue
+            try:
+                _check_member(info.name)
+            except UnsafeMember:
                 continue
             key, ext = split_member(info.name)
             if key is None:
                 continue
             keys.setdefault(key, set()).add(ext.lower())
-            tar.members = []
     for exts in keys.values():
         for ext in exts:
             fields[ext] += 1
@@ -543,7 +551,8 @@ def _sample_from_tar(sample: dict, url: str) -> Sample:
     elif isinstance(meta.get("caption"), str):
         caption = meta["caption"]
     fields = sorted(k for k in sample if not k.startswith("__"))
-    return Sample(sample["__key__"], url, meta, caption, data, ext, fields)
+    error = "image member larger than max_file_bytes" if data is None and image_too_large(sample) else ""
+    return Sample(sample["__key__"], url, meta, caption, data, ext, fields, error)
 
 
 def _bottom_k(items: Iterable, n: int, seed: int) -> list:
@@ -572,7 +581,7 @@ def iter_samples(coll: Collection, n: int, seed: Optional[int] = None, max_file_
     if seed is None:
         left = n
         for url in coll.urls:
-            for sample in read_shard(url):
+            for sample in read_shard(url, max_member_bytes=max_file_bytes):
                 yield _sample_from_tar(sample, url)
                 left -= 1
                 if left == 0:
@@ -586,7 +595,7 @@ def iter_samples(coll: Collection, n: int, seed: Optional[int] = None, max_file_
         if url not in wanted:
             continue
         keys = set(wanted[url])
-        for sample in read_shard(url):
+        for sample in read_shard(url, max_member_bytes=max_file_bytes):
             if sample["__key__"] in keys:
                 yield _sample_from_tar(sample, url)
 

@@ -272,12 +272,14 @@ def split_member(name: str) -> tuple[Optional[str], Optional[str]]:
     return (m.group(1), m.group(2)) if m else (None, None)
 
 
-def iter_tar_samples(fileobj, on_unsafe=None, on_skip=None) -> Iterator[dict]:
+def iter_tar_samples(fileobj, on_unsafe=None, on_skip=None, max_member_bytes: Optional[int] = None) -> Iterator[dict]:
     """Group a tar stream into webdataset samples (bytes, undecoded), reading it once, sequentially.
 
     Members with absolute paths or ``..`` are refused: reported to ``on_unsafe(name)`` and skipped,
     never extracted or used as keys. Links, folders and names without an extension are skipped; a
     field repeated inside one sample keeps its first copy and the repeat goes to ``on_skip(name, why)``.
+    A member larger than ``max_member_bytes`` (from its header) is never read into memory: its field
+    is left out, listed under the sample's ``__too_large__``, and reported as ``on_skip(name, "too_large")``.
     A truncated or corrupt tar raises ``tarfile.TarError`` (or ``EOFError``) after the samples that
     could be read; the sample being assembled at that moment is not yielded.
     """
@@ -305,17 +307,26 @@ def iter_tar_samples(fileobj, on_unsafe=None, on_skip=None) -> Iterator[dict]:
                     on_skip(name, "no_extension")
                 continue
             ext = ext.lower()
+            if ext.startswith("__"):  # would collide with the reader's own fields (__key__, __too_large__)
+                if on_skip is not None:
+                    on_skip(name, "reserved_field")
+                continue
             if current is None or current["__key__"] != key:
                 if current is not None:
                     yield current  # complete: the next member belongs to another sample
                 current = {"__key__": key}
-            f = stream.extractfile(info)
-            data = f.read() if f is not None else b""
-            if ext in current:
+            if ext in current or ext in current.get("__too_large__", ()):
                 if on_skip is not None:
                     on_skip(name, "repeated_field")
                 continue
-            current[ext] = data
+            if max_member_bytes is not None and info.size > max_member_bytes:
+                # the stream skips the unread data; reading it first would let one member exhaust memory
+                current.setdefault("__too_large__", []).append(ext)
+                if on_skip is not None:
+                    on_skip(name, "too_large")
+                continue
+            f = stream.extractfile(info)
+            current[ext] = f.read() if f is not None else b""
     if not tracked.ends_with_zero_block():
         # tarfile ends quietly when a file is cut at or inside a header: say so
         raise tarfile.ReadError("truncated tar: no end-of-archive marker")
@@ -342,12 +353,13 @@ class _TailTracker:
         return len(self._tail) >= 512 and not any(self._tail[-512:])
 
 
-def read_shard(url: str, on_unsafe=None, on_skip=None) -> Iterator[dict]:
-    """Samples of one shard (local path or fsspec URL), as dicts of raw bytes plus ``__key__``."""
+def read_shard(url: str, on_unsafe=None, on_skip=None, max_member_bytes: Optional[int] = None) -> Iterator[dict]:
+    """Samples of one shard (local path or fsspec URL), as dicts of raw bytes plus ``__key__``
+    (``max_member_bytes``: see ``iter_tar_samples``)."""
     from datapipe.sources import open_binary
 
     with open_binary(url) as f:
-        for sample in iter_tar_samples(f, on_unsafe=on_unsafe, on_skip=on_skip):
+        for sample in iter_tar_samples(f, on_unsafe=on_unsafe, on_skip=on_skip, max_member_bytes=max_member_bytes):
             sample["__shard__"] = url
             yield sample
 
@@ -357,6 +369,11 @@ def sample_image(sample: dict) -> tuple[Optional[str], Optional[bytes]]:
         if ext in sample:
             return ext, sample[ext]
     return None, None
+
+
+def image_too_large(sample: dict) -> bool:
+    """True when the sample has no image because its image member was over the reader's size limit."""
+    return any(ext in IMAGE_EXTS for ext in sample.get("__too_large__", ()))
 
 
 def sample_meta(sample: dict) -> dict:

@@ -44,6 +44,9 @@ _MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "jp2", "ppm")
 #: stream id of the validation pairs (training streams are the ranks 0..world-1)
 VALIDATION_STREAM = 1 << 20
+#: the size a member may have before it is read into memory: the pipeline's ``decode.max_file_bytes``
+#: default (a constant, not a data option, so the resume hash of existing runs is unchanged)
+MAX_MEMBER_BYTES = 512 * 1024 * 1024
 
 
 class DataError(RuntimeError):
@@ -231,10 +234,11 @@ def _scan_tar_keys(url: str) -> list[Optional[str]]:
 class TarReader:
     """Reads the members of one key from a tar by offset (tar headers scanned once per shard and process)."""
 
-    def __init__(self, cache_shards: int = 256, cache_files: int = 8):
+    def __init__(self, cache_shards: int = 256, cache_files: int = 8, max_member_bytes: int = MAX_MEMBER_BYTES):
         self._tables = _LRU(cache_shards)
         self._files = _LRU(cache_files, on_evict=lambda f: f.close())
         self._pid = os.getpid()
+        self.max_member_bytes = int(max_member_bytes)
 
     def _check_pid(self):
         if os.getpid() != self._pid:  # forked: never share file positions with the parent
@@ -247,6 +251,9 @@ class TarReader:
         members = table.get(key)
         if members is None:
             raise KeyError(f"{url}: no member {key!r}")
+        too_large = [ext for ext, (_, size) in members.items() if size > self.max_member_bytes]
+        if too_large:  # refused from the header (an OSError: the stream draws another sample)
+            raise OSError(f"{url}: {key}.{too_large[0]} is larger than {self.max_member_bytes} bytes")
         f = self._files.get(url, lambda: _open(url))
         sample = {"__key__": key, "__shard__": url}
         for ext, (offset, size) in members.items():
@@ -256,7 +263,7 @@ class TarReader:
 
     def __getstate__(self):
         return {"_tables": _LRU(self._tables.size), "_files": _LRU(self._files.size, on_evict=lambda f: f.close()),
-                "_pid": -1}
+                "_pid": -1, "max_member_bytes": self.max_member_bytes}
 
     def __setstate__(self, state):
         self.__dict__.update(state)

@@ -244,6 +244,13 @@ def restore_images(images, out_dir, sdxl: str, adaptor, config, captioner: Optio
     """Restore each image file into ``out_dir/<stem>.png`` (+ ``<stem>.json``); returns the PNG paths."""
     from PIL import Image
 
+    images = [Path(p) for p in images]
+    seen: dict[str, Path] = {}
+    for path in images:  # outputs are named by stem: a second image of the same stem would overwrite the first
+        if path.stem in seen:
+            raise ValueError(f"{seen[path.stem]} and {path} would both be written as {path.stem}.png: "
+                             "restore them into separate --out folders")
+        seen[path.stem] = path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     restorer = restorer or SUPIRRestorer.load(sdxl, adaptor, config, captioner=captioner)

@@ -1,7 +1,7 @@
 """supirkit caption"""
 from __future__ import annotations
 
-from supirkit.commands._common import add_config_args, add_output_args, load
+from supirkit.commands._common import add_config_args, add_output_args, check_model_ref, check_output_folder, load
 
 HELP = "caption every sample of a shard set with LLaVA (adds .txt and caption metadata; images unchanged)"
 DESCRIPTION = (HELP + ". Input shard i becomes output shard i; rerunning the same command resumes, redoing "
@@ -36,6 +36,8 @@ def run(args) -> int:
         if args.source:
             data["image"]["use"] = {"curated": "curated", "original": "source"}[args.source]
         cfg = CaptionJobConfig.model_validate(data)
+    check_output_folder(args.out)
+    check_model_ref("model.name", cfg.model.name)
     try:
         job = run_caption_job(args.shards, args.out, cfg, fresh=args.fresh)
     except FileNotFoundError as exc:

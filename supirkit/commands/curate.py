@@ -1,7 +1,7 @@
 """supirkit curate"""
 from __future__ import annotations
 
-from supirkit.commands._common import add_config_args, add_output_args, load
+from supirkit.commands._common import add_config_args, add_output_args, check_output_folder, check_sources, load
 
 HELP = "score, deduplicate and select high-resolution photos; write curated training shards"
 DESCRIPTION = (HELP + ". Every input gets a row in OUT/scores (with the rule that rejected it); accepted "
@@ -25,6 +25,9 @@ def run(args) -> int:
     from curation import CurateConfig, MissingWeightsError, run_curate_job
 
     cfg = load(args, CurateConfig)
+    check_output_folder(args.out)
+    if not args.select_only:
+        check_sources(args.sources)
     try:
         result = run_curate_job(args.sources, args.out, cfg, fresh=args.fresh, select_only=args.select_only)
     except MissingWeightsError as exc:

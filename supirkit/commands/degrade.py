@@ -11,6 +11,7 @@ DESCRIPTION = (HELP + ". The degradation itself runs in the training data loader
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 _MAX_PIXELS = 178_956_970
+_MAX_BYTES = 512 * 1024 * 1024  # the pipeline's decode.max_file_bytes default: checked before reading
 
 
 def add_arguments(p):
@@ -26,7 +27,7 @@ def add_arguments(p):
     pv.add_argument("--seed", type=int, default=0, help="degradation seed (default 0)")
     pv.add_argument("--epoch", type=int, default=0, help="epoch the draws are made for (default 0)")
     pv.add_argument("--tile", type=int, default=256, help="tile side in pixels (default 256)")
-    add_config_args(pv, "degrade/supir.yaml")
+    add_config_args(pv, "degrade/supir.yaml", example="hq_size=256")
 
 
 def run(args) -> int:
@@ -40,8 +41,9 @@ def run(args) -> int:
         raise UserError(f"--tile must be between 32 and 2048, got {args.tile}")
     from degrade import Degrader, DegradeConfig
     from degrade.preview import contact_sheet, fit_crop
-    from supirkit.commands._common import load
+    from supirkit.commands._common import check_output_file, load
 
+    check_output_file(args.out, "--out")
     degrader = Degrader(load(args, DegradeConfig))
     rgb, name = _read_source(args.source, UserError)
     hq = fit_crop(rgb, degrader.config.hq_size)
@@ -53,21 +55,15 @@ def run(args) -> int:
 
 
 def _decode(data: bytes, what: str, UserError):
-    import io
+    """The shared decoder (pixel limit checked from the header, the conversion rule every stage uses)."""
+    from datapipe.decode import DecodeError, decode_rgb
 
-    import numpy as np
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = _MAX_PIXELS
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > _MAX_PIXELS:
-                raise UserError(f"{what}: {im.width}x{im.height} is too large to preview")
-            return np.asarray(im.convert("RGB"))
-    except UserError:
-        raise
-    except Exception as exc:  # PIL raises many types for a bad file
-        raise UserError(f"{what}: cannot decode image ({type(exc).__name__}: {exc})") from None
+        return decode_rgb(data, _MAX_PIXELS)[0]
+    except DecodeError as exc:
+        if exc.reason == "too_many_pixels":
+            raise UserError(f"{what}: too large to preview ({exc.detail} pixels)") from None
+        raise UserError(f"{what}: cannot decode image ({exc})") from None
 
 
 def _safe_member(name: str) -> bool:
@@ -91,6 +87,8 @@ def _read_source(source: str, UserError):
                         continue
                     if not _safe_member(member.name):
                         raise UserError(f"{source}: refusing member {member.name!r} (absolute path or '..')")
+                    if member.size > _MAX_BYTES:
+                        raise UserError(f"{source}: member {member.name!r} is larger than {_MAX_BYTES} bytes")
                     f = tar.extractfile(member)
                     data = f.read() if f is not None else b""
                     key = member.name.rsplit(".", 1)[0]
@@ -98,6 +96,8 @@ def _read_source(source: str, UserError):
         except tarfile.TarError as exc:
             raise UserError(f"{source}: not a readable tar ({exc})") from None
         raise UserError(f"{source}: no image sample in this shard")
+    if os.path.getsize(source) > _MAX_BYTES:
+        raise UserError(f"{source}: larger than {_MAX_BYTES} bytes")
     with open(source, "rb") as fh:
         data = fh.read()
     return _decode(data, source, UserError), os.path.splitext(os.path.basename(source))[0]

@@ -12,7 +12,7 @@ DESCRIPTION = (HELP + ". The model is built on the meta device from the SDXL con
 def add_arguments(p):
     p.add_argument("--layout", action="append", metavar="NAME",
                    help="trunk layout(s) to describe (default: every layout in the config)")
-    add_config_args(p, "model/supir.yaml")
+    add_config_args(p, "model/supir.yaml", example="trunk.layout=trimmed")
 
 
 def run(args) -> int:

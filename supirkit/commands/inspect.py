@@ -22,7 +22,7 @@ def add_arguments(p):
     p.add_argument("--degrade", metavar="CONFIG", default=None,
                    help="in --grid/--html show each sample's HQ/LQ training pair made by this degradation "
                         "profile (e.g. degrade/supir.yaml) instead of the image alone")
-    add_config_args(p, "inspect/default.yaml")
+    add_config_args(p, "inspect/default.yaml", example="grid.thumb=192")
 
 
 def degrade_pair_fn(config: str):
@@ -61,14 +61,13 @@ def _centre_crop(rgb, side):
 
 
 def run(args) -> int:
-    import json
+    import tarfile
 
     from supirkit.cli import UserError
 
     from datapipe.config import ConfigError
-    from datapipe.inspection import (InspectConfig, format_sample, format_summary, iter_samples, make_pair_tiles,
-                                     make_tiles, open_collection, summarize, write_grid, write_html)
-    from supirkit.commands._common import load
+    from datapipe.inspection import InspectConfig, open_collection
+    from supirkit.commands._common import check_output_file, load
 
     cfg = load(args, InspectConfig)
     if args.show < 0 or (args.n is not None and args.n < 1):
@@ -81,10 +80,24 @@ def run(args) -> int:
             make_pair = degrade_pair_fn(args.degrade)
         except ConfigError as exc:
             raise UserError(f"--degrade: {exc}") from None
+    check_output_file(args.grid, "--grid")
+    check_output_file(args.html, "--html")
     try:
         coll = open_collection(args.path)
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
+    try:
+        return _show(args, cfg, coll, make_pair)
+    except tarfile.ReadError as exc:  # a truncated or foreign file named as a shard
+        raise UserError(f"{args.path}: not a readable tar shard ({exc})") from None
+
+
+def _show(args, cfg, coll, make_pair) -> int:
+    import json
+
+    from datapipe.inspection import (format_sample, format_summary, iter_samples, make_pair_tiles, make_tiles,
+                                     summarize, write_grid, write_html)
+
     summary_text = ""
     if not args.no_summary:
         summary = summarize(coll, cfg.summary.reservoir, cfg.summary.max_distinct)

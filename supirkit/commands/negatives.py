@@ -1,7 +1,7 @@
 """supirkit negatives"""
 from __future__ import annotations
 
-from supirkit.commands._common import add_config_args, add_output_args, load
+from supirkit.commands._common import add_config_args, add_output_args, check_model_ref, check_output_folder, load
 
 HELP = "make SUPIR's negative-quality samples with SDXL (img2img from shards at strength 0.5, or txt2img)"
 DESCRIPTION = (HELP + ". Each sample is captioned with its negative-quality prompt and marked "
@@ -35,6 +35,11 @@ def run(args) -> int:
         if args.model is not None:
             data["model"]["id"] = args.model
         cfg = validate(NegativesJobConfig, data, "--count/--model")
+    check_output_folder(args.out)
+    if args.sources or cfg.generate.mode == "txt2img":  # else the job's own "needs SRC" line comes first
+        # before the output folder is bound to this config: a model that cannot load would leave a job
+        # whose corrected rerun is refused as "a different config"
+        check_model_ref("model.id", cfg.model.id, "model_index.json")
     try:
         result = run_negatives_job(args.sources, args.out, cfg, fresh=args.fresh)
     except (FileNotFoundError, ModelLoadError) as exc:

@@ -23,14 +23,14 @@ def add_arguments(p):
     p.add_argument("--prompt", metavar="TEXT", help="use TEXT as the caption (the positive prompt is appended)")
     p.add_argument("--upscale", type=float, metavar="X", help="shortcut for --set image.upscale=X")
     p.add_argument("--seed", type=int, help="shortcut for --set runtime.seed=N")
-    add_config_args(p, "restore/default.yaml")
+    add_config_args(p, "restore/default.yaml", example="sampler.num_steps=30")
 
 
 def run(args) -> int:
     from pathlib import Path
 
     from supirkit.cli import UserError
-    from supirkit.commands._common import load
+    from supirkit.commands._common import check_model_ref, check_output_folder, load
     from train.model.config import RestoreConfig
 
     if args.upscale is not None:
@@ -45,6 +45,10 @@ def run(args) -> int:
         raise UserError(f"{args.adaptor}: not an adaptor folder (no config.json)")
     if args.prompt is not None and args.captioner:
         raise UserError("give --prompt or --captioner, not both")
+    check_output_folder(args.out)
+    check_model_ref("--sdxl", args.sdxl, "model_index.json")
+    if args.captioner:
+        check_model_ref("--captioner", args.captioner)
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -1,7 +1,7 @@
 """supirkit shard"""
 from __future__ import annotations
 
-from supirkit.commands._common import add_config_args, add_output_args, load
+from supirkit.commands._common import add_config_args, add_output_args, check_output_folder, check_sources, load
 
 HELP = "pack images (folders, globs, URLs, path lists, tars) into lossless WebDataset shards"
 DESCRIPTION = (HELP + ". With --from-manifest and --where, select rows of a scores table and write a new "
@@ -17,6 +17,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    import os
+
     from supirkit.cli import UserError
 
     if not args.sources and not args.from_manifest:
@@ -27,6 +29,13 @@ def run(args) -> int:
     from datapipe.pack import ShardJobConfig, run_shard_job
 
     cfg = load(args, ShardJobConfig)
+    check_output_folder(args.out)
+    check_sources(args.sources)
+    if args.from_manifest:
+        from datapipe.sources import is_url, strip_file_scheme
+
+        if not is_url(args.from_manifest) and not os.path.exists(strip_file_scheme(args.from_manifest)):
+            raise UserError(f"--from-manifest {args.from_manifest}: no such file or folder")
     if args.where:
         Condition(args.where)  # fail before any work on a bad expression
     result = run_shard_job(args.sources, args.out, cfg, fresh=args.fresh, manifest=args.from_manifest,

@@ -9,7 +9,7 @@ DESCRIPTION = (HELP + ". Validates the config, then runs `accelerate launch [--c
 def add_arguments(p):
     from supirkit.commands._common import add_config_args
 
-    add_config_args(p, "train/supir.yaml")
+    add_config_args(p, "train/supir.yaml", example="schedule.max_steps=100")
     p.add_argument("--stage", choices=["adaptor", "encoder"],
                    help="what to train (default: the config's stage; --stage encoder defaults to train/encoder.yaml)")
     p.add_argument("--out", metavar="DIR", help="output folder (overrides output_dir)")
@@ -104,6 +104,42 @@ def launch_argv(args, python: str) -> tuple[list[str], dict]:
     return [python, "-m", "accelerate.commands.launch", *launch, *script], env
 
 
+def check_inputs(cfg, resume) -> None:
+    """What every process would otherwise fail on after loading, each with a traceback from the launcher:
+    the output folder, the SDXL folder, the DR encoder, local shard sets and the checkpoint to resume."""
+    import os
+
+    from supirkit.cli import UserError
+    from supirkit.commands._common import check_model_ref, check_output_folder
+
+    check_output_folder(cfg.output_dir, "output_dir")
+    check_model_ref("model.pretrained", cfg.model.pretrained, "model_index.json", local_only=True,
+                    fetch=f"hf download stabilityai/stable-diffusion-xl-base-1.0 --local-dir {cfg.model.pretrained}")
+    if cfg.model.dr_encoder and not os.path.exists(cfg.model.dr_encoder):
+        raise UserError(f"model.dr_encoder {cfg.model.dr_encoder}: no such folder (train it with --stage encoder, "
+                        "or set model.dr_encoder=null to start from the SDXL encoder)")
+    from datapipe.shards import list_shards
+    from datapipe.sources import is_url
+
+    for member in cfg.data.mixture:
+        for spec in [member.shards] if isinstance(member.shards, str) else member.shards:
+            if is_url(spec):
+                continue  # listed by every rank with its own credentials
+            try:
+                found = list_shards(spec)
+            except FileNotFoundError:
+                found = []
+            if not found:
+                raise UserError(f"data.mixture {member.name!r}: {spec}: no shards found")
+    if resume and resume != "latest":
+        from train.checkpoint import resolve_resume
+
+        try:
+            resolve_resume(cfg.output_dir, resume)
+        except FileNotFoundError as exc:
+            raise UserError(f"--resume {exc}") from None
+
+
 def run(args) -> int:
     import os
     import subprocess
@@ -143,5 +179,6 @@ def run(args) -> int:
     if args.dry_run:
         print(" ".join(argv))
         return 0
+    check_inputs(cfg, args.resume)
     proc = subprocess.run(argv, env={**os.environ, **env})
     return proc.returncode

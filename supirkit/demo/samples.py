@@ -96,6 +96,8 @@ def make_sample_folder(out_dir: str | Path, size: int = 384, n_good: int = 6, se
     """
     import cv2
 
+    if n_good < 5:  # before writing anything: no half-made folder
+        raise ValueError("n_good must be at least 5 (the degraded variants are made from distinct photos)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -110,8 +112,6 @@ def make_sample_folder(out_dir: str | Path, size: int = 384, n_good: int = 6, se
         name = f"photo_{i:02d}." + ("png" if i % 4 == 3 else "jpg")
         (out / name).write_bytes(_png(img) if name.endswith("png") else _jpeg(img, 97))
         truth[name] = "good"
-    if n_good < 5:
-        raise ValueError("n_good must be at least 5 (the degraded variants are made from distinct photos)")
     g = goods[0]
     (out / "blurred.jpg").write_bytes(_jpeg(cv2.GaussianBlur(g, (0, 0), 3.0), 95))
     truth["blurred.jpg"] = "blurred"
