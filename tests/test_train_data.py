@@ -96,6 +96,7 @@ def test_loader_workers_keep_the_order(sets):
         got.append(b)
         if len(got) == 4:
             break
+    assert len(got) == len(plain) == 4
     for x, y in zip(got, plain):
         _same(x, y)
 
