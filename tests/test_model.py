@@ -93,7 +93,9 @@ def test_trunk_reproduces_the_unets_skip_features(unet, size):
     assert len(ctrl) == len(skips) == 10
     for k, (a, b) in enumerate(zip(ctrl, skips, strict=True)):
         assert a.shape == b.shape, k
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"ctrl[{k}]")
+        # two computation paths (the trunk's copy and the UNet): equal up to float reassociation, which
+        # differs between CPU models (differences of ~1e-6 were seen at the 2x2 level)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"ctrl[{k}]")
 
 
 def test_feature_shapes_and_connector_widths(unet):
