@@ -48,8 +48,8 @@ def make_shards(folder: Path, n: int, size: int, per_shard: int) -> Path:
     import numpy as np
     from PIL import Image, ImageFilter
 
-    from datapipe.keys import content_key
-    from datapipe.shards import ShardSink, ShardStats
+    from supirkit.datapipe.keys import content_key
+    from supirkit.datapipe.shards import ShardSink, ShardStats
 
     rng = np.random.default_rng(0)
     if folder.exists():
@@ -100,9 +100,9 @@ def job_figures(out_dir: Path, wall: float) -> dict:
 
 
 def run_job(shards: Path, out: Path, overrides: list[str], backend_factory=None) -> dict:
-    from captioning.config import CaptionJobConfig
-    from captioning.job import run_caption_job
-    from datapipe.config import load_config
+    from supirkit.captioning.config import CaptionJobConfig
+    from supirkit.captioning.job import run_caption_job
+    from supirkit.datapipe.config import load_config
 
     cfg = load_config(CaptionJobConfig, "caption/default.yaml", overrides)
     t = time.perf_counter()
@@ -197,9 +197,9 @@ def bench_gpu(args) -> dict:
 
     if not torch.cuda.is_available():
         raise SystemExit("--gpu: no CUDA device visible")
-    from captioning.backends import TransformersCaptioner, VLLMCaptioner
-    from captioning.config import CaptionJobConfig
-    from datapipe.config import load_config
+    from supirkit.captioning.backends import TransformersCaptioner, VLLMCaptioner
+    from supirkit.captioning.config import CaptionJobConfig
+    from supirkit.datapipe.config import load_config
     from transformers import LlavaForConditionalGeneration
 
     work = OUT / "caption_gpu"

@@ -59,7 +59,7 @@ def timed(fn):
 
 
 def decode_only(files: list[Path]) -> int:
-    from datapipe.decode import decode_rgb
+    from supirkit.datapipe.decode import decode_rgb
 
     n = 0
     for p in files:
@@ -69,8 +69,8 @@ def decode_only(files: list[Path]) -> int:
 
 
 def default_config(overrides=()):
-    from curation import CurateConfig
-    from datapipe import load_config
+    from supirkit.curation import CurateConfig
+    from supirkit.datapipe import load_config
 
     return load_config(CurateConfig, "curate/default.yaml",
                        ["runner.executor=local", "runner.progress=none", "report.enabled=false", *overrides])
@@ -81,10 +81,10 @@ def scoring_pass(files: list[Path], out: Path) -> dict:
     way the runner calls it, on one partition holding all files; returns the stage's timers."""
     import shutil
 
-    from curation.stages import ScoreStage
-    from datapipe.runner import Partition
-    from datapipe.shards import ShardStats, TableSink
-    from datapipe.sources import FILE, InputRef
+    from supirkit.curation.stages import ScoreStage
+    from supirkit.datapipe.runner import Partition
+    from supirkit.datapipe.shards import ShardStats, TableSink
+    from supirkit.datapipe.sources import FILE, InputRef
 
     if out.exists():
         shutil.rmtree(out)
@@ -99,7 +99,7 @@ def scoring_pass(files: list[Path], out: Path) -> dict:
 
 
 def curate(src: Path, out: Path):
-    from curation import run_curate_job
+    from supirkit.curation import run_curate_job
 
     result = run_curate_job([str(src)], out, default_config(), fresh=True)
     assert result.ok, result.failed

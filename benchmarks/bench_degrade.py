@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from degrade import Degrader  # noqa: E402
+from supirkit.degrade import Degrader  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared inputs beside this script
 import _images  # noqa: E402

@@ -39,9 +39,9 @@ def write_input_shard(folder: Path, n: int, size: int, seed: int = 0) -> None:
     """One input shard of ``n`` textured RGB images (PNG), a little larger than the output and not square."""
     import cv2
 
-    from datapipe.decode import encode_image
-    from datapipe.keys import content_key
-    from datapipe.shards import ShardSink, ShardStats
+    from supirkit.datapipe.decode import encode_image
+    from supirkit.datapipe.keys import content_key
+    from supirkit.datapipe.shards import ShardSink, ShardStats
 
     rng = np.random.default_rng(seed)
     sink = ShardSink(folder, "shard", 0)
@@ -58,8 +58,8 @@ def write_input_shard(folder: Path, n: int, size: int, seed: int = 0) -> None:
 
 def run_stage_bench(model: str, inputs: Path, out: Path, count: int, batch: int, size: int, device: str,
                     dtype: str, threads) -> dict:
-    from curation.negatives import run_negatives_job
-    from curation.negatives_config import NegativesJobConfig
+    from supirkit.curation.negatives import run_negatives_job
+    from supirkit.curation.negatives_config import NegativesJobConfig
 
     cfg = NegativesJobConfig.model_validate({
         "model": {"id": model, "device": device, "dtype": dtype, "cpu_threads": threads},
@@ -88,9 +88,9 @@ def run_anchor(model: str, inputs: Path, count: int, batch: int, size: int, devi
     from diffusers import StableDiffusionXLImg2ImgPipeline
     from PIL import Image
 
-    from curation.negatives import PAPER_PROMPT, resolve_device, torch_dtype
-    from datapipe.decode import decode_rgb
-    from datapipe.shards import list_shards, read_shard, sample_image
+    from supirkit.curation.negatives import PAPER_PROMPT, resolve_device, torch_dtype
+    from supirkit.datapipe.decode import decode_rgb
+    from supirkit.datapipe.shards import list_shards, read_shard, sample_image
 
     dev = resolve_device(device)
     if dev == "cpu" and threads:

@@ -55,8 +55,8 @@ GOAL_CORES_PER_GPU = 4.0
 
 
 def write_set(folder: Path, prefix: str, shards: int, per_shard: int, side: int, seed: int) -> None:
-    from datapipe.decode import encode_image
-    from datapipe.shards import ShardSink, ShardStats
+    from supirkit.datapipe.decode import encode_image
+    from supirkit.datapipe.shards import ShardSink, ShardStats
 
     for s in range(shards):
         sink = ShardSink(folder, prefix, s)
@@ -68,7 +68,7 @@ def write_set(folder: Path, prefix: str, shards: int, per_shard: int, side: int,
 
 
 def data_section(root: Path, crop: int, overrides=()):
-    from train.config import DataSection
+    from supirkit.train.config import DataSection
 
     return DataSection.model_validate({
         "mixture": [{"name": "hq", "shards": str(root / "hq"), "weight": 0.92},
@@ -99,8 +99,8 @@ def anchor_pipeline(root: Path, crop: int, batch: int, seed: int):
     import torch
     import webdataset as wds
 
-    from datapipe.shards import list_shards
-    from degrade import Degrader
+    from supirkit.datapipe.shards import list_shards
+    from supirkit.degrade import Degrader
 
     degrader = Degrader.from_profile("supir")
     rng = np.random.default_rng(seed)
@@ -127,9 +127,9 @@ def anchor_pipeline(root: Path, crop: int, batch: int, seed: int):
 
 
 def loader_rates(root: Path, rounds: int, batch: int) -> dict:
-    from datapipe.decode import decode_rgb
-    from datapipe.shards import sample_image
-    from train.data import MixtureStream
+    from supirkit.datapipe.decode import decode_rgb
+    from supirkit.datapipe.shards import sample_image
+    from supirkit.train.data import MixtureStream
 
     ours = MixtureStream(data_section(root, 512), seed=0, batch_size=batch)
     anchor = anchor_pipeline(root, 512, batch, seed=0)
@@ -164,7 +164,7 @@ def loader_rates(root: Path, rounds: int, batch: int) -> dict:
         parts["decode"] += t2 - t1
         parts["crop"] += t3 - t2
         parts["degrade"] += t4 - t3
-    from train.data import collate
+    from supirkit.train.data import collate
 
     t = time.process_time()
     for k in range(0, n, batch):
@@ -179,7 +179,7 @@ def loader_rates(root: Path, rounds: int, batch: int) -> dict:
 
 
 def worker_rates(root: Path, batches: int, batch: int, workers: int) -> dict:
-    from train.data import MixtureStream, build_loader
+    from supirkit.train.data import MixtureStream, build_loader
 
     stream = MixtureStream(data_section(root, 512), seed=0, batch_size=batch)
     loader = build_loader(stream, num_workers=workers, prefetch_factor=2)
@@ -198,9 +198,9 @@ def tiny_step_vs_loader(root: Path, steps: int) -> dict:
     import torch
 
     from supirkit.tiny.sdxl import build_tiny_sdxl
-    from train.config import TrainConfig
-    from train.data import MixtureStream
-    from train.loop import AdaptorObjective, FrozenSDXL, build_optimizer, seed_for
+    from supirkit.train.config import TrainConfig
+    from supirkit.train.data import MixtureStream
+    from supirkit.train.loop import AdaptorObjective, FrozenSDXL, build_optimizer, seed_for
 
     torch.set_num_threads(1)
     sdxl = build_tiny_sdxl(root / "sdxl", seed=0)
@@ -266,11 +266,11 @@ def full_size_step(device, steps: int, warmup: int, batch: int = 4, px: int = 51
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from train.data import to_model_range
-    from train.loop import EMA
-    from train.model.config import load_model_config, read_json_config
-    from train.model.dr_encoder import DegradationRobustEncoder
-    from train.model.supir import SUPIRModel, move_to
+    from supirkit.train.data import to_model_range
+    from supirkit.train.loop import EMA
+    from supirkit.train.model.config import load_model_config, read_json_config
+    from supirkit.train.model.dr_encoder import DegradationRobustEncoder
+    from supirkit.train.model.supir import SUPIRModel, move_to
 
     mcfg = load_model_config()
     unet_config = unet_config or read_json_config(mcfg.sdxl.unet_config)

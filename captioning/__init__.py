@@ -7,12 +7,12 @@ Public API (heavy libraries load only when a model is built):
 - ``CaptionCleaner`` / ``clean_caption`` and ``TokenCounter`` (clean-up, count against SDXL's 77 tokens);
 - ``fit_image`` (pad / crop / none, as the captioner should see an image).
 """
-from captioning.backends import (BackendError, Generation, TransformersCaptioner, VLLMCaptioner, load_backend,
+from supirkit.captioning.backends import (BackendError, Generation, TransformersCaptioner, VLLMCaptioner, load_backend,
                                  render_prompt)
-from captioning.clean import CaptionCleaner, TokenCount, TokenCounter, clean_caption
-from captioning.config import SUPIR_INSTRUCTION, VICUNA_SYSTEM, CaptionJobConfig
-from captioning.images import fit_image
-from captioning.job import CaptionJobResult, CaptionStage, run_caption_job, token_report
+from supirkit.captioning.clean import CaptionCleaner, TokenCount, TokenCounter, clean_caption
+from supirkit.captioning.config import SUPIR_INSTRUCTION, VICUNA_SYSTEM, CaptionJobConfig
+from supirkit.captioning.images import fit_image
+from supirkit.captioning.job import CaptionJobResult, CaptionStage, run_caption_job, token_report
 
 __all__ = [
     "BackendError", "Generation", "TransformersCaptioner", "VLLMCaptioner", "load_backend", "render_prompt",

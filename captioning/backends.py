@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from captioning.config import CaptionJobConfig, GenerationConfig, ModelConfig, PromptConfig
+from supirkit.captioning.config import CaptionJobConfig, GenerationConfig, ModelConfig, PromptConfig
 
 log = logging.getLogger("supirkit")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from captioning.config import DEFAULT_OPENINGS
+from supirkit.captioning.config import DEFAULT_OPENINGS
 
 log = logging.getLogger("supirkit")
 

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from datapipe.config import DecodeConfig, RunnerConfig, Schema
+from supirkit.datapipe.config import DecodeConfig, RunnerConfig, Schema
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-13b-hf"
 SUPIR_INSTRUCTION = "Describe this image and its style in a very detailed manner."

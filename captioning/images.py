@@ -10,9 +10,9 @@ from typing import Sequence
 
 import numpy as np
 
-from datapipe.decode import decode_rgb
-from datapipe.inputs import read_source
-from datapipe.shards import image_too_large, sample_image
+from supirkit.datapipe.decode import decode_rgb
+from supirkit.datapipe.inputs import read_source
+from supirkit.datapipe.shards import image_too_large, sample_image
 
 
 class SampleImageError(Exception):

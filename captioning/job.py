@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from captioning.config import CaptionJobConfig
-from datapipe.config import ShardingConfig
-from datapipe.decode import DecodeError
-from datapipe.keys import display_source
-from datapipe.runner import JobResult, Partition, PartitionStage, plan_partitions, prepare_output, run_stage, write_job_summary
-from datapipe.shards import ShardSink, ShardStats, list_shards, read_shard, sample_meta, stats_path
-from datapipe.sources import TAR, InputRef
+from supirkit.captioning.config import CaptionJobConfig
+from supirkit.datapipe.config import ShardingConfig
+from supirkit.datapipe.decode import DecodeError
+from supirkit.datapipe.keys import display_source
+from supirkit.datapipe.runner import JobResult, Partition, PartitionStage, plan_partitions, prepare_output, run_stage, write_job_summary
+from supirkit.datapipe.shards import ShardSink, ShardStats, list_shards, read_shard, sample_meta, stats_path
+from supirkit.datapipe.sources import TAR, InputRef
 
 log = logging.getLogger("supirkit")
 
@@ -79,8 +79,8 @@ class CaptionStage(PartitionStage):
         return state
 
     def setup(self) -> None:
-        from captioning.backends import generation_settings, load_backend
-        from captioning.clean import CaptionCleaner, TokenCounter
+        from supirkit.captioning.backends import generation_settings, load_backend
+        from supirkit.captioning.clean import CaptionCleaner, TokenCounter
 
         cfg = self.cfg
         t = time.perf_counter()
@@ -100,7 +100,7 @@ class CaptionStage(PartitionStage):
 
     # ------------------------------------------------------------------------------------- reading side
     def _prepare(self, sample: dict, tar_source: str) -> Prepared:
-        from captioning.images import SampleImageError, image_bytes_for, prepare_image
+        from supirkit.captioning.images import SampleImageError, image_bytes_for, prepare_image
 
         cfg = self.cfg
         key = sample["__key__"]
@@ -210,7 +210,7 @@ class CaptionStage(PartitionStage):
             return results
 
     def process(self, partition: Partition, sink: ShardSink, stats: ShardStats) -> None:
-        from datapipe import faults
+        from supirkit.datapipe import faults
 
         url = partition.refs[0].uri
         if not getattr(self, "_load_reported", True):
@@ -326,7 +326,7 @@ class CaptionJobResult:
 
 def check_model(cfg: CaptionJobConfig) -> None:
     """Fail before any shard is touched when the checkpoint cannot be a LLaVA (one line for the user)."""
-    from captioning.backends import SUPPORTED_MODEL_TYPES, BackendError
+    from supirkit.captioning.backends import SUPPORTED_MODEL_TYPES, BackendError
 
     from transformers import AutoConfig
 
@@ -347,7 +347,7 @@ def check_backend(cfg: CaptionJobConfig) -> None:
     error would surface inside every worker as a failed shard, with the advice to rerun."""
     import importlib.util
 
-    from captioning.backends import BackendError
+    from supirkit.captioning.backends import BackendError
 
     m = cfg.model
     if m.backend == "vllm" and importlib.util.find_spec("vllm") is None:
@@ -377,7 +377,7 @@ def check_backend(cfg: CaptionJobConfig) -> None:
     else:
         import ray
 
-        from datapipe.runner import ensure_ray
+        from supirkit.datapipe.runner import ensure_ray
 
         ensure_ray(cfg.runner)
         if not ray.cluster_resources().get("GPU", 0):

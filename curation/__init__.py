@@ -1,6 +1,6 @@
 """curation: choose the training images (issue 4), the job users submit first.
 
-    from curation import CurateConfig, run_curate_job
+    from supirkit.curation import CurateConfig, run_curate_job
     result = run_curate_job(["photos/"], "curated/", CurateConfig())
 
 Signals are small pluggable scorers (``curation.signals``); rules are YAML checks compiled to the
@@ -8,17 +8,17 @@ Signals are small pluggable scorers (``curation.signals``); rules are YAML check
 (``curation.dedup``); the job and its resumable passes live in ``curation.job`` / ``curation.stages``.
 Negative-quality samples made with SDXL (issue 6): ``run_negatives_job`` / ``NegativesJobConfig``.
 """
-from curation.config import CurateConfig
-from curation.crops import CropBox, plan_crops
-from curation.job import CurateResult, run_curate_job, select
-from curation.rules import compile_rules
-from curation.negatives import run_negatives_job
-from curation.negatives_config import NegativesJobConfig
+from supirkit.curation.config import CurateConfig
+from supirkit.curation.crops import CropBox, plan_crops
+from supirkit.curation.job import CurateResult, run_curate_job, select
+from supirkit.curation.rules import compile_rules
+from supirkit.curation.negatives import run_negatives_job
+from supirkit.curation.negatives_config import NegativesJobConfig
 
 
 def __getattr__(name):  # heavy (torch) imports only when asked for
     if name == "MissingWeightsError":
-        from curation.signals.models import MissingWeightsError
+        from supirkit.curation.signals.models import MissingWeightsError
 
         return MissingWeightsError
     raise AttributeError(name)

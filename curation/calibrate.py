@@ -3,7 +3,7 @@
     apt-get download gnome-backgrounds mate-backgrounds plasma-workspace-wallpapers ukui-wallpapers \
         lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
     for f in *.deb; do dpkg -x "$f" /tmp/calib/x; done
-    python -m curation.calibrate --root /tmp/calib/x/usr/share --work /tmp/calib/set
+    python -m supirkit.curation.calibrate --root /tmp/calib/x/usr/share --work /tmp/calib/set
 
 The wallpaper packages hold real high-resolution photographs and flat or rendered graphics; the lists
 below say which is which (labelled by looking at each file). From each photograph, native-resolution
@@ -117,7 +117,7 @@ def build_set(root: Path, work: Path, seed: int = 0) -> list[dict]:
     """Write the calibration images under ``work``; returns their descriptions (also labels.json)."""
     import cv2
 
-    from datapipe.decode import decode_rgb
+    from supirkit.datapipe.decode import decode_rgb
 
     work.mkdir(parents=True, exist_ok=True)
     labels_file = work / "labels.json"
@@ -168,8 +168,8 @@ def build_set(root: Path, work: Path, seed: int = 0) -> list[dict]:
 def _score_one(path: str) -> dict:
     import cv2
 
-    from curation.signals import ImageView, build_cheap_scorers, score_views
-    from datapipe.decode import decode_rgb
+    from supirkit.curation.signals import ImageView, build_cheap_scorers, score_views
+    from supirkit.datapipe.decode import decode_rgb
 
     cv2.setNumThreads(1)
     data = Path(path).read_bytes()

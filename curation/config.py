@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from datapipe.config import DecodeConfig, RunnerConfig, Schema, config_hash
+from supirkit.datapipe.config import DecodeConfig, RunnerConfig, Schema, config_hash
 
 
 class InputConfig(Schema):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.config import CropConfig
+from supirkit.curation.config import CropConfig
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from curation.config import CurateConfig
-from curation.dedup import group_duplicates, load_groups
-from curation.rules import compile_rules
-from curation.stages import (MODELS_DIR, PLAN_DIR, SIGNALS_DIR, ModelStage, ScoreStage, WriteStage,
+from supirkit.curation.config import CurateConfig
+from supirkit.curation.dedup import group_duplicates, load_groups
+from supirkit.curation.rules import compile_rules
+from supirkit.curation.stages import (MODELS_DIR, PLAN_DIR, SIGNALS_DIR, ModelStage, ScoreStage, WriteStage,
                              load_write_partition)
-from datapipe.config import ConfigError, ShardingConfig
-from datapipe.runner import JobResult, plan_partitions, prepare_output, run_stage, write_job_summary
-from datapipe.shards import rows_to_table
+from supirkit.datapipe.config import ConfigError, ShardingConfig
+from supirkit.datapipe.runner import JobResult, plan_partitions, prepare_output, run_stage, write_job_summary
+from supirkit.datapipe.shards import rows_to_table
 
 SCORES_DIR = "scores"
 DEDUP_DIR = "_dedup"
@@ -234,7 +234,7 @@ def _raise_missing_weights(failed: list) -> None:
     for fail in failed:
         m = re.search(r"MissingWeightsError: ([^\n]+)", str(fail.get("error", "")))
         if m:
-            from curation.signals.models import MissingWeightsError
+            from supirkit.curation.signals.models import MissingWeightsError
 
             raise MissingWeightsError(m.group(1).strip())
 
@@ -267,7 +267,7 @@ def _clear_shards(out: Path, prefix: str) -> None:
 
 def run_curate_job(sources: Iterable[str] | None, out: str | Path, cfg: CurateConfig, fresh: bool = False,
                    select_only: bool = False) -> CurateResult:
-    from datapipe.sources import list_inputs
+    from supirkit.datapipe.sources import list_inputs
 
     sources = [os.fsdecode(s) for s in (sources or [])]
     out = Path(out)
@@ -320,7 +320,7 @@ def run_curate_job(sources: Iterable[str] | None, out: str | Path, cfg: CurateCo
              "prefix": cfg.output.prefix, "scores": str(out / SCORES_DIR)}
     result.funnel = funnel
     if write.ok and cfg.report.enabled:
-        from curation.report import write_report
+        from supirkit.curation.report import write_report
 
         extra["report"] = str(write_report(out, cfg, funnel, done["selection"]))
     write_job_summary(out, STAGE_NAME, write, extra=extra)

@@ -47,12 +47,12 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from curation.negatives_config import (NEGATIVE_WORDS, PAPER_PROMPT, SDXL_BASE, GenerateOptions, ModelOptions,
+from supirkit.curation.negatives_config import (NEGATIVE_WORDS, PAPER_PROMPT, SDXL_BASE, GenerateOptions, ModelOptions,
                                        NegativesJobConfig, PromptOptions)
-from datapipe.config import ConfigError, config_hash
-from datapipe.runner import (JobResult, Partition, PartitionStage, prepare_output, run_stage,
+from supirkit.datapipe.config import ConfigError, config_hash
+from supirkit.datapipe.runner import (JobResult, Partition, PartitionStage, prepare_output, run_stage,
                              write_job_summary)
-from datapipe.shards import ShardSink, ShardStats
+from supirkit.datapipe.shards import ShardSink, ShardStats
 
 log = logging.getLogger("supirkit")
 
@@ -167,8 +167,8 @@ class SourcePlan:
 def shard_keys(tar_url: str, max_member_bytes: Optional[int] = None) -> list[str]:
     """Sorted sample keys of an input shard: from its parquet index, else from one pass over the tar
     (members over ``max_member_bytes`` are not read; their samples are listed, and rejected when used)."""
-    from datapipe.shards import image_too_large, read_shard, sample_image, shard_index_path
-    from datapipe.sources import open_binary
+    from supirkit.datapipe.shards import image_too_large, read_shard, sample_image, shard_index_path
+    from supirkit.datapipe.sources import open_binary
 
     try:
         import pyarrow.parquet as pq
@@ -226,7 +226,7 @@ class SourceReader:
 
     def _read_input(self, input_pos: int, picks: list[SlotPick], specs: dict,
                     stats: ShardStats) -> Iterator[tuple[int, SourceImage]]:
-        from datapipe.keys import display_source
+        from supirkit.datapipe.keys import display_source
 
         url = self.inputs[input_pos]
         tar_display = display_source(url)
@@ -269,10 +269,10 @@ class SourceReader:
     def _pass(self, url: str, tar_display: str, want: dict[str, list[int]], specs: dict, stats: ShardStats):
         """One sequential read of a tar: yields the wanted members' samples; the lists of the members that
         gave a source are emptied, the others keep their samples. Returns True if the tar is corrupt."""
-        from datapipe.decode import DecodeError, decode_rgb
-        from datapipe.inputs import MEMBER_SEP
-        from datapipe.keys import display_source
-        from datapipe.shards import image_too_large, read_shard, sample_image
+        from supirkit.datapipe.decode import DecodeError, decode_rgb
+        from supirkit.datapipe.inputs import MEMBER_SEP
+        from supirkit.datapipe.keys import display_source
+        from supirkit.datapipe.shards import image_too_large, read_shard, sample_image
 
         dec, gen = self.cfg.sources.decode, self.cfg.generate
         found: set[str] = set()
@@ -446,7 +446,7 @@ class NegativesStage(PartitionStage):
         stats.extra["sample_range"] = [indices.start, indices.stop]
 
     def _run_batch(self, batch: list, sink: ShardSink, stats: ShardStats) -> None:
-        from datapipe.decode import encode_image
+        from supirkit.datapipe.decode import encode_image
 
         cfg, gen, out_cfg = self.cfg, self.cfg.generate, self.cfg.output
         specs = [b[0] for b in batch]
@@ -506,7 +506,7 @@ def check_model_ref(model_id: str) -> None:
 
 def freeze_inputs(out_dir: Path, sources: list[str]) -> list[str]:
     """The input shard list, stored by the first run and reused on resume (source rule, step 1)."""
-    from datapipe.shards import _atomic_write_bytes, list_shards
+    from supirkit.datapipe.shards import _atomic_write_bytes, list_shards
 
     path = out_dir / INPUTS_FILE
     if path.is_file():

@@ -9,7 +9,7 @@ from typing import List, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from datapipe.config import DecodeConfig, RunnerConfig, Schema
+from supirkit.datapipe.config import DecodeConfig, RunnerConfig, Schema
 
 #: The negative-quality prompt of SUPIR's App. A.4 (Fig. 19), used both to steer SDXL and as the caption.
 PAPER_PROMPT = ("oil painting, cartoon, blurring, dirty, messy, low quality, frames, deformed, lowres, "

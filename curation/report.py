@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.config import CurateConfig
-from curation.rules import thresholds
-from datapipe.decode import DecodeError
+from supirkit.curation.config import CurateConfig
+from supirkit.curation.rules import thresholds
+from supirkit.datapipe.decode import DecodeError
 
 NUMERIC_SKIP = {"order", "partition", "bytes", "width", "height", "phash", "dup_group", "jpeg_table_error"}
 
 
 def _scores_sample(out: Path, max_rows: int):
-    from datapipe.manifest import open_manifest
+    from supirkit.datapipe.manifest import open_manifest
 
     ds = open_manifest(out / "scores")
     n = ds.count_rows()
@@ -30,7 +30,7 @@ def _scores_sample(out: Path, max_rows: int):
 def _thumb(data: bytes, size: int, max_pixels: int):
     """Through the shared decoder, so a rejected decompression bomb is refused here too (from its
     header, at the configured ``decode.max_pixels``) instead of being decoded for a picture."""
-    from datapipe.decode import decode_thumbnail
+    from supirkit.datapipe.decode import decode_thumbnail
 
     return decode_thumbnail(data, size, max_pixels)[0]
 
@@ -84,7 +84,7 @@ def _reason_examples(out: Path, cfg: CurateConfig, rows: list[dict], funnel: dic
                      size: int) -> list[str]:
     """One grid per rejection reason (a few of its inputs, as pictures) with the values that decided it;
     inputs that cannot be pictured (unreadable, undecodable) are listed by name and detail instead."""
-    from datapipe.inputs import read_source
+    from supirkit.datapipe.inputs import read_source
 
     signal_of = {c.name: c.signal for c in cfg.rules.checks if c.signal}
     bounds_of = {c.name: " ".join(f"{k} {v:g}" for k, v in (("min", c.min), ("max", c.max)) if v is not None)
@@ -142,8 +142,8 @@ def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = ""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from datapipe.inputs import read_source
-    from datapipe.shards import list_shards, read_shard, sample_image, sample_meta
+    from supirkit.datapipe.inputs import read_source
+    from supirkit.datapipe.shards import list_shards, read_shard, sample_image, sample_meta
 
     rc = cfg.report
     t = _scores_sample(out, rc.max_rows)

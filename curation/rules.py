@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from curation.config import Check, RulesConfig
-from datapipe.conditions import Condition
+from supirkit.curation.config import Check, RulesConfig
+from supirkit.datapipe.conditions import Condition
 
 
 def _num(v: float) -> str:
@@ -96,7 +96,7 @@ def compile_rules(cfg: RulesConfig) -> CompiledRules:
     names = [c.name for c in cfg.checks]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        from datapipe.config import ConfigError
+        from supirkit.datapipe.config import ConfigError
 
         raise ConfigError(f"rules.checks: duplicate rule name(s) {dup}")
     return CompiledRules(names, [Condition(check_condition(c)) for c in cfg.checks], cfg.combine)

@@ -12,13 +12,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curation.config import CurateConfig
-from datapipe.decode import DecodeError, decode_rgb, encode_image, probe
-from datapipe.inputs import MEMBER_ORDER_STRIDE, MEMBER_SEP, RawItem, iter_raw_items, read_source
-from datapipe.keys import content_key, display_source, sub_key
-from datapipe.runner import Partition, PartitionStage
-from datapipe.shards import ShardStats, TableSink
-from datapipe.sources import TAR, InputRef
+from supirkit.curation.config import CurateConfig
+from supirkit.datapipe.decode import DecodeError, decode_rgb, encode_image, probe
+from supirkit.datapipe.inputs import MEMBER_ORDER_STRIDE, MEMBER_SEP, RawItem, iter_raw_items, read_source
+from supirkit.datapipe.keys import content_key, display_source, sub_key
+from supirkit.datapipe.runner import Partition, PartitionStage
+from supirkit.datapipe.shards import ShardStats, TableSink
+from supirkit.datapipe.sources import TAR, InputRef
 
 SIGNALS_DIR = "_signals"
 MODELS_DIR = "_models"
@@ -26,7 +26,7 @@ PLAN_DIR = "_select"
 
 
 def _view_options(cfg: CurateConfig):
-    from curation.signals import ViewOptions
+    from supirkit.curation.signals import ViewOptions
 
     c = cfg.signals.cheap
     return ViewOptions(tile_size=c.tile_size, detail_tiles=c.detail_tiles, flat_tiles=c.flat_tiles,
@@ -48,7 +48,7 @@ class ScoreStage(PartitionStage):
         self.cfg = cfg
 
     def setup(self) -> None:
-        from curation.signals import build_cheap_scorers
+        from supirkit.curation.signals import build_cheap_scorers
 
         _one_cv2_thread()
         self.scorers = build_cheap_scorers(self.cfg.signals.cheap.enabled)
@@ -58,7 +58,7 @@ class ScoreStage(PartitionStage):
         return TableSink(out_dir, prefix, index, cfg_hash)
 
     def process(self, partition: Partition, sink: TableSink, stats: ShardStats) -> None:
-        from curation.signals import ImageView, score_views
+        from supirkit.curation.signals import ImageView, score_views
 
         cfg = self.cfg
         first_rejection = len(stats.rejections)
@@ -129,7 +129,7 @@ class ModelStage(PartitionStage):
         self.cfg, self.out_dir = cfg, out_dir
 
     def setup(self) -> None:
-        from curation.signals.models import build_model_scorers
+        from supirkit.curation.signals.models import build_model_scorers
 
         _one_cv2_thread()
         self.scorers = build_model_scorers(self.cfg)
@@ -141,7 +141,7 @@ class ModelStage(PartitionStage):
     def process(self, partition: Partition, sink: TableSink, stats: ShardStats) -> None:
         import pyarrow.parquet as pq
 
-        from curation.signals import ImageView, score_views
+        from supirkit.curation.signals import ImageView, score_views
 
         part = Path(self.out_dir) / SIGNALS_DIR / f"signals-{partition.index:06d}.parquet"
         t = pq.read_table(part, columns=["order", "status"]).to_pydict()
@@ -233,7 +233,7 @@ class WriteStage(PartitionStage):
                 stats.reject(by_order[o]["source"], "vanished", "member no longer in its tar")
 
     def process(self, partition: WritePartition, sink, stats: ShardStats) -> None:
-        from curation.crops import apply_crop, plan_crops
+        from supirkit.curation.crops import apply_crop, plan_crops
 
         cfg = self.cfg
         out = cfg.output
@@ -251,7 +251,7 @@ class WriteStage(PartitionStage):
                 rgb, header = decode_rgb(item.data, cfg.decode.max_pixels)
             detail = None
             if out.crop.mode == "grid":
-                from curation.signals import ImageView
+                from supirkit.curation.signals import ImageView
 
                 detail = ImageView(rgb, header, b"", _view_options(cfg)).small_detail
             boxes = plan_crops(header.width, header.height, out.crop, detail)

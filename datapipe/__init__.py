@@ -4,15 +4,15 @@ The ground floor of supirkit: it imports none of the other packages. Stages else
 ``PartitionStage`` and hand it to ``run_stage``; everything else here is plumbing they share.
 Submodules import their heavy dependencies lazily.
 """
-from datapipe.conditions import Condition, ConditionError, filter_table
-from datapipe.config import (CONFIG_ROOT, ConfigError, DecodeConfig, RunnerConfig, Schema, ShardingConfig,
+from supirkit.datapipe.conditions import Condition, ConditionError, filter_table
+from supirkit.datapipe.config import (CONFIG_ROOT, ConfigError, DecodeConfig, RunnerConfig, Schema, ShardingConfig,
                              config_hash, load_config)
-from datapipe.decode import DecodeError, ImageHeader, decode_rgb, decode_thumbnail, encode_image, probe
-from datapipe.keys import content_key, display_source, sub_key
-from datapipe.runner import (JobResult, Partition, PartitionStage, iter_rejections, load_partition,
+from supirkit.datapipe.decode import DecodeError, ImageHeader, decode_rgb, decode_thumbnail, encode_image, probe
+from supirkit.datapipe.keys import content_key, display_source, sub_key
+from supirkit.datapipe.runner import (JobResult, Partition, PartitionStage, iter_rejections, load_partition,
                              plan_partitions, prepare_output, run_stage, write_job_summary)
-from datapipe.shards import (ShardSink, ShardStats, TableSink, list_shards, read_shard, sample_image, sample_meta)
-from datapipe.sources import InputRef, list_inputs
+from supirkit.datapipe.shards import (ShardSink, ShardStats, TableSink, list_shards, read_shard, sample_image, sample_meta)
+from supirkit.datapipe.sources import InputRef, list_inputs
 
 __all__ = [
     "Condition", "ConditionError", "filter_table", "CONFIG_ROOT", "ConfigError", "DecodeConfig", "RunnerConfig",

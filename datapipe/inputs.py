@@ -12,10 +12,10 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from datapipe.keys import display_source
-from datapipe.runner import Partition
-from datapipe.shards import ShardStats, image_too_large, read_shard, sample_image, sample_meta
-from datapipe.sources import INVALID, TAR, read_bytes
+from supirkit.datapipe.keys import display_source
+from supirkit.datapipe.runner import Partition
+from supirkit.datapipe.shards import ShardStats, image_too_large, read_shard, sample_image, sample_meta
+from supirkit.datapipe.sources import INVALID, TAR, read_bytes
 
 #: a tar member's provenance is written ``tar_uri#member_key``
 MEMBER_SEP = "#"

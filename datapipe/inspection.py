@@ -27,10 +27,10 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import numpy as np
 from pydantic import Field
 
-from datapipe.config import DecodeConfig, Schema
-from datapipe.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_thumbnail, probe
-from datapipe.keys import display_source
-from datapipe.shards import (IMAGE_EXTS, image_too_large, list_shards, read_shard, sample_image, sample_meta,
+from supirkit.datapipe.config import DecodeConfig, Schema
+from supirkit.datapipe.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_thumbnail, probe
+from supirkit.datapipe.keys import display_source
+from supirkit.datapipe.shards import (IMAGE_EXTS, image_too_large, list_shards, read_shard, sample_image, sample_meta,
                              split_member)
 
 SHARDS, MANIFEST = "shards", "manifest"
@@ -312,7 +312,7 @@ def _scan_tar_members(url: str) -> tuple[Counter, int, set]:
     readers refuse, absolute or ``..`` names, are not counted)."""
     import tarfile
 
-    from datapipe.shards import UnsafeMember, _check_member
+    from supirkit.datapipe.shards import UnsafeMember, _check_member
 
     fields: Counter = Counter()
     keys: dict[str, set] = {}
@@ -356,7 +356,7 @@ def _meta_table_from_tar(url: str):
     and whether it has a caption."""
     import pyarrow as pa
 
-    from datapipe.shards import rows_to_table, _flatten_meta
+    from supirkit.datapipe.shards import rows_to_table, _flatten_meta
 
     rows = []
     for sample in read_shard(url):
@@ -619,8 +619,8 @@ def _index_keys(index: str, url: str) -> list[str]:
 def _iter_manifest_samples(coll: Collection, n: int, seed: Optional[int], max_file_bytes: int) -> Iterator[Sample]:
     import pyarrow.parquet as pq
 
-    from datapipe.inputs import read_source
-    from datapipe.keys import source_from_display
+    from supirkit.datapipe.inputs import read_source
+    from supirkit.datapipe.keys import source_from_display
 
     def rows():
         for f in coll.files:
@@ -668,7 +668,7 @@ def format_sample(s: Sample) -> str:
 
 def score_items(meta: dict, names: Optional[list[str]] = None, limit: int = 4) -> list[tuple[str, float]]:
     """The numeric quality fields of a sample (nested ones as ``a.b``), or exactly ``names`` when given."""
-    from datapipe.shards import _flatten_meta
+    from supirkit.datapipe.shards import _flatten_meta
 
     flat = _flatten_meta(meta)
     if names:
@@ -705,7 +705,7 @@ def make_tiles(samples: Iterable[Sample], thumb: int, max_pixels: int = DEFAULT_
     degradation sees the pixels training would see, not a thumbnail) and ``meta`` with ``key`` set; its
     images are fitted to the same box (enlarged by nearest neighbour when smaller, so LQ pixels stay
     visible). A view that raises gives the tile its error instead of stopping the sheet."""
-    from datapipe.decode import decode_rgb
+    from supirkit.datapipe.decode import decode_rgb
 
     tiles = []
     for s in samples:
@@ -759,7 +759,7 @@ def make_pair_tiles(samples: Iterable[Sample], thumb: int, make_pair: PairFn,
     ``thumb``, the LQ at the HQ thumbnail's size (nearest neighbour when enlarged, so a x4 LQ shows its
     pixels). Labels give both full sizes. A sample whose image cannot be decoded, or for which
     ``make_pair`` raises, gets a tile with the reason: one bad sample never stops the sheet."""
-    from datapipe.decode import decode_rgb
+    from supirkit.datapipe.decode import decode_rgb
 
     tiles = []
     for s in samples:
@@ -922,7 +922,7 @@ c.style.display=c.textContent.toLowerCase().includes(q)?'':'none';}}}}
 def write_html(tiles: list[Tile], path: str | Path, title: str, summary_text: str = "",
                score_names: Optional[list[str]] = None) -> Path:
     """A self-contained page (thumbnails embedded as base64 JPEG, no external file or script)."""
-    from datapipe.shards import _flatten_meta
+    from supirkit.datapipe.shards import _flatten_meta
 
     cards = []
     card_w = 0

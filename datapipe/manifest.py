@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from datapipe.conditions import Condition, ConditionError
-from datapipe.keys import source_from_display
-from datapipe.sources import FILE, TAR, InputRef
+from supirkit.datapipe.conditions import Condition, ConditionError
+from supirkit.datapipe.keys import source_from_display
+from supirkit.datapipe.sources import FILE, TAR, InputRef
 
 
 def manifest_files(path: str | Path) -> list[str]:

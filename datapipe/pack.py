@@ -19,15 +19,15 @@ from typing import Iterable, Optional
 
 from pydantic import Field
 
-from datapipe import faults
-from datapipe.config import DecodeConfig, RunnerConfig, Schema, ShardingConfig, config_hash
-from datapipe.decode import EXT_BY_FORMAT, DecodeError, decode_rgb, probe
-from datapipe.dedup import duplicates_for_partition, group_exact_duplicates
-from datapipe.inputs import iter_raw_items
-from datapipe.keys import content_key
-from datapipe.runner import (JobResult, Partition, PartitionStage, plan_partitions, prepare_output, run_stage,
+from supirkit.datapipe import faults
+from supirkit.datapipe.config import DecodeConfig, RunnerConfig, Schema, ShardingConfig, config_hash
+from supirkit.datapipe.decode import EXT_BY_FORMAT, DecodeError, decode_rgb, probe
+from supirkit.datapipe.dedup import duplicates_for_partition, group_exact_duplicates
+from supirkit.datapipe.inputs import iter_raw_items
+from supirkit.datapipe.keys import content_key
+from supirkit.datapipe.runner import (JobResult, Partition, PartitionStage, plan_partitions, prepare_output, run_stage,
                              write_job_summary)
-from datapipe.shards import ShardSink, ShardStats, TableSink
+from supirkit.datapipe.shards import ShardSink, ShardStats, TableSink
 
 HASH_DIR = "_hashes"
 
@@ -167,8 +167,8 @@ class WriteStage(PartitionStage):
 def run_shard_job(sources: Iterable[str] | None, out: str, cfg: ShardJobConfig, fresh: bool = False,
                   manifest: Optional[str] = None, where: Optional[str] = None) -> JobResult:
     """The whole ``supirkit shard`` job; returns the write pass's statistics."""
-    from datapipe.manifest import manifest_inputs
-    from datapipe.sources import list_inputs
+    from supirkit.datapipe.manifest import manifest_inputs
+    from supirkit.datapipe.sources import list_inputs
 
     sources = [os.fsdecode(s) for s in (sources or [])]
     chash = config_hash(cfg)

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from datapipe import faults
-from datapipe.config import ConfigError, RunnerConfig, ShardingConfig
-from datapipe.shards import ShardSink, ShardStats, is_done, shard_name, stats_path
-from datapipe.sources import FILE, INVALID, TAR, InputRef
+from supirkit.datapipe import faults
+from supirkit.datapipe.config import ConfigError, RunnerConfig, ShardingConfig
+from supirkit.datapipe.shards import ShardSink, ShardStats, is_done, shard_name, stats_path
+from supirkit.datapipe.sources import FILE, INVALID, TAR, InputRef
 
 log = logging.getLogger("supirkit")
 

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
-from datapipe import faults
+from supirkit.datapipe import faults
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "jp2", "ppm")
 #: webdataset convention: the key is the basename up to its first dot.
@@ -356,7 +356,7 @@ class _TailTracker:
 def read_shard(url: str, on_unsafe=None, on_skip=None, max_member_bytes: Optional[int] = None) -> Iterator[dict]:
     """Samples of one shard (local path or fsspec URL), as dicts of raw bytes plus ``__key__``
     (``max_member_bytes``: see ``iter_tar_samples``)."""
-    from datapipe.sources import open_binary
+    from supirkit.datapipe.sources import open_binary
 
     with open_binary(url) as f:
         for sample in iter_tar_samples(f, on_unsafe=on_unsafe, on_skip=on_skip, max_member_bytes=max_member_bytes):
@@ -396,7 +396,7 @@ def list_shards(spec: str | Path | Iterable[str]) -> list[str]:
     """
     import glob as _glob
 
-    from datapipe.sources import expand_braces, has_braces, is_url, strip_file_scheme
+    from supirkit.datapipe.sources import expand_braces, has_braces, is_url, strip_file_scheme
 
     if not isinstance(spec, (str, Path)):
         out: list[str] = []

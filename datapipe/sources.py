@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
-from datapipe.decode import IMAGE_EXTENSIONS
-from datapipe.keys import display_source
+from supirkit.datapipe.decode import IMAGE_EXTENSIONS
+from supirkit.datapipe.keys import display_source
 
 #: kinds of listed entries
 FILE, TAR, INVALID = "file", "tar", "invalid"

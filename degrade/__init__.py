@@ -2,7 +2,7 @@
 
 The door is ``Degrader``::
 
-    from degrade import Degrader
+    from supirkit.degrade import Degrader
     degrader = Degrader.from_profile("supir")          # configs/degrade/supir.yaml
     degrader = Degrader.from_config("my.yaml", ["realesrgan.final.sinc_prob=0.5"])   # --set style overrides
     degrader = Degrader.from_spec(name_or_path_or_config)                            # whichever you hold
@@ -36,8 +36,8 @@ Profiles: ``configs/degrade/{supir,realesrgan_x4,diffbir_realesrgan,diffbir_code
 ``DegradeConfig``. The algorithm, the profiles and where the output differs from the reference
 implementation (and why): ``degrade/README.md``.
 """
-from degrade.config import DegradeConfig
-from degrade.pipeline import Degrader, DegradeTransform, worker_init_fn
+from supirkit.degrade.config import DegradeConfig
+from supirkit.degrade.pipeline import Degrader, DegradeTransform, worker_init_fn
 
 PROFILES = ("supir", "realesrgan_x4", "diffbir_realesrgan", "diffbir_codeformer")
 

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-from datapipe.config import Schema
+from supirkit.datapipe.config import Schema
 
 KERNEL_FAMILIES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 ResizeMode = Literal["area", "bilinear", "bicubic"]

@@ -121,7 +121,7 @@ def _split_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 def sample_blur_kernel(rng: np.random.Generator, cfg) -> KernelParams:
     """One draw of the first/second-stage kernel (Real-ESRGAN dataset L128-172). ``cfg``: BlurConfig."""
-    from degrade.config import KERNEL_FAMILIES
+    from supirkit.degrade.config import KERNEL_FAMILIES
 
     size = int(cfg.kernel_sizes[rng.integers(len(cfg.kernel_sizes))])
     if rng.random() < cfg.sinc_prob:

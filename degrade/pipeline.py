@@ -14,10 +14,10 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from degrade.config import DegradeConfig
-from degrade.jpeg import jpeg_roundtrip, quality_to_int, to_uint8
-from degrade.kernels import kernel_from_params, sample_blur_kernel, sample_sinc, separable_factor, weighted_index
-from degrade.noise import add_gaussian_noise, add_poisson_noise
+from supirkit.degrade.config import DegradeConfig
+from supirkit.degrade.jpeg import jpeg_roundtrip, quality_to_int, to_uint8
+from supirkit.degrade.kernels import kernel_from_params, sample_blur_kernel, sample_sinc, separable_factor, weighted_index
+from supirkit.degrade.noise import add_gaussian_noise, add_poisson_noise
 
 # degrade.filters, degrade.resize and degrade.sharpen (OpenCV) are imported where pixels are touched, so that
 # building a Degrader, validating a profile or sampling parameters does not load OpenCV.
@@ -103,7 +103,7 @@ def sample_codeformer(rng: np.random.Generator, cfg) -> Params:
 def _blur(img: np.ndarray, kernel: Optional[Params]) -> np.ndarray:
     if kernel is None:
         return img
-    from degrade.filters import plan_filter
+    from supirkit.degrade.filters import plan_filter
 
     return plan_filter(kernel_from_params(kernel), separable_factor(kernel)).apply(img)
 
@@ -120,7 +120,7 @@ def _at_least_one(h: int, w: int) -> tuple[int, int]:
 
 def run_realesrgan(img: np.ndarray, p: Params, cfg, quirks, noise_rngs) -> tuple[np.ndarray, dict]:
     """Second-order degradation of a float32 RGB image (Real-ESRGAN ``feed_data`` L83-163), per sample."""
-    from degrade.resize import resize
+    from supirkit.degrade.resize import resize
 
     ori_h, ori_w = img.shape[:2]
     sizes = {}
@@ -172,7 +172,7 @@ def run_codeformer(img: np.ndarray, p: Params, cfg, noise_rng) -> tuple[np.ndarr
 
 
 def _resize_if_needed(img: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
-    from degrade.resize import resize
+    from supirkit.degrade.resize import resize
 
     return img if tuple(img.shape[:2]) == tuple(size) else resize(img, size, mode)
 
@@ -204,14 +204,14 @@ class Degrader:
     @classmethod
     def from_profile(cls, name: str, overrides: Iterable[str] = ()) -> "Degrader":
         """A shipped profile by name (``configs/degrade/<name>.yaml``), e.g. ``"supir"``."""
-        from datapipe.config import load_config
+        from supirkit.datapipe.config import load_config
 
         return cls(load_config(DegradeConfig, f"degrade/{name}.yaml", overrides))
 
     @classmethod
     def from_config(cls, path: str | Path, overrides: Iterable[str] = ()) -> "Degrader":
         """A profile from a YAML file; ``overrides`` are ``key.path=value`` strings as ``--set`` takes."""
-        from datapipe.config import load_config
+        from supirkit.datapipe.config import load_config
 
         return cls(load_config(DegradeConfig, path, overrides))
 
@@ -236,14 +236,14 @@ class Degrader:
 
     def with_overrides(self, overrides: Iterable[str]) -> "Degrader":
         """A new Degrader with ``key.path=value`` overrides applied to this profile (validated again)."""
-        from datapipe.config import apply_overrides, validate
+        from supirkit.datapipe.config import apply_overrides, validate
 
         data = apply_overrides(self.config.model_dump(), list(overrides))
         return Degrader(validate(DegradeConfig, data, f"<{self.config.name}>"))
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> "Degrader":
-        from datapipe.config import validate
+        from supirkit.datapipe.config import validate
 
         return cls(validate(DegradeConfig, data, source))
 
@@ -297,7 +297,7 @@ class Degrader:
         sh = cfg.sharpen
         sharpened = None
         if sh.lq_from_sharpened or sh.target_sharpened:
-            from degrade.sharpen import unsharp_mask
+            from supirkit.degrade.sharpen import unsharp_mask
 
             sharpened = unsharp_mask(hq, sh.kernel_size, sh.sigma, sh.weight, sh.threshold)
         if sh.lq_from_sharpened:

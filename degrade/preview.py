@@ -182,7 +182,7 @@ def fit_crop(rgb: np.ndarray, side: Optional[int]) -> np.ndarray:
 
 
 def _degrader(profile, overrides=()):
-    from degrade.pipeline import Degrader
+    from supirkit.degrade.pipeline import Degrader
 
     return Degrader.from_spec(profile, overrides)
 

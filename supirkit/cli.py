@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    from datapipe.conditions import ConditionError
-    from datapipe.config import ConfigError
+    from supirkit.datapipe.conditions import ConditionError
+    from supirkit.datapipe.config import ConfigError
 
     try:
         return int(args._run(args) or 0)

@@ -98,7 +98,7 @@ def shard_cli_rss(argv: list[str], timeout: int = 120) -> tuple[int, str, int]:
 def read_set(out_dir: Path) -> dict[str, tuple[bytes, dict]]:
     """Every sample of a shard set: key -> (image bytes, json), read with plain ``tarfile``; asserts that
     no key appears twice across the set."""
-    from datapipe.shards import list_shards
+    from supirkit.datapipe.shards import list_shards
 
     samples: dict[str, tuple[bytes, dict]] = {}
     for url in list_shards(out_dir):
@@ -119,7 +119,7 @@ def keys_and_bytes(out_dir: Path) -> dict[str, bytes]:
 
 
 def rejections(out_dir: Path) -> list[dict]:
-    from datapipe.runner import iter_rejections
+    from supirkit.datapipe.runner import iter_rejections
 
     return list(iter_rejections(out_dir, "shard"))
 

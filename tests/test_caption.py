@@ -28,7 +28,7 @@ def _argv(shards, out, tiny_models, *extra):
 
 
 def _samples(folder):
-    from datapipe.shards import list_shards, read_shard
+    from supirkit.datapipe.shards import list_shards, read_shard
 
     return {s["__key__"]: s for url in list_shards(str(folder)) for s in read_shard(url)}
 
@@ -77,7 +77,7 @@ def test_every_sample_captioned_keys_and_bytes_unchanged(tmp_path, tiny_models):
 
 
 def test_corrupt_samples_are_skipped_with_a_reason(tmp_path, tiny_models):
-    from datapipe.runner import iter_rejections
+    from supirkit.datapipe.runner import iter_rejections
 
     shards = make_shards(tmp_path / "in", n_shards=1, per_shard=3, corrupt=True)
     assert _run(_argv(shards, tmp_path / "drop", tiny_models)) == 0
@@ -95,11 +95,11 @@ def test_corrupt_samples_are_skipped_with_a_reason(tmp_path, tiny_models):
 
 def test_a_failing_generation_costs_only_its_sample(tmp_path, tiny_models):
     """The whole batch fails when one image is bad for the model; it is retried one image at a time."""
-    from captioning.backends import TransformersCaptioner
-    from captioning.config import CaptionJobConfig
-    from captioning.job import run_caption_job
-    from datapipe.config import load_config
-    from datapipe.runner import iter_rejections
+    from supirkit.captioning.backends import TransformersCaptioner
+    from supirkit.captioning.config import CaptionJobConfig
+    from supirkit.captioning.job import run_caption_job
+    from supirkit.datapipe.config import load_config
+    from supirkit.datapipe.runner import iter_rejections
 
     class Picky(TransformersCaptioner):
         def caption(self, images, seed, timer=None):

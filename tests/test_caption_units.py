@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def test_clean_caption_strips_openings_and_whitespace():
-    from captioning.clean import clean_caption
+    from supirkit.captioning.clean import clean_caption
 
     assert clean_caption("The image shows a red barn\n\nunder a  grey sky.</s>") == "A red barn under a grey sky."
     assert clean_caption("In this image, two dogs play.") == "Two dogs play."
@@ -28,7 +28,7 @@ def test_clean_caption_strips_openings_and_whitespace():
 def test_token_counter_uses_the_sdxl_tokenizer_or_a_labelled_estimate(tmp_path):
     from transformers import CLIPTokenizer
 
-    from captioning.clean import TokenCounter
+    from supirkit.captioning.clean import TokenCounter
     from supirkit.tiny.sdxl import _write_tokenizer
 
     _write_tokenizer(tmp_path / "sdxl" / "tokenizer", pad_token="<|endoftext|>")  # an SDXL folder's tokenizer/
@@ -49,7 +49,7 @@ def test_token_counter_uses_the_sdxl_tokenizer_or_a_labelled_estimate(tmp_path):
 
 
 def test_fit_image_pads_crops_or_keeps():
-    from captioning.images import fit_image, limit_side
+    from supirkit.captioning.images import fit_image, limit_side
 
     rgb = np.full((20, 40, 3), 200, np.uint8)
     padded = fit_image(rgb, "pad", (10, 20, 30))
@@ -64,9 +64,9 @@ def test_fit_image_pads_crops_or_keeps():
 
 
 def test_config_defaults_follow_supir_and_are_validated():
-    from datapipe.config import ConfigError, load_config
+    from supirkit.datapipe.config import ConfigError, load_config
 
-    from captioning.config import CaptionJobConfig, SUPIR_INSTRUCTION
+    from supirkit.captioning.config import CaptionJobConfig, SUPIR_INSTRUCTION
 
     cfg = load_config(CaptionJobConfig, None, [], default="caption/default.yaml")
     assert cfg.model.name == "llava-hf/llava-1.5-13b-hf"
@@ -87,8 +87,8 @@ def test_config_defaults_follow_supir_and_are_validated():
 
 
 def test_prompt_is_supirs_through_the_checkpoints_chat_template(tiny_models):
-    from captioning.backends import TransformersCaptioner
-    from captioning.config import CaptionJobConfig, PromptConfig
+    from supirkit.captioning.backends import TransformersCaptioner
+    from supirkit.captioning.config import CaptionJobConfig, PromptConfig
 
     cfg = CaptionJobConfig.model_validate({"model": {"name": str(tiny_models["llava"]), "device": "cpu"}})
     backend = TransformersCaptioner(cfg.model, cfg.prompt, cfg.generation)
@@ -109,8 +109,8 @@ def test_prompt_is_supirs_through_the_checkpoints_chat_template(tiny_models):
 def test_token_report_warns_when_most_captions_exceed_the_clip_context(tmp_path):
     import json
 
-    from captioning.job import token_report
-    from datapipe.shards import stats_path
+    from supirkit.captioning.job import token_report
+    from supirkit.datapipe.shards import stats_path
 
     def shard(i, captions, over, mean):
         stats_path(tmp_path, "shard", i).write_text(json.dumps({"caption": {

@@ -47,7 +47,7 @@ def _cli(argv) -> int:
 
 
 def _scores(out: Path) -> list[dict]:
-    from datapipe.manifest import open_manifest
+    from supirkit.datapipe.manifest import open_manifest
 
     return open_manifest(out / "scores").to_table().to_pylist()
 
@@ -58,7 +58,7 @@ def _shard_samples(out: Path) -> list[dict]:
 
     from PIL import Image
 
-    from datapipe.shards import list_shards, read_shard, sample_image, sample_meta
+    from supirkit.datapipe.shards import list_shards, read_shard, sample_image, sample_meta
 
     found = []
     for url in list_shards(out):
@@ -168,7 +168,7 @@ def test_curate_on_ray_with_aesthetics_accounts_for_every_input(samples, tmp_pat
     assert f["rejected_by_stage"] == {"prefilter": 1, "decode": 2, "rules": 5, "dedup": 2}
     _check_report(out)
     # the selection is replayable with the shard command's condition language
-    from datapipe.manifest import select
+    from supirkit.datapipe.manifest import select
 
     again = select(out / "scores", summary["selection_condition"] + " and status == 'scored'")
     assert len(again) == len([r for r in rows if r["accepted"] or r["stage"] == "dedup"])
@@ -332,9 +332,9 @@ def test_importing_pyiqa_leaves_transformers_llama_alone(tmp_path):
 
 @pytest.mark.parametrize("name", ["default", "full", "faces", "demo"])
 def test_shipped_configs_load(name):
-    from curation import CurateConfig
-    from curation.rules import compile_rules
-    from datapipe import load_config
+    from supirkit.curation import CurateConfig
+    from supirkit.curation.rules import compile_rules
+    from supirkit.datapipe import load_config
 
     cfg = load_config(CurateConfig, f"curate/{name}.yaml")
     assert compile_rules(cfg.rules).text.count(" and ") == len(cfg.rules.checks) - 1
@@ -347,9 +347,9 @@ def test_shipped_configs_load(name):
 
 
 def test_rules_compile_to_the_shard_condition_language():
-    from curation.config import RulesConfig
-    from curation.rules import compile_rules
-    from datapipe.conditions import Condition
+    from supirkit.curation.config import RulesConfig
+    from supirkit.curation.rules import compile_rules
+    from supirkit.datapipe.conditions import Condition
 
     cfg = RulesConfig(combine="all", checks=[
         {"name": "sharp", "signal": "sharpness", "min": 0.11},
@@ -370,7 +370,7 @@ def test_rules_compile_to_the_shard_condition_language():
     anyr = compile_rules(RulesConfig(combine="any", checks=cfg.checks[:2]))
     assert not anyr.rejects(anyr.failed(dict(good, sharpness=0.0)))
     assert anyr.rejects(anyr.failed(dict(good, sharpness=0.0, jpeg_quality=10)))
-    from datapipe.config import ConfigError
+    from supirkit.datapipe.config import ConfigError
 
     with pytest.raises(ConfigError, match="duplicate"):
         compile_rules(RulesConfig(checks=[cfg.checks[0], cfg.checks[0]]))
@@ -379,8 +379,8 @@ def test_rules_compile_to_the_shard_condition_language():
 
 
 def test_crop_plans():
-    from curation.config import CropConfig
-    from curation.crops import apply_crop, plan_crops
+    from supirkit.curation.config import CropConfig
+    from supirkit.curation.crops import apply_crop, plan_crops
 
     (b,) = plan_crops(3000, 2000, CropConfig(mode="resize_center", size=1024))
     assert b.as_list() == [500, 0, 2500, 2000] and b.scale == pytest.approx(1024 / 2000)
@@ -401,8 +401,8 @@ def test_duplicate_grouping_exact_near_semantic(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from curation.config import DedupConfig
-    from curation.dedup import group_duplicates, load_groups
+    from supirkit.curation.config import DedupConfig
+    from supirkit.curation.dedup import group_duplicates, load_groups
 
     rng = np.random.default_rng(0)
     n = 40
@@ -432,8 +432,8 @@ def test_duplicate_grouping_exact_near_semantic(tmp_path):
 
 
 def test_aesthetic_scorer_loads_tiny_open_clip_and_head_through_the_real_paths(tiny_models):
-    from curation.signals import ImageView
-    from curation.signals.models import ClipScorer, MissingWeightsError
+    from supirkit.curation.signals import ImageView
+    from supirkit.curation.signals.models import ClipScorer, MissingWeightsError
     from supirkit.demo.samples import textured_photo
 
     views = [ImageView(textured_photo(i, 96, 128)) for i in range(3)]
@@ -452,8 +452,8 @@ def test_aesthetic_scorer_loads_tiny_open_clip_and_head_through_the_real_paths(t
 
 @pytest.mark.parametrize("metric", ["musiq", "topiq_nr"])
 def test_pyiqa_scorers_with_random_weights_on_native_tiles(metric):
-    from curation.signals import ImageView
-    from curation.signals.models import IQAScorer
+    from supirkit.curation.signals import ImageView
+    from supirkit.curation.signals.models import IQAScorer
     from supirkit.demo.samples import textured_photo
 
     views = [ImageView(textured_photo(i, 96, 160)) for i in range(2)]
@@ -465,7 +465,7 @@ def test_pyiqa_scorers_with_random_weights_on_native_tiles(metric):
 
 
 def test_missing_weights_for_other_pyiqa_metrics_name_the_file(tmp_path, monkeypatch):
-    from curation.signals.models import IQAScorer, MissingWeightsError
+    from supirkit.curation.signals.models import IQAScorer, MissingWeightsError
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(MissingWeightsError) as info:

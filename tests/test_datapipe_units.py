@@ -27,7 +27,7 @@ def _tar(members: list[tuple[str, bytes]]) -> bytes:
 def test_exif_orientation_swaps_size_and_pixels():
     from PIL import Image
 
-    from datapipe.decode import decode_rgb, probe
+    from supirkit.datapipe.decode import decode_rgb, probe
 
     rgb = np.zeros((10, 30, 3), np.uint8)
     rgb[:, :5] = 255  # a white band on the left of the stored image
@@ -45,7 +45,7 @@ def test_exif_orientation_swaps_size_and_pixels():
 def test_conversion_rule_alpha_palette_sixteen_bit_cmyk():
     from PIL import Image
 
-    from datapipe.decode import decode_rgb
+    from supirkit.datapipe.decode import decode_rgb
 
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., 0] = 200
@@ -72,7 +72,7 @@ def test_conversion_rule_alpha_palette_sixteen_bit_cmyk():
 def test_pixel_limit_is_checked_before_decoding(tmp_path):
     from torture import write_png_bomb
 
-    from datapipe.decode import DecodeError, decode_rgb, decode_thumbnail, probe
+    from supirkit.datapipe.decode import DecodeError, decode_rgb, decode_thumbnail, probe
 
     write_png_bomb(tmp_path / "bomb.png", side=20000)
     data = (tmp_path / "bomb.png").read_bytes()
@@ -87,7 +87,7 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path):
 @pytest.mark.parametrize("data,reason", [(b"", "zero_bytes"), (b"hello world" * 10, "not_an_image"),
                                          (jpeg_bytes(1, 64, 64)[:1500], "truncated")])
 def test_bad_bytes_have_stable_reasons(data, reason):
-    from datapipe.decode import DecodeError, decode_rgb
+    from supirkit.datapipe.decode import DecodeError, decode_rgb
 
     with pytest.raises(DecodeError) as err:
         decode_rgb(data)
@@ -103,7 +103,7 @@ def test_repeated_decodes_reuse_memory_instead_of_faulting_it_in(monkeypatch):
 
     from PIL import Image
 
-    from datapipe import decode
+    from supirkit.datapipe import decode
 
     monkeypatch.delenv("PILLOW_BLOCKS_MAX", raising=False)
     monkeypatch.setattr(decode, "_allocator_tuned", False)
@@ -118,7 +118,7 @@ def test_repeated_decodes_reuse_memory_instead_of_faulting_it_in(monkeypatch):
 
 
 def test_keys_are_content_derived_dot_free_and_sources_escaped():
-    from datapipe.keys import content_key, display_source, source_from_display, sub_key
+    from supirkit.datapipe.keys import content_key, display_source, source_from_display, sub_key
 
     a = content_key(b"abc")
     assert a == content_key(b"abc") != content_key(b"abd")
@@ -133,7 +133,7 @@ def test_keys_are_content_derived_dot_free_and_sources_escaped():
 # ------------------------------------------------------------------------------------------ tar reading
 
 def test_tar_reader_refuses_unsafe_members_and_groups_samples():
-    from datapipe.shards import iter_tar_samples
+    from supirkit.datapipe.shards import iter_tar_samples
 
     data = _tar([("../up.jpg", b"x"), ("/etc/abs.jpg", b"y"), ("a/b/k1.jpg", b"1"), ("a/b/k1.json", b"{}"),
                  ("k2.jpg", b"2"), ("k2.txt", b"cap"), ("k2.txt", b"again"), ("noext", b"z"), ("..\\win.jpg", b"w")])
@@ -147,7 +147,7 @@ def test_tar_reader_refuses_unsafe_members_and_groups_samples():
 
 
 def test_truncated_tar_raises_after_the_readable_samples():
-    from datapipe.shards import iter_tar_samples
+    from supirkit.datapipe.shards import iter_tar_samples
 
     data = _tar([("k1.jpg", b"1" * 100), ("k2.jpg", b"2" * 100), ("k3.jpg", b"3" * 100)])
     got = []
@@ -168,7 +168,7 @@ def test_listing_is_deterministic_and_covers_every_source_kind(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from datapipe.sources import FILE, INVALID, TAR, list_inputs
+    from supirkit.datapipe.sources import FILE, INVALID, TAR, list_inputs
 
     root = tmp_path / "src"
     (root / "b").mkdir(parents=True)
@@ -208,7 +208,7 @@ def test_listing_is_deterministic_and_covers_every_source_kind(tmp_path):
 def test_fsspec_urls_are_listed_and_read(tmp_path):
     import fsspec
 
-    from datapipe.sources import list_inputs, read_bytes
+    from supirkit.datapipe.sources import list_inputs, read_bytes
 
     fs = fsspec.filesystem("memory")
     fs.pipe("/bucket/photos/b.jpg", jpeg_bytes(1))
@@ -228,7 +228,7 @@ def test_fsspec_urls_are_listed_and_read(tmp_path):
 def test_transient_read_errors_are_retried_and_permanent_ones_are_not(tmp_path, monkeypatch):
     import builtins
 
-    from datapipe import sources
+    from supirkit.datapipe import sources
 
     path = tmp_path / "a.jpg"
     path.write_bytes(jpeg_bytes(1))
@@ -257,9 +257,9 @@ def test_transient_read_errors_are_retried_and_permanent_ones_are_not(tmp_path, 
 # ------------------------------------------------------------------------------------------ planning and dedup
 
 def test_plan_is_stored_and_reused_and_tars_are_partitions_of_their_own(tmp_path):
-    from datapipe.config import ShardingConfig
-    from datapipe.runner import load_partition, plan_partitions
-    from datapipe.sources import FILE, TAR, InputRef
+    from supirkit.datapipe.config import ShardingConfig
+    from supirkit.datapipe.runner import load_partition, plan_partitions
+    from supirkit.datapipe.sources import FILE, TAR, InputRef
 
     refs = [InputRef(f"/x/{i}.jpg", FILE, 10) for i in range(5)] + [InputRef("/x/t.tar", TAR, 99)] + \
            [InputRef(f"/y/{i}.jpg", FILE, 10) for i in range(3)]
@@ -278,7 +278,7 @@ def test_exact_duplicates_grouped_across_partitions_in_buckets(tmp_path, monkeyp
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from datapipe import dedup
+    from supirkit.datapipe import dedup
 
     monkeypatch.setattr(dedup, "ROWS_PER_BUCKET", 3)  # force several spill buckets
     monkeypatch.setattr(dedup, "MAX_LISTED", 2)
@@ -306,7 +306,7 @@ def test_manifest_rows_are_streamed_filtered_and_in_listing_order(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from datapipe.manifest import manifest_inputs
+    from supirkit.datapipe.manifest import manifest_inputs
 
     m = tmp_path / "m"
     m.mkdir()
@@ -326,8 +326,8 @@ def test_progress_bar_and_log_lines_show_counts_and_eta(monkeypatch, capsys):
     ``ray job submit``, in a log file) plain lines, at most one per ``log_every_s`` and always the last."""
     import re
 
-    from datapipe import runner
-    from datapipe.config import RunnerConfig
+    from supirkit.datapipe import runner
+    from supirkit.datapipe.config import RunnerConfig
 
     clock = {"t": 1000.0}
     monkeypatch.setattr(runner.time, "time", lambda: clock["t"])
@@ -365,7 +365,7 @@ def test_progress_bar_and_log_lines_show_counts_and_eta(monkeypatch, capsys):
                                   "(lambda: 1)()", "a + 1 > 2", "a[0] > 1", "[x for x in y]", "f(x) > 1",
                                   "a > 1; b", "a if b else c", "x > y > 'a'.upper()"])
 def test_condition_language_refuses_anything_but_comparisons(text):
-    from datapipe.conditions import Condition, ConditionError
+    from supirkit.datapipe.conditions import Condition, ConditionError
 
     with pytest.raises(ConditionError):
         Condition(text)
@@ -374,7 +374,7 @@ def test_condition_language_refuses_anything_but_comparisons(text):
 def test_condition_rows_and_arrow_agree_with_three_valued_logic():
     import pyarrow as pa
 
-    from datapipe.conditions import Condition, filter_table
+    from supirkit.datapipe.conditions import Condition, filter_table
 
     rows = [{"s": 0.5, "fmt": "JPEG", "g": False, "iqa.musiq": 60.0}, {"s": 0.2, "fmt": "PNG", "g": False, "iqa.musiq": None},
             {"s": None, "fmt": "JPEG", "g": True, "iqa.musiq": 70.0}, {"s": 0.9, "fmt": None, "g": False, "iqa.musiq": 40.0}]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from degrade import Degrader
-from degrade.preview import contact_sheet, describe, fit_crop, inspect_views, pair_rows, render_pairs
+from supirkit.degrade import Degrader
+from supirkit.degrade.preview import contact_sheet, describe, fit_crop, inspect_views, pair_rows, render_pairs
 from supirkit.cli import main
 from degrade_fixtures import photo
 
@@ -94,7 +94,7 @@ def test_inspect_views_follow_the_view_hook_contract():
     sharp = inspect_views("diffbir_realesrgan", n=2, overrides=["hq_size=64"])(img, {})
     assert [lab.split(" ")[0] for lab, _ in sharp] == ["target", "LQ", "LQ"]
     assert not np.array_equal(sharp[1][1], sharp[2][1])
-    from datapipe.inspection import Sample, make_tiles
+    from supirkit.datapipe.inspection import Sample, make_tiles
 
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")

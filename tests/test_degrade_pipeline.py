@@ -11,11 +11,11 @@ import pytest
 import yaml
 from scipy import stats
 
-from datapipe.config import CONFIG_ROOT, ConfigError
-import degrade
-from degrade import PROFILES, Degrader
-from degrade.jpeg import to_uint8
-from degrade.sharpen import unsharp_mask
+from supirkit.datapipe.config import CONFIG_ROOT, ConfigError
+import supirkit.degrade as degrade
+from supirkit.degrade import PROFILES, Degrader
+from supirkit.degrade.jpeg import to_uint8
+from supirkit.degrade.sharpen import unsharp_mask
 from degrade_fixtures import photo
 
 cv2.setNumThreads(1)
@@ -117,14 +117,14 @@ def test_gray_noise_differs_between_samples():
     st.noise.gaussian_prob, st.noise.gray_prob, st.noise.gaussian_sigma = 1.0, 1.0, (20.0, 20.0)
     st.jpeg.quality = (100.0, 100.0)
     flat = np.full((64, 64, 3), 128, np.uint8)
-    from degrade.pipeline import _generators, run_realesrgan
+    from supirkit.degrade.pipeline import _generators, run_realesrgan
 
     residuals = []
     for key in ("p", "q"):
         params = d.sample_params(seed=0, key=key)
         rngs = _generators(0, 0, key, 3)
         base = flat.astype(np.float32) / 255
-        from degrade.pipeline import _noise
+        from supirkit.degrade.pipeline import _noise
 
         residuals.append(_noise(base, params["first"]["noise"], rngs[1], "fixed")[..., 0] - base[..., 0])
         assert params["first"]["noise"]["gray"]
@@ -214,7 +214,7 @@ def test_building_and_sampling_do_not_load_opencv():
     import subprocess
     import sys
 
-    code = ("import sys; from degrade import Degrader; d = Degrader.from_profile('supir'); "
+    code = ("import sys; from supirkit.degrade import Degrader; d = Degrader.from_profile('supir'); "
             "d.sample_params(0, 0, 'k'); print([m for m in ('cv2', 'torch', 'PIL') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
@@ -414,7 +414,7 @@ def test_angles_and_overrides():
 @pytest.mark.parametrize("name", PROFILES)
 def test_every_profile_lists_every_parameter(name):
     # "Every parameter in YAML": the shipped files set each field explicitly (no silent schema default).
-    from degrade.config import DegradeConfig
+    from supirkit.degrade.config import DegradeConfig
 
     def walk(model_cls, data, where):
         for field, info in model_cls.model_fields.items():

@@ -37,13 +37,13 @@ def _curate(argv: list[str], env: dict | None = None, timeout: int = 300) -> tup
 
 
 def _scores(out: Path) -> list[dict]:
-    from datapipe.manifest import open_manifest
+    from supirkit.datapipe.manifest import open_manifest
 
     return open_manifest(out / "scores").to_table(columns=["source", "accepted", "stage", "reason"]).to_pylist()
 
 
 def test_torture_folder_through_curate_every_input_accounted_for(tmp_path):
-    from datapipe.keys import display_source
+    from supirkit.datapipe.keys import display_source
 
     root = tmp_path / "torture"
     expected = make_torture_folder(root)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from datapipe.config import ConfigError, RunnerConfig, Schema, ShardingConfig, config_hash, load_config
+from supirkit.datapipe.config import ConfigError, RunnerConfig, Schema, ShardingConfig, config_hash, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "diffusers", "ray", "pyiqa", "open_clip", "cv2", "accelerate", "webdataset")
@@ -86,7 +86,7 @@ def test_shipped_configs_validate():
     for path in sorted((ROOT / "configs").rglob("*.yaml")):
         data = yaml.safe_load(path.read_text())
         assert isinstance(data, dict), path
-    from datapipe.pack import ShardJobConfig
+    from supirkit.datapipe.pack import ShardJobConfig
 
     load_config(ShardJobConfig, ROOT / "configs/shard/default.yaml")
 
@@ -198,7 +198,7 @@ def test_train_inputs_are_checked_before_any_process_starts(tmp_path, capsys):
 
 
 def test_config_named_as_the_docs_write_it_resolves_from_any_folder(tmp_path, monkeypatch):
-    from datapipe.config import resolve_config_path
+    from supirkit.datapipe.config import resolve_config_path
 
     monkeypatch.chdir(tmp_path)
     assert resolve_config_path("configs/train/supir.yaml") == ROOT / "configs/train/supir.yaml"

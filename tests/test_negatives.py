@@ -23,14 +23,14 @@ REQUIRED = {"key", "index", "source", "source_key", "orig_width", "orig_height",
 
 
 def _png(rng, h, w) -> bytes:
-    from datapipe.decode import encode_image
+    from supirkit.datapipe.decode import encode_image
 
     return encode_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "png", 1)
 
 
 def _write_shard(folder: Path, index: int, images: list[bytes]) -> list[str]:
-    from datapipe.keys import content_key
-    from datapipe.shards import ShardSink, ShardStats
+    from supirkit.datapipe.keys import content_key
+    from supirkit.datapipe.shards import ShardSink, ShardStats
 
     sink = ShardSink(folder, "shard", index)
     keys = []
@@ -60,7 +60,7 @@ def _cli(*argv) -> int:
 
 
 def _samples(out: Path) -> dict[str, dict]:
-    from datapipe.shards import list_shards, read_shard
+    from supirkit.datapipe.shards import list_shards, read_shard
 
     found = {}
     for url in list_shards(out):
@@ -85,7 +85,7 @@ def reference(tmp_path_factory, input_shards, tiny_sdxl_dir):
 def test_img2img_makes_the_requested_count_with_complete_metadata(reference, input_shards, tiny_sdxl_dir):
     from PIL import Image
 
-    from curation.negatives import sample_key
+    from supirkit.curation.negatives import sample_key
 
     _, input_keys = input_shards
     samples = _samples(reference)
@@ -139,7 +139,7 @@ class _DriverKilled(BaseException):
 
 def test_kill_and_resume_gives_the_uninterrupted_set(reference, input_shards, tiny_sdxl_dir, tmp_path,
                                                       monkeypatch):
-    from datapipe import faults
+    from supirkit.datapipe import faults
 
     folder, _ = input_shards
     out = tmp_path / "killed"
@@ -170,8 +170,8 @@ def test_kill_and_resume_gives_the_uninterrupted_set(reference, input_shards, ti
 
 
 def test_txt2img_with_word_prompts(tiny_sdxl_dir, tmp_path):
-    from curation.negatives import PromptSampler, sample_seed
-    from curation.negatives_config import NEGATIVE_WORDS, PromptOptions
+    from supirkit.curation.negatives import PromptSampler, sample_seed
+    from supirkit.curation.negatives_config import NEGATIVE_WORDS, PromptOptions
 
     out = tmp_path / "t2i"
     assert _cli("negatives", "--out", out, "--count", 3, "--model", tiny_sdxl_dir, *FAST,
@@ -206,8 +206,8 @@ def test_unreadable_source_is_recorded_and_replaced(tiny_sdxl_dir, tmp_path):
 
 
 def test_bad_config_is_one_line(tmp_path, capsys):
-    from curation.negatives_config import NegativesJobConfig
-    from datapipe.config import ConfigError, load_config
+    from supirkit.curation.negatives_config import NegativesJobConfig
+    from supirkit.datapipe.config import ConfigError, load_config
 
     cases = [
         (["--set", "generate.strength=1.5"], "generate.strength"),
@@ -231,8 +231,8 @@ def test_bad_config_is_one_line(tmp_path, capsys):
 
 
 def test_a_prompt_list_is_sampled_per_sample_and_the_count_spread_over_shards():
-    from curation.negatives import PromptSampler, n_partitions, partition_range, sample_seed
-    from curation.negatives_config import PromptOptions
+    from supirkit.curation.negatives import PromptSampler, n_partitions, partition_range, sample_seed
+    from supirkit.curation.negatives_config import PromptOptions
 
     prompts = ["oil painting, cartoon", "blurring, dirty, messy", "lowres, over-smooth"]
     sampler = PromptSampler(PromptOptions(list=prompts))
@@ -249,7 +249,7 @@ def test_a_prompt_list_is_sampled_per_sample_and_the_count_spread_over_shards():
 
 
 def test_source_rule_is_deterministic_and_takes_fresh_members():
-    from curation.negatives import SourcePlan
+    from supirkit.curation.negatives import SourcePlan
 
     plan = SourcePlan(n_inputs=3, job_seed=5, samples_per_shard=4, shards_per_partition=1)
     assert [p.__dict__ for p in plan.picks(2, 4)] == [p.__dict__ for p in SourcePlan(3, 5, 4, 1).picks(2, 4)]

@@ -36,7 +36,7 @@ def _malicious_tar(path, big: int = 0) -> None:
 
 
 def test_train_reader_refuses_escaping_names_links_and_devices(tmp_path):
-    from train.data import TarReader, _scan_members, _scan_tar_keys
+    from supirkit.train.data import TarReader, _scan_members, _scan_tar_keys
 
     shard = tmp_path / "evil.tar"
     _malicious_tar(shard)
@@ -50,7 +50,7 @@ def test_train_reader_refuses_escaping_names_links_and_devices(tmp_path):
 
 
 def test_train_reader_refuses_a_member_over_the_size_limit_from_its_header(tmp_path):
-    from train.data import TarReader
+    from supirkit.train.data import TarReader
 
     shard = tmp_path / "big.tar"
     _malicious_tar(shard, big=4096)
@@ -61,7 +61,7 @@ def test_train_reader_refuses_a_member_over_the_size_limit_from_its_header(tmp_p
 
 
 def test_pipeline_tar_reader_skips_members_over_the_limit_without_reading_them(tmp_path):
-    from datapipe.shards import image_too_large, iter_tar_samples
+    from supirkit.datapipe.shards import image_too_large, iter_tar_samples
 
     shard = tmp_path / "big.tar"
     _malicious_tar(shard, big=4096)
@@ -78,7 +78,7 @@ def test_pipeline_tar_reader_skips_members_over_the_limit_without_reading_them(t
 
 
 def test_reserved_field_names_cannot_overwrite_the_readers_own(tmp_path):
-    from datapipe.shards import iter_tar_samples
+    from supirkit.datapipe.shards import iter_tar_samples
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -95,8 +95,8 @@ def test_reserved_field_names_cannot_overwrite_the_readers_own(tmp_path):
 
 
 def test_stage_inputs_reject_an_oversized_member_as_too_large(tmp_path):
-    from datapipe.inputs import _iter_tar, read_source
-    from datapipe.shards import ShardStats
+    from supirkit.datapipe.inputs import _iter_tar, read_source
+    from supirkit.datapipe.shards import ShardStats
 
     shard = tmp_path / "big.tar"
     _malicious_tar(shard, big=4096)
@@ -113,7 +113,7 @@ def test_stage_inputs_reject_an_oversized_member_as_too_large(tmp_path):
 
 
 def test_captioning_refuses_an_oversized_image_member():
-    from captioning.images import SampleImageError, image_bytes_for
+    from supirkit.captioning.images import SampleImageError, image_bytes_for
 
     with pytest.raises(SampleImageError) as err:
         image_bytes_for({"__key__": "k", "__too_large__": ["jpg"]}, {}, "curated", 2048)
@@ -125,7 +125,7 @@ def test_captioning_refuses_an_oversized_image_member():
 
 
 def test_inspect_summary_does_not_count_members_the_readers_refuse(tmp_path):
-    from datapipe.inspection import _scan_tar_members
+    from supirkit.datapipe.inspection import _scan_tar_members
 
     shard = tmp_path / "evil.tar"
     _malicious_tar(shard)
@@ -136,7 +136,7 @@ def test_inspect_summary_does_not_count_members_the_readers_refuse(tmp_path):
 def test_inspect_html_escapes_captions_keys_and_metadata_from_a_shard(tmp_path):
     import json
 
-    from datapipe.inspection import iter_samples, make_tiles, open_collection, write_html
+    from supirkit.datapipe.inspection import iter_samples, make_tiles, open_collection, write_html
 
     evil = "<script>alert(1)</script>"
     key = "<img src=x onerror=alert(1)>"
@@ -155,8 +155,8 @@ def test_inspect_html_escapes_captions_keys_and_metadata_from_a_shard(tmp_path):
 
 
 def test_curate_report_thumbnails_go_through_the_pixel_limit():
-    from curation.report import _thumb
-    from datapipe.decode import DecodeError
+    from supirkit.curation.report import _thumb
+    from supirkit.datapipe.decode import DecodeError
 
     data = png_bytes(3, h=100, w=100)
     assert _thumb(data, 32, max_pixels=10_000).shape == (32, 32, 3)
@@ -181,7 +181,7 @@ def test_degrade_preview_decodes_through_the_shared_limit(tmp_path, capsys, monk
 
 
 def test_restore_refuses_inputs_whose_outputs_would_overwrite_each_other(tmp_path):
-    from train.restore import restore_images
+    from supirkit.train.restore import restore_images
 
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()

@@ -32,7 +32,7 @@ def packed(tmp_path_factory):
 
 
 def test_shards_keep_bytes_and_carry_required_metadata(packed):
-    from datapipe.keys import content_key
+    from supirkit.datapipe.keys import content_key
 
     src, out, files = packed
     samples = read_set(out)
@@ -50,7 +50,7 @@ def test_shards_keep_bytes_and_carry_required_metadata(packed):
     # each copy names the kept one, and the kept one's index row lists the copies
     assert {r["detail"] for r in rejections(out) if r["reason"] == "duplicate"} == {
         f"same content as {src / 'img_002.jpg'}"}
-    from datapipe.manifest import open_manifest
+    from supirkit.datapipe.manifest import open_manifest
 
     index = {r["key"]: r for r in open_manifest(out).to_table().to_pylist()}
     assert sorted(json.loads(index[content_key(files["img_002.jpg"])]["duplicates"])) == dups
@@ -62,7 +62,7 @@ def test_shards_keep_bytes_and_carry_required_metadata(packed):
 def test_shard_layout_index_stats_and_adjacent_members(packed):
     import pyarrow.parquet as pq
 
-    from datapipe.shards import list_shards
+    from supirkit.datapipe.shards import list_shards
 
     _, out, _ = packed
     tars = sorted(p.name for p in out.glob("*.tar"))
@@ -121,7 +121,7 @@ def test_rerun_refuses_a_changed_config_unless_fresh(packed, tmp_path, capsys):
 def test_from_manifest_where_selects_rows_and_rereads_their_sources(packed, tmp_path, capsys):
     import pyarrow.compute as pc
 
-    from datapipe.manifest import open_manifest
+    from supirkit.datapipe.manifest import open_manifest
 
     src, out, files = packed
     index = open_manifest(out).to_table()
@@ -167,7 +167,7 @@ def test_img2dataset_tars_are_read_with_provenance_and_captions(tmp_path):
     assert len(tars) == 2  # input shard i -> output shard i
     got = {}
     for url in tars:
-        from datapipe.shards import read_shard
+        from supirkit.datapipe.shards import read_shard
 
         for s in read_shard(str(url)):
             meta = json.loads(s["json"])
@@ -202,7 +202,7 @@ def test_fsspec_url_source(tmp_path):
 
 
 def test_file_gone_between_passes_is_recorded(tmp_path, monkeypatch):
-    from datapipe import pack
+    from supirkit.datapipe import pack
 
     files = make_images(tmp_path / "src", 3)
     real = pack.group_exact_duplicates
@@ -222,8 +222,8 @@ def test_file_gone_between_passes_is_recorded(tmp_path, monkeypatch):
 
 def test_file_urls_and_brace_lists_address_inputs_and_shards(packed, tmp_path):
     """``file://`` URLs are local paths; a brace list ``{a,b}`` expands like a range, for inputs and shards."""
-    from datapipe.shards import list_shards
-    from datapipe.sources import list_inputs
+    from supirkit.datapipe.shards import list_shards
+    from supirkit.datapipe.sources import list_inputs
 
     src, out, files = packed
     assert list_shards(f"file://{out}/shard-{{000000,000002}}.tar") == [str(out / "shard-000000.tar"),
@@ -252,8 +252,8 @@ def test_output_urls_are_refused_in_one_line(packed, tmp_path, monkeypatch, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and url in err[0] and "local path" in err[0]
     assert list(tmp_path.iterdir()) == []
-    from datapipe.config import ConfigError
-    from datapipe.runner import prepare_output
+    from supirkit.datapipe.config import ConfigError
+    from supirkit.datapipe.runner import prepare_output
 
     with pytest.raises(ConfigError):  # also as pathlib leaves it (s3:/bucket/corpus)
         prepare_output(Path(url), "shard", "h", False)

@@ -15,7 +15,7 @@ RSS_LIMIT = 700e6
 
 
 def _relative(source: str, root: Path) -> str:
-    from datapipe.keys import display_source
+    from supirkit.datapipe.keys import display_source
 
     prefix = display_source(str(root)) + "/"
     assert source.startswith(prefix), source
@@ -23,7 +23,7 @@ def _relative(source: str, root: Path) -> str:
 
 
 def test_torture_folder_every_input_accounted_for(tmp_path):
-    from datapipe.keys import display_source
+    from supirkit.datapipe.keys import display_source
 
     root = tmp_path / "torture"
     expected = make_torture_folder(root)

@@ -8,9 +8,9 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from curation.signals import ImageView, build_cheap_scorers, score_views  # noqa: E402
-from curation.signals.cheap import border_fraction, phash  # noqa: E402
-from curation.signals.jpeg import estimate_jpeg_quality, jpeg_quality_of  # noqa: E402
+from supirkit.curation.signals import ImageView, build_cheap_scorers, score_views  # noqa: E402
+from supirkit.curation.signals.cheap import border_fraction, phash  # noqa: E402
+from supirkit.curation.signals.jpeg import estimate_jpeg_quality, jpeg_quality_of  # noqa: E402
 
 
 def _real_photo() -> np.ndarray:
@@ -145,7 +145,7 @@ def test_perceptual_hash_matches_reencoded_copies_only():
 def test_quantisation_tables_read_from_the_markers_match_pillow():
     from PIL import Image
 
-    from curation.signals.jpeg import read_quantization
+    from supirkit.curation.signals.jpeg import read_quantization
 
     rgb = _synthetic_photo()[:64, :64]
     for q in (5, 50, 90, 100):

@@ -32,7 +32,7 @@ def _mixture(sets, hq=0.8, faces=0.1, neg=0.1):
 
 
 def _stream(sets, rank=0, world=1, start=0, batch=2, **over):
-    from train.data import MixtureStream
+    from supirkit.train.data import MixtureStream
 
     return MixtureStream(data_section(_mixture(sets), **over), seed=5, rank=rank, world=world, batch_size=batch,
                          start_micro_batch=start)
@@ -47,7 +47,7 @@ def _same(a: dict, b: dict) -> None:
 
 
 def test_shipped_configs_validate():
-    from train.config import load_train_config
+    from supirkit.train.config import load_train_config
 
     for name in ("supir", "encoder", "demo"):
         cfg = load_train_config(str(ROOT / "configs" / "train" / f"{name}.yaml"))
@@ -59,8 +59,8 @@ def test_shipped_configs_validate():
 
 
 def test_bad_config_is_one_line_error(tmp_path):
-    from datapipe.config import ConfigError
-    from train.config import load_train_config
+    from supirkit.datapipe.config import ConfigError
+    from supirkit.train.config import load_train_config
 
     with pytest.raises(ConfigError) as err:
         load_train_config(str(ROOT / "configs" / "train" / "demo.yaml"), ["data.crop.size=60"])
@@ -80,14 +80,14 @@ def test_stream_is_a_function_of_seed_rank_and_step(sets):
     _same(next(it), batches[3])
     _same(next(it), batches[4])
     # another seed draws other samples
-    from train.data import MixtureStream
+    from supirkit.train.data import MixtureStream
 
     other = MixtureStream(a.data, seed=6, rank=0, world=1, batch_size=2)
     assert [other.plan(i) for i in range(8)] != [a.plan(i) for i in range(8)]
 
 
 def test_loader_workers_keep_the_order(sets):
-    from train.data import build_loader
+    from supirkit.train.data import build_loader
 
     plain = [b for b, _ in zip(iter(_stream(sets, start=2)), range(4))]
     loader = build_loader(_stream(sets, start=2), num_workers=2, prefetch_factor=1)
@@ -130,7 +130,7 @@ def test_mixture_rates(sets):
     assert batch["member"].tolist() == [s.plan(28 + k).member for k in range(4)]
     heavy = [{"name": "hq", "shards": str(sets["hq"][0]), "weight": 1},
              {"name": "negatives", "shards": str(sets["neg"][0]), "weight": 3, "prompt": "caption"}]
-    from train.data import MixtureStream
+    from supirkit.train.data import MixtureStream
 
     s3 = MixtureStream(data_section(heavy), seed=5, batch_size=1)
     rate = np.mean([s3.plan(i).member == 1 for i in range(4000)])
@@ -138,7 +138,7 @@ def test_mixture_rates(sets):
 
 
 def test_prompt_rule_and_caption_dropout(sets):
-    from train.data import PromptRule
+    from supirkit.train.data import PromptRule
 
     rule = PromptRule(positive="sharp, detailed", separator=" | ")
     s = _stream(sets, caption_drop_prob=0.3)
@@ -160,7 +160,7 @@ def test_prompt_rule_and_caption_dropout(sets):
     rate = np.mean([s.plan(i).drop_caption for i in range(4000)])
     assert abs(rate - 0.3) < 0.03
     # the default rule is the restore config's (positive prompt and separator of configs/restore)
-    from train.data import load_restore_config
+    from supirkit.train.data import load_restore_config
 
     rc = load_restore_config("restore/default.yaml")
     default = _stream(sets, caption_drop_prob=0.0)
@@ -193,7 +193,7 @@ def test_crops_flips_and_degradation(sets):
 
 
 def test_unusable_inputs_are_clear_errors(sets, tmp_path):
-    from train.data import DataError, MixtureStream
+    from supirkit.train.data import DataError, MixtureStream
 
     bad = [{"name": "hq", "shards": str(tmp_path / "nothing"), "weight": 1}]
     with pytest.raises(DataError, match="'hq'"):
@@ -208,7 +208,7 @@ def test_unusable_inputs_are_clear_errors(sets, tmp_path):
     def flaky(draw):
         calls.append(draw.attempt)
         if draw.attempt == 0:
-            from datapipe.decode import DecodeError
+            from supirkit.datapipe.decode import DecodeError
 
             raise DecodeError("truncated")
         return real(draw)
@@ -221,7 +221,7 @@ def test_unusable_inputs_are_clear_errors(sets, tmp_path):
 # ---------------------------------------------------------------------------------------- checkpoints
 
 def _fake_ckpt(out: Path, step: int, complete: bool = True) -> Path:
-    from train.checkpoint import STATE_FILE, checkpoints_dir, step_name
+    from supirkit.train.checkpoint import STATE_FILE, checkpoints_dir, step_name
 
     p = checkpoints_dir(out) / step_name(step)
     p.mkdir(parents=True)
@@ -231,7 +231,7 @@ def _fake_ckpt(out: Path, step: int, complete: bool = True) -> Path:
 
 
 def test_checkpoint_rotation_and_resolve(tmp_path):
-    from train.checkpoint import list_checkpoints, resolve_resume, rotate
+    from supirkit.train.checkpoint import list_checkpoints, resolve_resume, rotate
 
     out = tmp_path / "run"
     assert resolve_resume(out, "latest") is None and resolve_resume(out, None) is None
@@ -259,7 +259,7 @@ def test_supirkit_train_builds_the_accelerate_launch(capsys):
     assert code == 0
     line = capsys.readouterr().out.strip()
     assert "-m accelerate.commands.launch --config_file" in line and "cpu_2proc.yaml" in line
-    assert line.endswith("-m train --config " + str(ROOT / "configs/train/demo.yaml")
+    assert line.endswith("-m supirkit.train --config " + str(ROOT / "configs/train/demo.yaml")
                          + " --set schedule.max_steps=3 --resume latest")
     assert main(["train", "--config", str(ROOT / "configs/train/demo.yaml"), "--set", "optim.lr=-1",
                  "--dry-run"]) == 2
@@ -277,7 +277,7 @@ def test_fsspec_urls_read_like_local_paths(sets):
     local copy. fsspec's in-memory filesystem stands in for s3:// here."""
     import fsspec
 
-    from train.data import MixtureStream
+    from supirkit.train.data import MixtureStream
 
     fs = fsspec.filesystem("memory")
     for f in Path(sets["hq"][0]).iterdir():
@@ -296,7 +296,7 @@ def test_stage_encoder_launches_the_encoder_config(capsys):
 
     assert main(["train", "--stage", "encoder", "--set", "model.pretrained=x", "--dry-run"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.endswith("-m train --config train/encoder.yaml --set model.pretrained=x --stage encoder")
+    assert line.endswith("-m supirkit.train --config train/encoder.yaml --set model.pretrained=x --stage encoder")
 
 
 def test_8bit_adam_fails_early_with_a_clear_error(monkeypatch, capsys):
@@ -307,8 +307,8 @@ def test_8bit_adam_fails_early_with_a_clear_error(monkeypatch, capsys):
     import torch
 
     from supirkit.cli import main
-    from train.config import load_train_config
-    from train.loop import SetupError, build_optimizer, check_optimizer
+    from supirkit.train.config import load_train_config
+    from supirkit.train.loop import SetupError, build_optimizer, check_optimizer
 
     cfg = load_train_config(str(ROOT / "configs/train/demo.yaml"), ["optim.use_8bit_adam=true"])
     params = [torch.nn.Parameter(torch.zeros(3))]
@@ -331,7 +331,7 @@ def test_mixture_of_object_storage_and_local_sets(sets):
     all-local mixture, and the rank split works on URL shard lists as on local ones."""
     import fsspec
 
-    from train.data import MixtureStream
+    from supirkit.train.data import MixtureStream
 
     fs = fsspec.filesystem("memory")
     for f in Path(sets["faces"][0]).iterdir():
@@ -390,8 +390,8 @@ def test_missing_tracker_package_is_refused(monkeypatch, capsys):
     import sys
 
     from supirkit.cli import main
-    from train.config import load_train_config
-    from train.loop import SetupError, check_logging
+    from supirkit.train.config import load_train_config
+    from supirkit.train.loop import SetupError, check_logging
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     cfg = load_train_config(str(ROOT / "configs/train/demo.yaml"), ["logging.backend=wandb"])

@@ -63,7 +63,7 @@ TWO_PROC = dict(
 
 @pytest.fixture(scope="module")
 def two_proc_run(setup):
-    """An uninterrupted 2-process run through ``supirkit train`` (-> accelerate launch -> python -m train)."""
+    """An uninterrupted 2-process run through ``supirkit train`` (-> accelerate launch -> python -m supirkit.train)."""
     root = setup["root"]
     cfg = tiny_train_config(root, setup["sdxl"], setup["mixture"], **TWO_PROC,
                             validation={"every_steps": 8, "at_start": True, "loss_batches": 2, "num_images": 1,
@@ -112,7 +112,7 @@ def test_kill_and_resume_two_processes_matches_uninterrupted(two_proc_run, setup
     out = root / "kill"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(ROOT / "configs/accelerate/cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
-              "-m", "train", "--config", str(path), "--out", str(out), "--resume", "latest"]
+              "-m", "supirkit.train", "--config", str(path), "--out", str(out), "--resume", "latest"]
     env = dict(_env(), SUPIRKIT_FAULT="train_step:5")
     killed = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert killed.returncode != 0
@@ -156,8 +156,8 @@ def _free_port() -> int:
 # ------------------------------------------------------------------------------------- one process
 
 def _run(cfg_dict: dict, path: Path, **kw):
-    from train.config import load_train_config
-    from train.loop import train
+    from supirkit.train.config import load_train_config
+    from supirkit.train.loop import train
 
     write_config(path, cfg_dict)
     reset_accelerate()
@@ -208,7 +208,7 @@ def test_stop_and_resume_equals_uninterrupted(setup):
 def test_encoder_stage_trains_and_exports_the_dr_encoder(setup):
     import torch
 
-    from train.model.dr_encoder import DegradationRobustEncoder
+    from supirkit.train.model.dr_encoder import DegradationRobustEncoder
 
     root = setup["root"]
     cfg = tiny_train_config(root / "enc", setup["sdxl"], setup["mixture"], stage="encoder",
@@ -225,7 +225,7 @@ def test_encoder_stage_trains_and_exports_the_dr_encoder(setup):
     diffs = [not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), start.state_dict().values())]
     assert any(diffs)
     # the trained DR encoder plugs into the adaptor stage as its LQ encoder
-    from train.loop import load_dr_encoder
+    from supirkit.train.loop import load_dr_encoder
 
     assert load_dr_encoder(str(Path(cfg["output_dir"]) / "adaptor")) is not None
 
@@ -235,9 +235,9 @@ def test_only_trunk_and_connectors_are_trained(setup):
     optimizer step changes the adaptor and leaves UNet, VAE, DR encoder and text encoders as loaded."""
     import torch
 
-    from train.config import TrainConfig
-    from train.data import build_stream
-    from train.loop import AdaptorObjective, FrozenSDXL, build_optimizer
+    from supirkit.train.config import TrainConfig
+    from supirkit.train.data import build_stream
+    from supirkit.train.loop import AdaptorObjective, FrozenSDXL, build_optimizer
 
     cfg = TrainConfig.model_validate(tiny_train_config(
         setup["root"], setup["sdxl"], setup["mixture"],

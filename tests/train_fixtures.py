@@ -20,8 +20,8 @@ def textured_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 def write_shard_set(folder: Path, prefix: str, n_shards: int, per_shard: int, size=(96, 128), seed: int = 0,
                     caption: str = "a photo of a cat") -> list[str]:
     """``n_shards`` shards of ``per_shard`` JPEG samples each (with .json and .txt); returns all keys."""
-    from datapipe.decode import encode_image
-    from datapipe.shards import ShardSink, ShardStats
+    from supirkit.datapipe.decode import encode_image
+    from supirkit.datapipe.shards import ShardSink, ShardStats
 
     rng = np.random.default_rng(seed)
     keys = []
@@ -71,7 +71,7 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 def data_section(mixture: list[dict], **over):
     """A validated DataSection for stream tests (64 px crops, the supir profile at crop size)."""
-    from train.config import DataSection
+    from supirkit.train.config import DataSection
 
     values = {"mixture": mixture, "crop": {"size": 64, "hflip_prob": 0.5}, "degrade": "supir",
               "degrade_overrides": ["hq_size=null", "output.size=hq"], "caption_drop_prob": 0.1,

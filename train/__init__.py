@@ -1,6 +1,6 @@
 """train: SUPIR training with accelerate (adaptor, or with ``stage: encoder`` the degradation-robust encoder).
 
-    accelerate launch [--config_file configs/accelerate/X.yaml] -m train --config configs/train/supir.yaml
+    accelerate launch [--config_file configs/accelerate/X.yaml] -m supirkit.train --config configs/train/supir.yaml
     supirkit train --config configs/train/supir.yaml [--accelerate-config X] [--resume latest]
 
 Public API (imported lazily: ``import train`` loads no torch):
@@ -13,22 +13,22 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "TrainConfig": "train.config",
-    "load_train_config": "train.config",
-    "train": "train.loop",
-    "RunResult": "train.loop",
-    "MixtureStream": "train.data",
-    "DataError": "train.data",
-    "list_checkpoints": "train.checkpoint",
-    "resolve_resume": "train.checkpoint",
+    "TrainConfig": ".config",
+    "load_train_config": ".config",
+    "train": ".loop",
+    "RunResult": ".loop",
+    "MixtureStream": ".data",
+    "DataError": ".data",
+    "list_checkpoints": ".checkpoint",
+    "resolve_resume": ".checkpoint",
 }
 
 
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'train' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)
 
 
 __all__ = ["DataError", "MixtureStream", "RunResult", "TrainConfig", "list_checkpoints", "load_train_config",

@@ -1,4 +1,4 @@
-"""``python -m train --config configs/train/supir.yaml`` (what ``accelerate launch -m train`` runs in every process).
+"""``python -m supirkit.train --config configs/train/supir.yaml`` (what ``accelerate launch -m supirkit.train`` runs in every process).
 
 ``supirkit train`` builds this same command line and hands it to accelerate's launcher.
 """
@@ -10,7 +10,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train", description="Train SUPIR's adaptor or its DR encoder.")
+    p = argparse.ArgumentParser(prog="python -m supirkit.train", description="Train SUPIR's adaptor or its DR encoder.")
     p.add_argument("--config", metavar="FILE", default=None, help="training config (default: configs/train/supir.yaml)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override any config key, e.g. --set schedule.max_steps=100 (repeatable)")
@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from datapipe.config import ConfigError
-    from train.config import load_train_config
+    from supirkit.datapipe.config import ConfigError
+    from supirkit.train.config import load_train_config
 
     overrides = list(args.overrides)
     if args.out:
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"[train r{rank}] %(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("accelerate", "diffusers", "transformers", "PIL", "urllib3", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from train.data import DataError
-    from train.loop import SetupError, train
+    from supirkit.train.data import DataError
+    from supirkit.train.loop import SetupError, train
 
     try:
         result = train(cfg, resume=args.resume, stop_at_step=args.stop_at_step)

@@ -10,7 +10,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from datapipe.config import Schema, load_config
+from supirkit.datapipe.config import Schema, load_config
 
 DEFAULT_CONFIG = "train/supir.yaml"
 

@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from train.config import DataSection, MixtureMember
+from supirkit.train.config import DataSection, MixtureMember
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,13 @@ def _index_url(tar_url: str) -> str:
 
 
 def _open(url: str):
-    from datapipe.sources import open_binary
+    from supirkit.datapipe.sources import open_binary
 
     return open_binary(url)
 
 
 def _exists(url: str) -> bool:
-    from datapipe.sources import is_url
+    from supirkit.datapipe.sources import is_url
 
     if is_url(url):
         import fsspec
@@ -318,7 +318,7 @@ class PromptRule:
         if mode == "caption":
             return caption
         if self._assembler is None:
-            from train.prompts import PromptAssembler
+            from supirkit.train.prompts import PromptAssembler
 
             self._assembler = PromptAssembler(None, self.positive, self.separator, self.max_tokens)
         return self._assembler(caption).text
@@ -329,8 +329,8 @@ class PromptRule:
 
 
 def load_restore_config(spec: str, overrides=()):
-    from datapipe.config import load_config
-    from train.model.config import RestoreConfig
+    from supirkit.datapipe.config import load_config
+    from supirkit.train.model.config import RestoreConfig
 
     return load_config(RestoreConfig, spec, list(overrides))
 
@@ -342,7 +342,7 @@ class MixtureStream(IterableDataset):
                  start_micro_batch: int = 0, stream: Optional[int] = None, prompt_rule: Optional[PromptRule] = None,
                  fixed_time_ids: Optional[list[float]] = None, degrader_factory: Optional[Callable] = None,
                  indexes: Optional[list[ShardSetIndex]] = None):
-        from datapipe.shards import list_shards
+        from supirkit.datapipe.shards import list_shards
 
         self.data, self.seed, self.rank, self.world = data, int(seed), int(rank), int(world)
         self.stream = self.rank if stream is None else int(stream)
@@ -409,7 +409,7 @@ class MixtureStream(IterableDataset):
         return self._degrader
 
     def sample(self, index: int) -> dict:
-        from datapipe.decode import DecodeError
+        from supirkit.datapipe.decode import DecodeError
 
         reasons = []
         for attempt in range(self.data.max_redraws + 1):
@@ -422,8 +422,8 @@ class MixtureStream(IterableDataset):
                         + "; ".join(reasons[-3:]))
 
     def _make(self, draw: Draw) -> dict:
-        from datapipe.decode import decode_rgb
-        from datapipe.shards import sample_image, sample_meta
+        from supirkit.datapipe.decode import decode_rgb
+        from supirkit.datapipe.shards import sample_image, sample_meta
 
         member = self.members[draw.member]
         index = self.indexes[draw.member]
@@ -505,7 +505,7 @@ class DegraderFactory:
         self.spec, self.overrides = spec, list(overrides)
 
     def __call__(self):
-        from degrade import Degrader
+        from supirkit.degrade import Degrader
 
         return Degrader.from_spec(self.spec, self.overrides)
 
@@ -536,7 +536,7 @@ def build_loader(stream: MixtureStream, num_workers: int, prefetch_factor: int =
     """A DataLoader over whole micro-batches (the stream batches itself); order is deterministic."""
     from torch.utils.data import DataLoader
 
-    from degrade import worker_init_fn
+    from supirkit.degrade import worker_init_fn
 
     kwargs = {}
     if num_workers > 0:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from train.config import TrainConfig
+from supirkit.train.config import TrainConfig
 
-log = logging.getLogger("train")
+log = logging.getLogger("supirkit.train")
 
 #: tags that keep the different random streams derived from the run seed apart
 _NOISE_STREAM = 7
@@ -116,8 +116,8 @@ class FrozenSDXL:
         import torch
         from diffusers import AutoencoderKL, EulerDiscreteScheduler
 
-        from train.model.sampler import SigmaSchedule
-        from train.model.text import SDXLTextEncoders
+        from supirkit.train.model.sampler import SigmaSchedule
+        from supirkit.train.model.text import SDXLTextEncoders
 
         # SDXL's VAE overflows in fp16 (SUPIR runs it in bf16): keep it in fp32 when fp16 is asked for.
         self.vae_dtype = torch.float32 if dtype == torch.float16 else dtype
@@ -138,7 +138,7 @@ def _move(module, device, dtype):
 
 
 def _images(batch_uint8, device, dtype):
-    from train.data import to_model_range
+    from supirkit.train.data import to_model_range
 
     return to_model_range(batch_uint8, device, dtype)
 
@@ -155,8 +155,8 @@ class AdaptorObjective:
         import torch
         from diffusers import UNet2DConditionModel
 
-        from train.model.config import load_model_config
-        from train.model.supir import SUPIRModel
+        from supirkit.train.model.config import load_model_config
+        from supirkit.train.model.supir import SUPIRModel
 
         self.cfg, self.frozen, self.device, self.dtype = cfg, frozen, device, dtype
         mcfg = load_model_config(cfg.model.config)
@@ -192,7 +192,7 @@ class AdaptorObjective:
     def _lq_encoder(cfg: TrainConfig, frozen: FrozenSDXL):
         if cfg.model.lq_encoder == "vae":
             return None
-        from train.model.dr_encoder import DegradationRobustEncoder
+        from supirkit.train.model.dr_encoder import DegradationRobustEncoder
 
         if cfg.model.dr_encoder:
             return load_dr_encoder(cfg.model.dr_encoder)
@@ -244,7 +244,7 @@ class AdaptorObjective:
 
     def save(self, unwrapped, state: dict, directory: Path) -> None:
         """The adaptor (and its DR encoder, if any) with the weights in ``state``, the model's full state dict."""
-        from train.model.supir import DR_ENCODER_SUBFOLDER
+        from supirkit.train.model.supir import DR_ENCODER_SUBFOLDER
 
         save_copy(unwrapped.adaptor, _strip(state, "adaptor."), directory)
         if unwrapped.dr_encoder is not None:
@@ -273,7 +273,7 @@ class EncoderObjective:
     def __init__(self, cfg: TrainConfig, frozen: FrozenSDXL, device, dtype):
         import torch
 
-        from train.model.dr_encoder import DegradationRobustEncoder
+        from supirkit.train.model.dr_encoder import DegradationRobustEncoder
 
         self.cfg, self.frozen, self.device, self.dtype = cfg, frozen, device, dtype
         if cfg.model.dr_encoder:
@@ -297,7 +297,7 @@ class EncoderObjective:
         return [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
 
     def loss(self, module, unwrapped, batch: dict, generator, autocast):
-        from train.model.dr_encoder import dr_encoder_loss
+        from supirkit.train.model.dr_encoder import dr_encoder_loss
 
         fz = self.frozen
         hq = _images(batch["hq"], self.device, fz.vae_dtype)
@@ -306,7 +306,7 @@ class EncoderObjective:
             return dr_encoder_loss(_CallThrough(module, unwrapped), fz.vae, lq, hq, self.cfg.encoder.loss_target)
 
     def save(self, unwrapped, state: dict, directory: Path) -> None:
-        from train.model.supir import DR_ENCODER_SUBFOLDER
+        from supirkit.train.model.supir import DR_ENCODER_SUBFOLDER
 
         save_copy(unwrapped, state, Path(directory) / DR_ENCODER_SUBFOLDER)
 
@@ -331,8 +331,8 @@ def save_copy(template, state: dict, directory: Path) -> None:
 
 def load_dr_encoder(path: str):
     """A DR encoder from an adaptor folder (``dr_encoder/`` inside) or from its own folder."""
-    from train.model.dr_encoder import DegradationRobustEncoder
-    from train.model.supir import load_dr_encoder_if_present
+    from supirkit.train.model.dr_encoder import DegradationRobustEncoder
+    from supirkit.train.model.supir import load_dr_encoder_if_present
 
     p = Path(path)
     dr = load_dr_encoder_if_present(p)
@@ -392,7 +392,7 @@ def _flat_config(cfg: TrainConfig) -> dict:
 
 def training_hash(cfg: TrainConfig) -> str:
     """What must not change when a run is resumed: model, data, optimiser and the schedule."""
-    from datapipe.config import config_hash
+    from supirkit.datapipe.config import config_hash
 
     return config_hash(cfg, exclude=("output_dir", "checkpoint", "logging", "validation"))
 
@@ -489,9 +489,9 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, stop_at_step: Optional
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, ProjectConfiguration
 
-    from datapipe import faults
-    from train.checkpoint import export_folder, read_state, resolve_resume, save_checkpoint
-    from train.data import build_loader, build_stream
+    from supirkit.datapipe import faults
+    from supirkit.train.checkpoint import export_folder, read_state, resolve_resume, save_checkpoint
+    from supirkit.train.data import build_loader, build_stream
 
     sch, out = cfg.schedule, Path(cfg.output_dir)
     backend = cfg.logging.backend
@@ -586,7 +586,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, stop_at_step: Optional
                 validator = False
             return
         if accelerator.is_main_process:
-            from train.validate import Validator
+            from supirkit.train.validate import Validator
 
             if validator is None:
                 validator = Validator(cfg, device, out, stream.indexes)

@@ -20,9 +20,9 @@ from typing import Optional
 
 import numpy as np
 
-from train.config import TrainConfig
+from supirkit.train.config import TrainConfig
 
-log = logging.getLogger("train")
+log = logging.getLogger("supirkit.train")
 
 #: pyiqa metrics that compare with a reference image
 FULL_REFERENCE = {"psnr", "ssim", "ms_ssim", "lpips", "lpips-vgg", "dists", "fsim", "vif", "psnry", "ssimc"}
@@ -78,7 +78,7 @@ def _load_rgb(path: Path) -> np.ndarray:
 
 class Validator:
     def __init__(self, cfg: TrainConfig, device, out: Path, indexes=None):
-        from train.data import VALIDATION_STREAM, MixtureStream, load_restore_config
+        from supirkit.train.data import VALIDATION_STREAM, MixtureStream, load_restore_config
 
         self.cfg, self.device, self.out = cfg, device, Path(out)
         v = cfg.validation
@@ -94,7 +94,7 @@ class Validator:
     def _pairs(self) -> list[dict]:
         v = self.cfg.validation
         if v.lq_folder:
-            from datapipe.decode import IMAGE_EXTENSIONS
+            from supirkit.datapipe.decode import IMAGE_EXTENSIONS
 
             files = sorted(p for p in Path(v.lq_folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:v.num_images]
             pairs = []
@@ -117,7 +117,7 @@ class Validator:
     def loss(self, objective, module, unwrapped, autocast) -> dict[str, float]:
         import torch
 
-        from train.loop import _VAL_NOISE_STREAM, seed_for
+        from supirkit.train.loop import _VAL_NOISE_STREAM, seed_for
 
         if self._batches is None:
             self._batches = [self.stream.micro_batch(m) for m in range(self.cfg.validation.loss_batches)]
@@ -136,7 +136,7 @@ class Validator:
         import torch
         from PIL import Image
 
-        from train.restore import SUPIRRestorer
+        from supirkit.train.restore import SUPIRRestorer
 
         if self._metrics is None:
             self._metrics = MetricSet(self.cfg.validation.metrics, self.device)

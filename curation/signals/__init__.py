@@ -6,8 +6,8 @@ a LAION-style head on open_clip embeddings (also the embeddings for semantic ded
 """
 from __future__ import annotations
 
-from curation.signals.base import ImageView, Scorer, ViewOptions
-from curation.signals.cheap import CHEAP_SCORERS
+from supirkit.curation.signals.base import ImageView, Scorer, ViewOptions
+from supirkit.curation.signals.cheap import CHEAP_SCORERS
 
 
 def build_cheap_scorers(names) -> list[Scorer]:

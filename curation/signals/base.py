@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from datapipe.decode import ImageHeader
+from supirkit.datapipe.decode import ImageHeader
 
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 

@@ -16,8 +16,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from curation.signals.base import ImageView, Scorer
-from curation.signals.jpeg import jpeg_quality_of
+from supirkit.curation.signals.base import ImageView, Scorer
+from supirkit.curation.signals.jpeg import jpeg_quality_of
 
 N_BANDS = 4
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from curation.signals.base import ImageView, Scorer
+from supirkit.curation.signals.base import ImageView, Scorer
 
 
 class MissingWeightsError(RuntimeError):

@@ -21,7 +21,7 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace, schema):
-    from datapipe.config import load_config
+    from supirkit.datapipe.config import load_config
 
     return load_config(schema, args.config, args.overrides, default=args._default_config)
 
@@ -30,7 +30,7 @@ def check_sources(sources) -> None:
     """One line for a local SRC that names no input (a typo, an empty folder, a glob that matches nothing),
     before an output folder is bound to it. The job itself records a vanished or unreadable input as a
     rejection; a whole SRC that names nothing is a mistake on the command line. URLs are left to the job."""
-    from datapipe.sources import INVALID, has_braces, is_url, list_inputs
+    from supirkit.datapipe.sources import INVALID, has_braces, is_url, list_inputs
     from supirkit.cli import UserError
 
     for src in sources:

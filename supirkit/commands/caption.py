@@ -24,9 +24,9 @@ def add_arguments(p):
 def run(args) -> int:
     from supirkit.cli import UserError
 
-    from captioning.backends import BackendError
-    from captioning.config import CaptionJobConfig
-    from captioning.job import run_caption_job
+    from supirkit.captioning.backends import BackendError
+    from supirkit.captioning.config import CaptionJobConfig
+    from supirkit.captioning.job import run_caption_job
 
     cfg = load(args, CaptionJobConfig)
     if args.model or args.source:

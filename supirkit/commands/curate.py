@@ -22,7 +22,7 @@ def run(args) -> int:
 
     if not args.sources and not args.select_only:
         raise UserError("give at least one SRC, or --select-only to re-select an existing run")
-    from curation import CurateConfig, MissingWeightsError, run_curate_job
+    from supirkit.curation import CurateConfig, MissingWeightsError, run_curate_job
 
     cfg = load(args, CurateConfig)
     check_output_folder(args.out)

@@ -39,8 +39,8 @@ def run(args) -> int:
         raise UserError(f"--n must be between 1 and 256, got {args.n}")
     if args.tile < 32 or args.tile > 2048:
         raise UserError(f"--tile must be between 32 and 2048, got {args.tile}")
-    from degrade import Degrader, DegradeConfig
-    from degrade.preview import contact_sheet, fit_crop
+    from supirkit.degrade import Degrader, DegradeConfig
+    from supirkit.degrade.preview import contact_sheet, fit_crop
     from supirkit.commands._common import check_output_file, load
 
     check_output_file(args.out, "--out")
@@ -56,7 +56,7 @@ def run(args) -> int:
 
 def _decode(data: bytes, what: str, UserError):
     """The shared decoder (pixel limit checked from the header, the conversion rule every stage uses)."""
-    from datapipe.decode import DecodeError, decode_rgb
+    from supirkit.datapipe.decode import DecodeError, decode_rgb
 
     try:
         return decode_rgb(data, _MAX_PIXELS)[0]

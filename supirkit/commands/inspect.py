@@ -31,7 +31,7 @@ def degrade_pair_fn(config: str):
     degradation drawn for (seed 0, epoch 0, the sample's key), so a page shows what training would draw
     for that sample in epoch 0. ``datapipe.inspection.make_pair_tiles`` takes any such function; datapipe
     itself never imports degrade."""
-    from degrade import Degrader
+    from supirkit.degrade import Degrader
 
     degrader = Degrader.from_config(config)
     side = degrader.config.hq_size
@@ -65,8 +65,8 @@ def run(args) -> int:
 
     from supirkit.cli import UserError
 
-    from datapipe.config import ConfigError
-    from datapipe.inspection import InspectConfig, open_collection
+    from supirkit.datapipe.config import ConfigError
+    from supirkit.datapipe.inspection import InspectConfig, open_collection
     from supirkit.commands._common import check_output_file, load
 
     cfg = load(args, InspectConfig)
@@ -95,7 +95,7 @@ def run(args) -> int:
 def _show(args, cfg, coll, make_pair) -> int:
     import json
 
-    from datapipe.inspection import (format_sample, format_summary, iter_samples, make_pair_tiles, make_tiles,
+    from supirkit.datapipe.inspection import (format_sample, format_summary, iter_samples, make_pair_tiles, make_tiles,
                                      summarize, write_grid, write_html)
 
     summary_text = ""

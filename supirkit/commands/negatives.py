@@ -23,9 +23,9 @@ def add_arguments(p):
 def run(args) -> int:
     from supirkit.cli import UserError
 
-    from curation.negatives import ModelLoadError, run_negatives_job
-    from curation.negatives_config import NegativesJobConfig
-    from datapipe.config import validate
+    from supirkit.curation.negatives import ModelLoadError, run_negatives_job
+    from supirkit.curation.negatives_config import NegativesJobConfig
+    from supirkit.datapipe.config import validate
 
     cfg = load(args, NegativesJobConfig)
     if args.count is not None or args.model is not None:

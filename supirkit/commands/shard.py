@@ -25,14 +25,14 @@ def run(args) -> int:
         raise UserError("give at least one SRC or --from-manifest")
     if args.where and not args.from_manifest:
         raise UserError("--where needs --from-manifest")
-    from datapipe.conditions import Condition
-    from datapipe.pack import ShardJobConfig, run_shard_job
+    from supirkit.datapipe.conditions import Condition
+    from supirkit.datapipe.pack import ShardJobConfig, run_shard_job
 
     cfg = load(args, ShardJobConfig)
     check_output_folder(args.out)
     check_sources(args.sources)
     if args.from_manifest:
-        from datapipe.sources import is_url, strip_file_scheme
+        from supirkit.datapipe.sources import is_url, strip_file_scheme
 
         if not is_url(args.from_manifest) and not os.path.exists(strip_file_scheme(args.from_manifest)):
             raise UserError(f"--from-manifest {args.from_manifest}: no such file or folder")

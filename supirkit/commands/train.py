@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 HELP = "train SUPIR's adaptor (or, with --stage encoder, its degradation-robust encoder) with accelerate"
-DESCRIPTION = (HELP + ". Validates the config, then runs `accelerate launch [--config_file A] -m train --config C ...` "
+DESCRIPTION = (HELP + ". Validates the config, then runs `accelerate launch [--config_file A] -m supirkit.train --config C ...` "
                "(a list argv, no shell). Rerun with --resume latest to continue a run where it stopped.")
 
 
@@ -57,7 +57,7 @@ def launch_argv(args, python: str) -> tuple[list[str], dict]:
     if args.accelerate_config:
         path = Path(args.accelerate_config)
         if not path.is_file():
-            from datapipe.config import CONFIG_ROOT
+            from supirkit.datapipe.config import CONFIG_ROOT
 
             if (CONFIG_ROOT / "accelerate" / path.name).is_file():
                 path = CONFIG_ROOT / "accelerate" / path.name
@@ -88,7 +88,7 @@ def launch_argv(args, python: str) -> tuple[list[str], dict]:
         # `accelerate launch --cpu` starts one process only; a multi-GPU launch on CPU runs N gloo ranks.
         env["ACCELERATE_USE_CPU"] = "1"
         env.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc)))
-    script = ["-m", "train"]
+    script = ["-m", "supirkit.train"]
     if args.config:
         script += ["--config", str(args.config)]
     elif args.stage == "encoder":
@@ -118,8 +118,8 @@ def check_inputs(cfg, resume) -> None:
     if cfg.model.dr_encoder and not os.path.exists(cfg.model.dr_encoder):
         raise UserError(f"model.dr_encoder {cfg.model.dr_encoder}: no such folder (train it with --stage encoder, "
                         "or set model.dr_encoder=null to start from the SDXL encoder)")
-    from datapipe.shards import list_shards
-    from datapipe.sources import is_url
+    from supirkit.datapipe.shards import list_shards
+    from supirkit.datapipe.sources import is_url
 
     for member in cfg.data.mixture:
         for spec in [member.shards] if isinstance(member.shards, str) else member.shards:
@@ -132,7 +132,7 @@ def check_inputs(cfg, resume) -> None:
             if not found:
                 raise UserError(f"data.mixture {member.name!r}: {spec}: no shards found")
     if resume and resume != "latest":
-        from train.checkpoint import resolve_resume
+        from supirkit.train.checkpoint import resolve_resume
 
         try:
             resolve_resume(cfg.output_dir, resume)
@@ -147,7 +147,7 @@ def run(args) -> int:
 
     from supirkit.cli import UserError
     from supirkit.commands._common import load
-    from train.config import TrainConfig
+    from supirkit.train.config import TrainConfig
 
     if args.stage == "encoder" and not args.config:
         args.config = "train/encoder.yaml"

@@ -11,7 +11,7 @@ def step(ctx) -> dict:
     adaptor = (ctx.outputs.get("train") or {}).get("adaptor") or str(ctx.out / "train" / "adaptor")
     if not (Path(adaptor) / "config.json").is_file():
         raise RuntimeError(f"{adaptor}: no trained adaptor (run the train step first)")
-    from degrade import Degrader
+    from supirkit.degrade import Degrader
 
     source = sorted(p for p in Path(ctx.samples).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[0]
     with Image.open(source) as im:

@@ -15,7 +15,7 @@ def _shards(ctx, name: str):
 def step(ctx) -> dict:
     import yaml
 
-    from datapipe.config import CONFIG_ROOT
+    from supirkit.datapipe.config import CONFIG_ROOT
 
     # the captioned shards are the curated ones plus LLaVA captions: train on those when they exist
     hq = _shards(ctx, "caption") or _shards(ctx, "curate")

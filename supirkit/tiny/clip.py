@@ -42,7 +42,7 @@ def build_tiny_aesthetic_head(out_dir: str | Path, seed: int = 0) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from curation.signals.models import aesthetic_head
+    from supirkit.curation.signals.models import aesthetic_head
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ assert sorted(__all__) == sorted(_WHERE)  # one list of names, kept in step
 def __getattr__(name: str):
     module = _WHERE.get(name)
     if module is None:
-        raise AttributeError(f"module 'train.model' has no attribute {name!r}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     globals()[name] = value
     return value

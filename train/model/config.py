@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from datapipe.config import CONFIG_ROOT, ConfigError, Schema, resolve_config_path
+from supirkit.datapipe.config import CONFIG_ROOT, ConfigError, Schema, resolve_config_path
 
 DEFAULT_CONFIG = "model/supir.yaml"
 
@@ -73,7 +73,7 @@ class ModelConfig(Schema):
 
 
 def load_model_config(path=None, overrides=()) -> ModelConfig:
-    from datapipe.config import load_config
+    from supirkit.datapipe.config import load_config
 
     return load_config(ModelConfig, path, overrides, default=DEFAULT_CONFIG)
 
