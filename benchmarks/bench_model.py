@@ -103,7 +103,7 @@ def supir_case(unet_factory, layout, x, device, steps, warmup, ctx):
     import torch
     import torch.nn.functional as F
 
-    from supirkit.train.model.supir import SUPIRModel, move_to
+    from supirkit.model.supir import SUPIRModel, move_to
 
     model = SUPIRModel.from_unet(unet_factory(), layout)
     move_to(model.adaptor, device, torch.float32).train()  # fp32 master weights, as the training loop keeps them
@@ -160,8 +160,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from supirkit.train.model.config import load_model_config, read_json_config
-    from supirkit.train.model.counts import describe
+    from supirkit.model.config import load_model_config, read_json_config
+    from supirkit.model.counts import describe
 
     report = {"machine": platform.platform(), "torch": torch.__version__, "batch": args.batch,
               "load_average": os.getloadavg()}

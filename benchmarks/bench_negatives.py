@@ -58,8 +58,8 @@ def write_input_shard(folder: Path, n: int, size: int, seed: int = 0) -> None:
 
 def run_stage_bench(model: str, inputs: Path, out: Path, count: int, batch: int, size: int, device: str,
                     dtype: str, threads) -> dict:
-    from supirkit.curation.negatives import run_negatives_job
-    from supirkit.curation.negatives_config import NegativesJobConfig
+    from supirkit.negatives.job import run_negatives_job
+    from supirkit.negatives.config import NegativesJobConfig
 
     cfg = NegativesJobConfig.model_validate({
         "model": {"id": model, "device": device, "dtype": dtype, "cpu_threads": threads},
@@ -88,7 +88,7 @@ def run_anchor(model: str, inputs: Path, count: int, batch: int, size: int, devi
     from diffusers import StableDiffusionXLImg2ImgPipeline
     from PIL import Image
 
-    from supirkit.curation.negatives import PAPER_PROMPT, resolve_device, torch_dtype
+    from supirkit.negatives.job import PAPER_PROMPT, resolve_device, torch_dtype
     from supirkit.datapipe.decode import decode_rgb
     from supirkit.datapipe.shards import list_shards, read_shard, sample_image
 

@@ -268,9 +268,9 @@ def full_size_step(device, steps: int, warmup: int, batch: int = 4, px: int = 51
 
     from supirkit.train.data import to_model_range
     from supirkit.train.loop import EMA
-    from supirkit.train.model.config import load_model_config, read_json_config
-    from supirkit.train.model.dr_encoder import DegradationRobustEncoder
-    from supirkit.train.model.supir import SUPIRModel, move_to
+    from supirkit.model.config import load_model_config, read_json_config
+    from supirkit.model.dr_encoder import DegradationRobustEncoder
+    from supirkit.model.supir import SUPIRModel, move_to
 
     mcfg = load_model_config()
     unet_config = unet_config or read_json_config(mcfg.sdxl.unet_config)

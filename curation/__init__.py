@@ -1,4 +1,4 @@
-"""curation: choose the training images (issue 4), the job users submit first.
+"""curation: choose the training images the job users submit first.
 
     from supirkit.curation import CurateConfig, run_curate_job
     result = run_curate_job(["photos/"], "curated/", CurateConfig())
@@ -6,14 +6,11 @@
 Signals are small pluggable scorers (``curation.signals``); rules are YAML checks compiled to the
 ``datapipe.conditions`` language (``curation.rules``); duplicates are grouped globally
 (``curation.dedup``); the job and its resumable passes live in ``curation.job`` / ``curation.stages``.
-Negative-quality samples made with SDXL (issue 6): ``run_negatives_job`` / ``NegativesJobConfig``.
 """
 from supirkit.curation.config import CurateConfig
 from supirkit.curation.crops import CropBox, plan_crops
 from supirkit.curation.job import CurateResult, run_curate_job, select
 from supirkit.curation.rules import compile_rules
-from supirkit.curation.negatives import run_negatives_job
-from supirkit.curation.negatives_config import NegativesJobConfig
 
 
 def __getattr__(name):  # heavy (torch) imports only when asked for
@@ -25,4 +22,4 @@ def __getattr__(name):  # heavy (torch) imports only when asked for
 
 
 __all__ = ["CurateConfig", "CurateResult", "run_curate_job", "select", "compile_rules", "CropBox", "plan_crops",
-           "MissingWeightsError", "NegativesJobConfig", "run_negatives_job"]
+           "MissingWeightsError"]

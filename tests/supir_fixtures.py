@@ -46,8 +46,8 @@ def trained_like_model(sdxl_dir, seed: int = 1, layout=None, with_dr: bool = Tru
     so the control path visibly changes the output."""
     from diffusers import AutoencoderKL
 
-    from supirkit.train.model.dr_encoder import DegradationRobustEncoder
-    from supirkit.train.model.supir import SUPIRModel
+    from supirkit.model.dr_encoder import DegradationRobustEncoder
+    from supirkit.model.supir import SUPIRModel
 
     unet = load_unet(sdxl_dir)
     dr = None

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from supirkit.degrade import Degrader
-from supirkit.degrade.preview import contact_sheet, describe, fit_crop, inspect_views, pair_rows, render_pairs
+from supirkit.inspection.degrade_views import contact_sheet, describe, fit_crop, inspect_views, pair_rows, render_pairs
 from supirkit.cli import main
 from degrade_fixtures import photo
 
@@ -94,7 +94,7 @@ def test_inspect_views_follow_the_view_hook_contract():
     sharp = inspect_views("diffbir_realesrgan", n=2, overrides=["hq_size=64"])(img, {})
     assert [lab.split(" ")[0] for lab, _ in sharp] == ["target", "LQ", "LQ"]
     assert not np.array_equal(sharp[1][1], sharp[2][1])
-    from supirkit.datapipe.inspection import Sample, make_tiles
+    from supirkit.inspection.core import Sample, make_tiles
 
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")

@@ -16,7 +16,7 @@ def unet(tiny_sdxl_dir):
 
 
 def fresh_model(unet, layout=None):
-    from supirkit.train.model.supir import SUPIRModel
+    from supirkit.model.supir import SUPIRModel
 
     return SUPIRModel.from_unet(unet, layout)
 
@@ -56,7 +56,7 @@ def test_zero_sft_at_init_is_group_norm_of_the_concat():
     """Spec invariant 3 (and s = 0 gives the raw concat)."""
     import torch.nn.functional as F
 
-    from supirkit.train.model.connectors import ZeroSFT
+    from supirkit.model.connectors import ZeroSFT
 
     g = torch.Generator().manual_seed(0)
     sft = ZeroSFT(label_nc=64, norm_nc=64, concat_channels=32)
@@ -73,7 +73,7 @@ def test_zero_sft_at_init_is_group_norm_of_the_concat():
 
 
 def test_zero_cross_attn_is_identity_only_at_scale_zero():
-    from supirkit.train.model.connectors import ZeroCrossAttn
+    from supirkit.model.connectors import ZeroCrossAttn
 
     g = torch.Generator().manual_seed(0)
     xa = ZeroCrossAttn(context_dim=32, query_dim=64, head_dim=32)
@@ -101,7 +101,7 @@ def test_trunk_reproduces_the_unets_skip_features(unet, size):
 def test_feature_shapes_and_connector_widths(unet):
     """Spec invariant 4 on the tiny model: control features mirror the encoder; every ZeroSFT output is as wide
     as the concat it replaces; project_modules follow the official order."""
-    from supirkit.train.model.connectors import ZeroCrossAttn
+    from supirkit.model.connectors import ZeroCrossAttn
 
     model = fresh_model(unet)
     ad = model.adaptor
@@ -211,7 +211,7 @@ def test_gradient_checkpointing_matches_and_recomputes(unet):
 def test_bf16_autocast_with_bf16_unet_and_fp32_adaptor(tiny_sdxl_dir):
     """The training setup: frozen UNet in bf16, fp32 master weights for the adaptor, bf16 autocast,
     gradient checkpointing on."""
-    from supirkit.train.model.supir import SUPIRModel
+    from supirkit.model.supir import SUPIRModel
 
     unet = load_unet(tiny_sdxl_dir).to(torch.bfloat16)
     model = SUPIRModel.from_unet(unet)
@@ -229,7 +229,7 @@ def test_bf16_autocast_with_bf16_unet_and_fp32_adaptor(tiny_sdxl_dir):
 
 # ----------------------------------------------------------------------------------------------- layouts
 def test_trimmed_trunk_keeps_the_first_blocks_of_the_unet(unet):
-    from supirkit.train.model.config import TrunkLayout
+    from supirkit.model.config import TrunkLayout
 
     model = fresh_model(unet, TrunkLayout(transformer_depth=[1, 1, 2], mid_transformer_depth=1))
     trunk = model.adaptor.trunk
@@ -254,15 +254,15 @@ def test_layout_deeper_than_the_unet_is_refused(unet):
 
 @pytest.fixture(scope="module")
 def full_size_counts():
-    from supirkit.train.model.config import load_model_config
-    from supirkit.train.model.counts import describe
+    from supirkit.model.config import load_model_config
+    from supirkit.model.counts import describe
 
     cfg = load_model_config()
     return {name: {r.part: r for r in describe(cfg, name)} for name in ("released", "trimmed")}
 
 
 def test_full_size_parameter_counts_on_meta(full_size_counts):
-    from supirkit.train.model.counts import EXPECTED
+    from supirkit.model.counts import EXPECTED
 
     rel, trim = full_size_counts["released"], full_size_counts["trimmed"]
     assert rel["trunk"].parameters == EXPECTED["trunk/released"] == 1_243_378_880
@@ -276,8 +276,8 @@ def test_full_size_parameter_counts_on_meta(full_size_counts):
 
 
 def test_full_size_per_connector_counts_on_meta():
-    from supirkit.train.model.config import load_model_config
-    from supirkit.train.model.counts import build_meta_parts
+    from supirkit.model.config import load_model_config
+    from supirkit.model.counts import build_meta_parts
 
     _, model, _ = build_meta_parts(load_model_config(), "released")
     assert all(p.device.type == "meta" for p in model.parameters())
@@ -297,7 +297,7 @@ def test_describe_model_command(capsys):
 
 # ----------------------------------------------------------------------------------------------- adaptor folder
 def test_adaptor_folder_round_trip(tiny_sdxl_dir, tmp_path):
-    from supirkit.train.model.supir import SUPIRModel
+    from supirkit.model.supir import SUPIRModel
 
     model = trained_like_model(tiny_sdxl_dir)
     folder = model.save_adaptor(tmp_path / "adaptor")
@@ -319,7 +319,7 @@ def test_adaptor_for_another_unet_is_refused(tiny_sdxl_dir, tmp_path):
     from diffusers import UNet2DConditionModel
 
     from supirkit.tiny.sdxl import TINY_UNET_CONFIG
-    from supirkit.train.model.supir import SUPIRModel
+    from supirkit.model.supir import SUPIRModel
 
     folder = trained_like_model(tiny_sdxl_dir, with_dr=False).save_adaptor(tmp_path / "a")
     other = UNet2DConditionModel(**dict(TINY_UNET_CONFIG, cross_attention_dim=64))
@@ -333,7 +333,7 @@ def test_adaptor_for_another_unet_is_refused(tiny_sdxl_dir, tmp_path):
 def test_dr_encoder_copy_latent_and_loss(tiny_sdxl_dir):
     from diffusers import AutoencoderKL
 
-    from supirkit.train.model.dr_encoder import DegradationRobustEncoder, dr_encoder_loss
+    from supirkit.model.dr_encoder import DegradationRobustEncoder, dr_encoder_loss
 
     vae = AutoencoderKL.from_pretrained(tiny_sdxl_dir, subfolder="vae").requires_grad_(False)
     dr = DegradationRobustEncoder.from_vae(vae)
@@ -498,10 +498,10 @@ def official_state_dict(unet_cfg: dict, vae_cfg: dict, make, control_depth=None,
 
 
 def test_converter_accounts_for_every_official_tensor_at_full_size():
-    from supirkit.train.model.config import load_model_config, read_json_config
-    from supirkit.train.model.convert import convert_official_checkpoint, split_converted
-    from supirkit.train.model.dr_encoder import DegradationRobustEncoder
-    from supirkit.train.model.supir import SUPIRAdaptor
+    from supirkit.model.config import load_model_config, read_json_config
+    from supirkit.model.convert import convert_official_checkpoint, split_converted
+    from supirkit.model.dr_encoder import DegradationRobustEncoder
+    from supirkit.model.supir import SUPIRAdaptor
 
     cfg = load_model_config()
     unet_cfg, vae_cfg = read_json_config(cfg.sdxl.unet_config), read_json_config(cfg.sdxl.vae_config)
@@ -544,20 +544,20 @@ def test_converter_accounts_for_every_official_tensor_at_full_size():
 
 
 def test_converter_rejects_unknown_supir_keys():
-    from supirkit.train.model.convert import convert_official_checkpoint
+    from supirkit.model.convert import convert_official_checkpoint
 
     with pytest.raises(ValueError, match="no counterpart.*input_blocks.99"):
         convert_official_checkpoint({"model.control_model.input_blocks.99.7.weight": torch.zeros(1)})
 
 
 def test_converted_checkpoint_restores_through_the_cli_converter(tiny_sdxl_dir, tmp_path):
-    """Tiny-size official-named checkpoint -> ``python -m supirkit.train.model.convert`` -> adaptor folder -> values."""
+    """Tiny-size official-named checkpoint -> ``python -m supirkit.model.convert`` -> adaptor folder -> values."""
     import json
 
     from safetensors.torch import save_file
 
-    from supirkit.train.model.convert import main as convert_main
-    from supirkit.train.model.supir import SUPIRModel
+    from supirkit.model.convert import main as convert_main
+    from supirkit.model.supir import SUPIRModel
 
     unet_cfg = json.loads((tiny_sdxl_dir / "unet" / "config.json").read_text())
     vae_cfg = json.loads((tiny_sdxl_dir / "vae" / "config.json").read_text())
@@ -583,11 +583,11 @@ def test_converted_checkpoint_restores_through_the_cli_converter(tiny_sdxl_dir, 
 
 
 def test_public_api_is_exported_lazily():
-    """``train.model`` lists its API in ``__all__`` and imports no torch until a name is used."""
+    """``supirkit.model`` lists its API in ``__all__`` and imports no torch until a name is used."""
     import subprocess
     import sys
 
-    code = ("import sys, train.model as m; assert 'torch' not in sys.modules; "
+    code = ("import sys, supirkit.model as m; assert 'torch' not in sys.modules; "
             "[getattr(m, n) for n in m.__all__]; print(len(m.__all__))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -596,7 +596,7 @@ def test_public_api_is_exported_lazily():
 
 def test_converter_cli_errors_are_one_line(tmp_path, capsys):
     """Missing file, a pickle that weights_only refuses, keys of another model: rc 2 and one line each."""
-    from supirkit.train.model.convert import main as convert_main
+    from supirkit.model.convert import main as convert_main
 
     import argparse
 

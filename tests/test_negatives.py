@@ -85,7 +85,7 @@ def reference(tmp_path_factory, input_shards, tiny_sdxl_dir):
 def test_img2img_makes_the_requested_count_with_complete_metadata(reference, input_shards, tiny_sdxl_dir):
     from PIL import Image
 
-    from supirkit.curation.negatives import sample_key
+    from supirkit.negatives.job import sample_key
 
     _, input_keys = input_shards
     samples = _samples(reference)
@@ -170,8 +170,8 @@ def test_kill_and_resume_gives_the_uninterrupted_set(reference, input_shards, ti
 
 
 def test_txt2img_with_word_prompts(tiny_sdxl_dir, tmp_path):
-    from supirkit.curation.negatives import PromptSampler, sample_seed
-    from supirkit.curation.negatives_config import NEGATIVE_WORDS, PromptOptions
+    from supirkit.negatives.job import PromptSampler, sample_seed
+    from supirkit.negatives.config import NEGATIVE_WORDS, PromptOptions
 
     out = tmp_path / "t2i"
     assert _cli("negatives", "--out", out, "--count", 3, "--model", tiny_sdxl_dir, *FAST,
@@ -206,7 +206,7 @@ def test_unreadable_source_is_recorded_and_replaced(tiny_sdxl_dir, tmp_path):
 
 
 def test_bad_config_is_one_line(tmp_path, capsys):
-    from supirkit.curation.negatives_config import NegativesJobConfig
+    from supirkit.negatives.config import NegativesJobConfig
     from supirkit.datapipe.config import ConfigError, load_config
 
     cases = [
@@ -231,8 +231,8 @@ def test_bad_config_is_one_line(tmp_path, capsys):
 
 
 def test_a_prompt_list_is_sampled_per_sample_and_the_count_spread_over_shards():
-    from supirkit.curation.negatives import PromptSampler, n_partitions, partition_range, sample_seed
-    from supirkit.curation.negatives_config import PromptOptions
+    from supirkit.negatives.job import PromptSampler, n_partitions, partition_range, sample_seed
+    from supirkit.negatives.config import PromptOptions
 
     prompts = ["oil painting, cartoon", "blurring, dirty, messy", "lowres, over-smooth"]
     sampler = PromptSampler(PromptOptions(list=prompts))
@@ -249,7 +249,7 @@ def test_a_prompt_list_is_sampled_per_sample_and_the_count_spread_over_shards():
 
 
 def test_source_rule_is_deterministic_and_takes_fresh_members():
-    from supirkit.curation.negatives import SourcePlan
+    from supirkit.negatives.job import SourcePlan
 
     plan = SourcePlan(n_inputs=3, job_seed=5, samples_per_shard=4, shards_per_partition=1)
     assert [p.__dict__ for p in plan.picks(2, 4)] == [p.__dict__ for p in SourcePlan(3, 5, 4, 1).picks(2, 4)]

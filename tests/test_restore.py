@@ -43,7 +43,7 @@ def read(path):
 
 def restore_config(*overrides):
     from supirkit.datapipe.config import load_config
-    from supirkit.train.model.config import RestoreConfig
+    from supirkit.model.config import RestoreConfig
 
     return load_config(RestoreConfig, None, [*FAST, *overrides], default="restore/default.yaml")
 
@@ -102,7 +102,7 @@ def test_restore_with_an_adaptor_for_another_unet_fails_cleanly(tiny_sdxl_dir, l
     from diffusers import UNet2DConditionModel
 
     from supirkit.tiny.sdxl import TINY_UNET_CONFIG
-    from supirkit.train.model.supir import SUPIRModel
+    from supirkit.model.supir import SUPIRModel
 
     other = UNet2DConditionModel(**dict(TINY_UNET_CONFIG, block_out_channels=(32, 64, 64)))
     folder = SUPIRModel.from_unet(other).save_adaptor(tmp_path / "other")
@@ -114,7 +114,7 @@ def test_restore_with_an_adaptor_for_another_unet_fails_cleanly(tiny_sdxl_dir, l
 # ----------------------------------------------------------------------------------------------- library
 @pytest.fixture(scope="module")
 def restorer(tiny_sdxl_dir, adaptor_dir):
-    from supirkit.train.restore import SUPIRRestorer
+    from supirkit.model.restore import SUPIRRestorer
 
     return SUPIRRestorer.load(str(tiny_sdxl_dir), adaptor_dir, restore_config())
 
@@ -123,8 +123,8 @@ def test_saved_adaptor_restores_exactly_like_the_in_memory_one(tiny_sdxl_dir, re
     from PIL import Image
 
     from supir_fixtures import load_unet
-    from supirkit.train.model.supir import SUPIRModel
-    from supirkit.train.restore import SUPIRRestorer
+    from supirkit.model.supir import SUPIRModel
+    from supirkit.model.restore import SUPIRRestorer
 
     in_memory = trained_like_model(tiny_sdxl_dir, seed=5)
     folder = in_memory.save_adaptor(tmp_path / "adaptor")
@@ -143,7 +143,7 @@ def test_saved_adaptor_restores_exactly_like_the_in_memory_one(tiny_sdxl_dir, re
 def test_tiled_restore_runs_and_one_tile_equals_untiled(restorer, lq_image):
     from PIL import Image
 
-    from supirkit.train.restore import SUPIRRestorer
+    from supirkit.model.restore import SUPIRRestorer
 
     def run(*overrides):
         cfg = restore_config("image.upscale=2", *overrides)
@@ -177,7 +177,7 @@ def test_restore_uses_the_shared_prompt_rule_and_the_negative_prompt(restorer, l
 
 
 def test_working_size_follows_the_official_rule():
-    from supirkit.train.restore import working_size
+    from supirkit.model.restore import working_size
 
     assert working_size(32, 48, 2.0, 64, 32) == ((64, 96), (64, 96))
     assert working_size(300, 200, 1.0, 1024, 64) == ((300, 200), (1536, 1024))  # short side raised to 1024
@@ -188,8 +188,8 @@ def test_working_size_follows_the_official_rule():
 def test_prompt_rule_joins_and_reports_truncation(tiny_sdxl_dir, caplog):
     from transformers import CLIPTokenizer
 
-    from supirkit.train.model.config import PromptConfig
-    from supirkit.train.prompts import PromptAssembler, join_prompt
+    from supirkit.model.config import PromptConfig
+    from supirkit.model.prompts import PromptAssembler, join_prompt
 
     assert join_prompt("a cat", "sharp", ", ") == "a cat, sharp"
     assert join_prompt("", "sharp") == "sharp" and join_prompt("a cat ", "") == "a cat"
@@ -197,7 +197,7 @@ def test_prompt_rule_joins_and_reports_truncation(tiny_sdxl_dir, caplog):
     asm = PromptAssembler.from_config(PromptConfig(positive="high quality photo"), tok)
     short = asm("a cat")
     assert short.text == "a cat, high quality photo" and not short.truncated and short.positive_kept == 1.0
-    caplog.set_level(logging.INFO, logger="supirkit.train.prompts")
+    caplog.set_level(logging.INFO, logger="supirkit.model.prompts")
     long = asm(" ".join(["the dog"] * 40))  # 80 caption tokens: the positive prompt is cut entirely
     assert long.truncated and long.n_tokens > 77 and long.kept_tokens == 77 and long.positive_kept == 0.0
     assert "the text encoders keep 77" in caplog.text

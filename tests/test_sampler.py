@@ -12,19 +12,19 @@ torch = pytest.importorskip("torch")
 
 
 def schedule():
-    from supirkit.train.model.sampler import SigmaSchedule
+    from supirkit.model.sampler import SigmaSchedule
 
     return SigmaSchedule()
 
 
 def make_sampler(**kw):
-    from supirkit.train.model.sampler import RestoreEDMSampler, SamplerSettings
+    from supirkit.model.sampler import RestoreEDMSampler, SamplerSettings
 
     return RestoreEDMSampler(schedule(), SamplerSettings(**kw))
 
 
 def cond_pair(shape=(1, 4, 8, 8), seed=0):
-    from supirkit.train.model.sampler import Conditioning
+    from supirkit.model.sampler import Conditioning
 
     g = torch.Generator().manual_seed(seed)
     control = torch.randn(shape, generator=g)
@@ -114,8 +114,8 @@ def reference_edm(eps_fn, x, cond, uncond, sigmas, generator, *, s_churn, s_nois
 
 @pytest.mark.parametrize("restore_cfg", [-1.0, 0.0])
 def test_guidance_off_equals_plain_edm_sampling(restore_cfg):
-    from supirkit.train.model.config import SamplerConfig
-    from supirkit.train.model.sampler import RestoreEDMSampler, SamplerSettings
+    from supirkit.model.config import SamplerConfig
+    from supirkit.model.sampler import RestoreEDMSampler, SamplerSettings
 
     settings = SamplerSettings.from_config(SamplerConfig(num_steps=8, restore_cfg=restore_cfg, cfg_scale=6.0,
                                                          cfg_scale_start=2.0))
@@ -191,7 +191,7 @@ def test_guidance_without_x_center_is_refused():
 
 # ----------------------------------------------------------------------------------------------- tiling
 def test_sliding_windows_cover_the_latent_and_end_flush():
-    from supirkit.train.model.tiling import sliding_windows
+    from supirkit.model.tiling import sliding_windows
 
     wins = sliding_windows(20, 13, 8, 5)
     cover = torch.zeros(20, 13)
@@ -205,7 +205,7 @@ def test_sliding_windows_cover_the_latent_and_end_flush():
 
 
 def test_gaussian_weights_are_symmetric_and_peak_in_the_middle():
-    from supirkit.train.model.tiling import gaussian_weights
+    from supirkit.model.tiling import gaussian_weights
 
     w = gaussian_weights(16, 16)[0, 0]
     assert torch.allclose(w, w.flip(0)) and torch.allclose(w, w.flip(1)) and torch.allclose(w, w.T)
@@ -228,7 +228,7 @@ def test_tiled_equals_untiled_for_a_pixelwise_network(tau_r):
 
 def test_tiled_sampling_of_the_real_model(tiny_sdxl_dir):
     """One tile: exactly the untiled sample. Several tiles: a different but finite, seeded result."""
-    from supirkit.train.model.sampler import Conditioning, supir_eps_fn
+    from supirkit.model.sampler import Conditioning, supir_eps_fn
 
     model = trained_like_model(tiny_sdxl_dir, with_dr=False)
     c = model.unet.config
@@ -265,7 +265,7 @@ def smooth_and_detail(seed=0):
 
 
 def test_wavelet_color_fix_takes_low_frequencies_from_the_reference():
-    from supirkit.train.model.colorfix import color_fix, wavelet_decomposition
+    from supirkit.model.colorfix import color_fix, wavelet_decomposition
 
     smooth, detail = smooth_and_detail()
     image = smooth + detail
@@ -283,7 +283,7 @@ def test_wavelet_color_fix_takes_low_frequencies_from_the_reference():
 
 
 def test_adain_color_fix_matches_channel_statistics():
-    from supirkit.train.model.colorfix import color_fix
+    from supirkit.model.colorfix import color_fix
 
     smooth, detail = smooth_and_detail()
     result = 2.0 * (smooth + detail) + 0.5

@@ -125,7 +125,7 @@ def test_captioning_refuses_an_oversized_image_member():
 
 
 def test_inspect_summary_does_not_count_members_the_readers_refuse(tmp_path):
-    from supirkit.datapipe.inspection import _scan_tar_members
+    from supirkit.inspection.core import _scan_tar_members
 
     shard = tmp_path / "evil.tar"
     _malicious_tar(shard)
@@ -136,7 +136,7 @@ def test_inspect_summary_does_not_count_members_the_readers_refuse(tmp_path):
 def test_inspect_html_escapes_captions_keys_and_metadata_from_a_shard(tmp_path):
     import json
 
-    from supirkit.datapipe.inspection import iter_samples, make_tiles, open_collection, write_html
+    from supirkit.inspection.core import iter_samples, make_tiles, open_collection, write_html
 
     evil = "<script>alert(1)</script>"
     key = "<img src=x onerror=alert(1)>"
@@ -181,7 +181,7 @@ def test_degrade_preview_decodes_through_the_shared_limit(tmp_path, capsys, monk
 
 
 def test_restore_refuses_inputs_whose_outputs_would_overwrite_each_other(tmp_path):
-    from supirkit.train.restore import restore_images
+    from supirkit.model.restore import restore_images
 
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()

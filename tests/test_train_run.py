@@ -208,7 +208,7 @@ def test_stop_and_resume_equals_uninterrupted(setup):
 def test_encoder_stage_trains_and_exports_the_dr_encoder(setup):
     import torch
 
-    from supirkit.train.model.dr_encoder import DegradationRobustEncoder
+    from supirkit.model.dr_encoder import DegradationRobustEncoder
 
     root = setup["root"]
     cfg = tiny_train_config(root / "enc", setup["sdxl"], setup["mixture"], stage="encoder",

@@ -318,7 +318,7 @@ class PromptRule:
         if mode == "caption":
             return caption
         if self._assembler is None:
-            from supirkit.train.prompts import PromptAssembler
+            from supirkit.model.prompts import PromptAssembler
 
             self._assembler = PromptAssembler(None, self.positive, self.separator, self.max_tokens)
         return self._assembler(caption).text
@@ -330,7 +330,7 @@ class PromptRule:
 
 def load_restore_config(spec: str, overrides=()):
     from supirkit.datapipe.config import load_config
-    from supirkit.train.model.config import RestoreConfig
+    from supirkit.model.config import RestoreConfig
 
     return load_config(RestoreConfig, spec, list(overrides))
 

@@ -116,8 +116,8 @@ class FrozenSDXL:
         import torch
         from diffusers import AutoencoderKL, EulerDiscreteScheduler
 
-        from supirkit.train.model.sampler import SigmaSchedule
-        from supirkit.train.model.text import SDXLTextEncoders
+        from supirkit.model.sampler import SigmaSchedule
+        from supirkit.model.text import SDXLTextEncoders
 
         # SDXL's VAE overflows in fp16 (SUPIR runs it in bf16): keep it in fp32 when fp16 is asked for.
         self.vae_dtype = torch.float32 if dtype == torch.float16 else dtype
@@ -155,8 +155,8 @@ class AdaptorObjective:
         import torch
         from diffusers import UNet2DConditionModel
 
-        from supirkit.train.model.config import load_model_config
-        from supirkit.train.model.supir import SUPIRModel
+        from supirkit.model.config import load_model_config
+        from supirkit.model.supir import SUPIRModel
 
         self.cfg, self.frozen, self.device, self.dtype = cfg, frozen, device, dtype
         mcfg = load_model_config(cfg.model.config)
@@ -192,7 +192,7 @@ class AdaptorObjective:
     def _lq_encoder(cfg: TrainConfig, frozen: FrozenSDXL):
         if cfg.model.lq_encoder == "vae":
             return None
-        from supirkit.train.model.dr_encoder import DegradationRobustEncoder
+        from supirkit.model.dr_encoder import DegradationRobustEncoder
 
         if cfg.model.dr_encoder:
             return load_dr_encoder(cfg.model.dr_encoder)
@@ -244,7 +244,7 @@ class AdaptorObjective:
 
     def save(self, unwrapped, state: dict, directory: Path) -> None:
         """The adaptor (and its DR encoder, if any) with the weights in ``state``, the model's full state dict."""
-        from supirkit.train.model.supir import DR_ENCODER_SUBFOLDER
+        from supirkit.model.supir import DR_ENCODER_SUBFOLDER
 
         save_copy(unwrapped.adaptor, _strip(state, "adaptor."), directory)
         if unwrapped.dr_encoder is not None:
@@ -273,7 +273,7 @@ class EncoderObjective:
     def __init__(self, cfg: TrainConfig, frozen: FrozenSDXL, device, dtype):
         import torch
 
-        from supirkit.train.model.dr_encoder import DegradationRobustEncoder
+        from supirkit.model.dr_encoder import DegradationRobustEncoder
 
         self.cfg, self.frozen, self.device, self.dtype = cfg, frozen, device, dtype
         if cfg.model.dr_encoder:
@@ -297,7 +297,7 @@ class EncoderObjective:
         return [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
 
     def loss(self, module, unwrapped, batch: dict, generator, autocast):
-        from supirkit.train.model.dr_encoder import dr_encoder_loss
+        from supirkit.model.dr_encoder import dr_encoder_loss
 
         fz = self.frozen
         hq = _images(batch["hq"], self.device, fz.vae_dtype)
@@ -306,7 +306,7 @@ class EncoderObjective:
             return dr_encoder_loss(_CallThrough(module, unwrapped), fz.vae, lq, hq, self.cfg.encoder.loss_target)
 
     def save(self, unwrapped, state: dict, directory: Path) -> None:
-        from supirkit.train.model.supir import DR_ENCODER_SUBFOLDER
+        from supirkit.model.supir import DR_ENCODER_SUBFOLDER
 
         save_copy(unwrapped, state, Path(directory) / DR_ENCODER_SUBFOLDER)
 
@@ -331,8 +331,8 @@ def save_copy(template, state: dict, directory: Path) -> None:
 
 def load_dr_encoder(path: str):
     """A DR encoder from an adaptor folder (``dr_encoder/`` inside) or from its own folder."""
-    from supirkit.train.model.dr_encoder import DegradationRobustEncoder
-    from supirkit.train.model.supir import load_dr_encoder_if_present
+    from supirkit.model.dr_encoder import DegradationRobustEncoder
+    from supirkit.model.supir import load_dr_encoder_if_present
 
     p = Path(path)
     dr = load_dr_encoder_if_present(p)

@@ -136,7 +136,7 @@ class Validator:
         import torch
         from PIL import Image
 
-        from supirkit.train.restore import SUPIRRestorer
+        from supirkit.model.restore import SUPIRRestorer
 
         if self._metrics is None:
             self._metrics = MetricSet(self.cfg.validation.metrics, self.device)

@@ -40,7 +40,7 @@ def run(args) -> int:
     if args.tile < 32 or args.tile > 2048:
         raise UserError(f"--tile must be between 32 and 2048, got {args.tile}")
     from supirkit.degrade import Degrader, DegradeConfig
-    from supirkit.degrade.preview import contact_sheet, fit_crop
+    from supirkit.inspection.degrade_views import contact_sheet, fit_crop
     from supirkit.commands._common import check_output_file, load
 
     check_output_file(args.out, "--out")

@@ -18,14 +18,14 @@ def add_arguments(p):
 def run(args) -> int:
     from supirkit.cli import UserError
     from supirkit.commands._common import load
-    from supirkit.train.model.config import ModelConfig
+    from supirkit.model.config import ModelConfig
 
     cfg = load(args, ModelConfig)
     names = args.layout or list(cfg.trunk.layouts)
     unknown = [n for n in names if n not in cfg.trunk.layouts]
     if unknown:
         raise UserError(f"unknown layout {unknown[0]!r}; the config has {', '.join(cfg.trunk.layouts)}")
-    from supirkit.train.model.counts import describe, format_table
+    from supirkit.model.counts import describe, format_table
 
     for i, name in enumerate(names):
         try:

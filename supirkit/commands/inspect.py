@@ -66,7 +66,7 @@ def run(args) -> int:
     from supirkit.cli import UserError
 
     from supirkit.datapipe.config import ConfigError
-    from supirkit.datapipe.inspection import InspectConfig, open_collection
+    from supirkit.inspection.core import InspectConfig, open_collection
     from supirkit.commands._common import check_output_file, load
 
     cfg = load(args, InspectConfig)
@@ -95,7 +95,7 @@ def run(args) -> int:
 def _show(args, cfg, coll, make_pair) -> int:
     import json
 
-    from supirkit.datapipe.inspection import (format_sample, format_summary, iter_samples, make_pair_tiles, make_tiles,
+    from supirkit.inspection.core import (format_sample, format_summary, iter_samples, make_pair_tiles, make_tiles,
                                      summarize, write_grid, write_html)
 
     summary_text = ""

@@ -23,8 +23,8 @@ def add_arguments(p):
 def run(args) -> int:
     from supirkit.cli import UserError
 
-    from supirkit.curation.negatives import ModelLoadError, run_negatives_job
-    from supirkit.curation.negatives_config import NegativesJobConfig
+    from supirkit.negatives.job import ModelLoadError, run_negatives_job
+    from supirkit.negatives.config import NegativesJobConfig
     from supirkit.datapipe.config import validate
 
     cfg = load(args, NegativesJobConfig)

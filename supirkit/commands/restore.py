@@ -11,7 +11,7 @@ DESCRIPTION = (HELP + ". Each IMAGE becomes OUT/<stem>.png plus OUT/<stem>.json 
                "(sampler.cfg_scale_start/cfg_scale, control_scale_start/control_scale), tiled sampling "
                "(tiling.tile_size/tile_stride, latent units), the colour fix (image.color_fix) and the positive and "
                "negative prompts (prompt.positive/negative). The released SUPIR-v0Q/v0F weights become an adaptor "
-               "folder with: python -m supirkit.train.model.convert SUPIR-v0Q.ckpt ADAPTOR_DIR")
+               "folder with: python -m supirkit.model.convert SUPIR-v0Q.ckpt ADAPTOR_DIR")
 
 
 def add_arguments(p):
@@ -31,7 +31,7 @@ def run(args) -> int:
 
     from supirkit.cli import UserError
     from supirkit.commands._common import check_model_ref, check_output_folder, load
-    from supirkit.train.model.config import RestoreConfig
+    from supirkit.model.config import RestoreConfig
 
     if args.upscale is not None:
         args.overrides.append(f"image.upscale={args.upscale}")
@@ -52,7 +52,7 @@ def run(args) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from supirkit.train.restore import restore_images
+    from supirkit.model.restore import restore_images
 
     try:
         written = restore_images(args.images, args.out, args.sdxl, args.adaptor, cfg, captioner=args.captioner,

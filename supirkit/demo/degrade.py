@@ -45,7 +45,7 @@ def _sample_photos(folder: Path, n: int) -> list:
 
 
 def step(ctx) -> dict:
-    from supirkit.degrade.preview import render_pairs
+    from supirkit.inspection.degrade_views import render_pairs
 
     out = ctx.out / "degrade"
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ Official key prefixes (PyTorch Lightning checkpoint, ``state_dict``), spec secti
   -> ``dr_encoder.encoder.*`` (diffusers ``Encoder`` naming; 1x1-conv attention weights become Linear)
 
 Everything else (SDXL weights in merged checkpoints, EMA bookkeeping, the unused ``mask_LQ``) is skipped.
-``python -m supirkit.train.model.convert CKPT OUT_DIR`` writes an adaptor folder that ``supirkit restore`` loads.
+``python -m supirkit.model.convert CKPT OUT_DIR`` writes an adaptor folder that ``supirkit restore`` loads.
 """
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ def write_adaptor_folder(state_dict: dict, out_dir, unet_config: dict, vae_confi
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m supirkit.train.model.convert",
+    p = argparse.ArgumentParser(prog="python -m supirkit.model.convert",
                                 description="Convert an official SUPIR-v0Q/v0F checkpoint to an adaptor folder.")
     p.add_argument("checkpoint", help=".ckpt (read with weights_only=True) or .safetensors")
     p.add_argument("out", help="adaptor folder to write")

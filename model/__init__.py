@@ -1,6 +1,6 @@
-"""SUPIR model on diffusers SDXL: trunk, connectors, DR encoder, sampler, conversion.
+"""model: SUPIR on diffusers SDXL (trunk, connectors, DR encoder, sampler, conversion) and the restore pipeline.
 
-Public API (resolved lazily, so ``import train.model`` stays free of torch and diffusers):
+Public API (resolved lazily, so ``import supirkit.model`` stays free of torch and diffusers):
 
 * configs: ``ModelConfig``, ``TrunkLayout``, ``load_model_config``, ``read_json_config``, ``RestoreConfig``,
   ``PromptConfig``, ``SamplerConfig``, ``DEFAULT_POSITIVE``, ``DEFAULT_NEGATIVE``;

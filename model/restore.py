@@ -124,9 +124,9 @@ class SUPIRRestorer:
     def load(cls, sdxl: str, adaptor_dir, config, captioner: Optional[str] = None) -> "SUPIRRestorer":
         from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
 
-        from .model.sampler import SigmaSchedule
-        from .model.supir import SUPIRModel, move_to
-        from .model.text import SDXLTextEncoders
+        from .sampler import SigmaSchedule
+        from .supir import SUPIRModel, move_to
+        from .text import SDXLTextEncoders
 
         rt = config.runtime
         device = _resolve_device(rt.device)
@@ -196,9 +196,9 @@ class SUPIRRestorer:
         import torch
         import torch.nn.functional as F
 
-        from .model.colorfix import color_fix
-        from .model.sampler import Conditioning, RestoreEDMSampler, SamplerSettings, supir_eps_fn
-        from .model.text import time_ids
+        from .colorfix import color_fix
+        from .sampler import Conditioning, RestoreEDMSampler, SamplerSettings, supir_eps_fn
+        from .text import time_ids
 
         cfg = self.config
         (w0, h0), (w, h) = working_size(*image.size, cfg.image.upscale, cfg.image.min_size, cfg.image.size_multiple)

@@ -47,7 +47,7 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from supirkit.curation.negatives_config import (NEGATIVE_WORDS, PAPER_PROMPT, SDXL_BASE, GenerateOptions, ModelOptions,
+from supirkit.negatives.config import (NEGATIVE_WORDS, PAPER_PROMPT, SDXL_BASE, GenerateOptions, ModelOptions,
                                        NegativesJobConfig, PromptOptions)
 from supirkit.datapipe.config import ConfigError, config_hash
 from supirkit.datapipe.runner import (JobResult, Partition, PartitionStage, prepare_output, run_stage,
