@@ -49,7 +49,8 @@ def make_shards(folder: Path, n: int, size: int, per_shard: int) -> Path:
     from PIL import Image, ImageFilter
 
     from supirkit.datapipe.keys import content_key
-    from supirkit.datapipe.shards import ShardSink, ShardStats
+    from supirkit.datapipe.sinks import ShardSink
+    from supirkit.datapipe.stats import UnitStats
 
     rng = np.random.default_rng(0)
     if folder.exists():
@@ -68,7 +69,7 @@ def make_shards(folder: Path, n: int, size: int, per_shard: int) -> Path:
         key = content_key(data)
         sink.write({"__key__": key, "jpg": data, "json": {"key": key, "width": size, "height": size}})
         if len(sink) == per_shard or i == n - 1:
-            sink.commit(ShardStats())
+            sink.commit(UnitStats())
             sink, index = None, index + 1
     return folder
 

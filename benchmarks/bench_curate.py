@@ -82,8 +82,9 @@ def scoring_pass(files: list[Path], out: Path) -> dict:
     import shutil
 
     from supirkit.curation.stages import ScoreStage
-    from supirkit.datapipe.runner import Partition
-    from supirkit.datapipe.shards import ShardStats, TableSink
+    from supirkit.datapipe.plan import Partition
+    from supirkit.datapipe.sinks import TableSink
+    from supirkit.datapipe.stats import UnitStats
     from supirkit.datapipe.sources import FILE, InputRef
 
     if out.exists():
@@ -91,7 +92,7 @@ def scoring_pass(files: list[Path], out: Path) -> dict:
     stage = ScoreStage(default_config())
     stage.setup()
     refs = [InputRef(str(p), FILE, p.stat().st_size, "") for p in files]
-    sink, stats = TableSink(out, "signals", 0), ShardStats()
+    sink, stats = TableSink(out, "signals", 0), UnitStats()
     stage.process(Partition(0, refs, 0), sink, stats)
     sink.commit(stats)
     assert stats.counts["scored"] == len(files), stats.to_dict()

@@ -112,9 +112,9 @@ def floor_write(files: list[Path]) -> tuple[float, float]:
 
 def job_write(src: Path, out: Path, n: int, executor: str, per_shard: int) -> tuple[tuple[float, float], dict]:
     from supirkit.datapipe.config import load_config
-    from supirkit.datapipe.pack import ShardJobConfig, run_shard_job
+    from supirkit.datapipe.pack import ShardConfig, run_shard_job
 
-    cfg = load_config(ShardJobConfig, None, [f"runner.executor={executor}", "runner.progress=none",
+    cfg = load_config(ShardConfig, None, [f"runner.executor={executor}", "runner.progress=none",
                                               f"sharding.samples_per_shard={per_shard}"],
                       default="shard/default.yaml")
     if out.exists():
@@ -174,7 +174,7 @@ def wds_read(urls: list[str], own_decoder: bool) -> tuple[float, float]:
 
 
 def datapipe_read(urls: list[str]) -> tuple[float, float]:
-    from supirkit.datapipe.shards import read_shard, sample_image, sample_meta
+    from supirkit.datapipe.tario import read_shard, sample_image, sample_meta
 
     n = 0
     with Clock() as clock:
@@ -191,7 +191,7 @@ PLAN_CHILD = r"""
 import json, resource, sys, time, tempfile
 mode, listing = sys.argv[1], sys.argv[2]
 from supirkit.datapipe.config import ShardingConfig
-from supirkit.datapipe.runner import plan_partitions
+from supirkit.datapipe.plan import plan_partitions
 from supirkit.datapipe.sources import list_inputs
 import pyarrow.parquet, pyarrow.dataset  # what planning imports, for the import-only baseline
 out = {"mode": mode}

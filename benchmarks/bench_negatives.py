@@ -41,7 +41,8 @@ def write_input_shard(folder: Path, n: int, size: int, seed: int = 0) -> None:
 
     from supirkit.datapipe.decode import encode_image
     from supirkit.datapipe.keys import content_key
-    from supirkit.datapipe.shards import ShardSink, ShardStats
+    from supirkit.datapipe.sinks import ShardSink
+    from supirkit.datapipe.stats import UnitStats
 
     rng = np.random.default_rng(seed)
     sink = ShardSink(folder, "shard", 0)
@@ -53,7 +54,7 @@ def write_input_shard(folder: Path, n: int, size: int, seed: int = 0) -> None:
         data = encode_image(img, "png", 1)
         key = content_key(data)
         sink.write({"__key__": key, "png": data, "json": {"key": key, "orig_width": w, "orig_height": h}})
-    sink.commit(ShardStats())
+    sink.commit(UnitStats())
 
 
 def run_stage_bench(model: str, inputs: Path, out: Path, count: int, batch: int, size: int, device: str,
@@ -90,7 +91,7 @@ def run_anchor(model: str, inputs: Path, count: int, batch: int, size: int, devi
 
     from supirkit.negatives.job import PAPER_PROMPT, resolve_device, torch_dtype
     from supirkit.datapipe.decode import decode_rgb
-    from supirkit.datapipe.shards import list_shards, read_shard, sample_image
+    from supirkit.datapipe.tario import list_shards, read_shard, sample_image
 
     dev = resolve_device(device)
     if dev == "cpu" and threads:

@@ -56,7 +56,8 @@ GOAL_CORES_PER_GPU = 4.0
 
 def write_set(folder: Path, prefix: str, shards: int, per_shard: int, side: int, seed: int) -> None:
     from supirkit.datapipe.decode import encode_image
-    from supirkit.datapipe.shards import ShardSink, ShardStats
+    from supirkit.datapipe.sinks import ShardSink
+    from supirkit.datapipe.stats import UnitStats
 
     for s in range(shards):
         sink = ShardSink(folder, prefix, s)
@@ -64,7 +65,7 @@ def write_set(folder: Path, prefix: str, shards: int, per_shard: int, side: int,
             img = _images.photo_like(seed * 1000 + s * 100 + i, side)
             sink.write({"__key__": f"{prefix}{s:02d}x{i:03d}", "jpg": encode_image(img, "jpg", 95),
                         "json": {"width": side, "height": side}, "txt": f"a detailed photo number {i}"})
-        sink.commit(ShardStats())
+        sink.commit(UnitStats())
 
 
 def data_section(root: Path, crop: int, overrides=()):
@@ -99,7 +100,7 @@ def anchor_pipeline(root: Path, crop: int, batch: int, seed: int):
     import torch
     import webdataset as wds
 
-    from supirkit.datapipe.shards import list_shards
+    from supirkit.datapipe.tario import list_shards
     from supirkit.degrade import Degrader
 
     degrader = Degrader.from_profile("supir")
@@ -128,7 +129,7 @@ def anchor_pipeline(root: Path, crop: int, batch: int, seed: int):
 
 def loader_rates(root: Path, rounds: int, batch: int) -> dict:
     from supirkit.datapipe.decode import decode_rgb
-    from supirkit.datapipe.shards import sample_image
+    from supirkit.datapipe.tario import sample_image
     from supirkit.train.data import MixtureStream
 
     ours = MixtureStream(data_section(root, 512), seed=0, batch_size=batch)

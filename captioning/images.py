@@ -11,36 +11,30 @@ from typing import Sequence
 import numpy as np
 
 from supirkit.datapipe.decode import decode_rgb
+from supirkit.datapipe.errors import DecodeError
 from supirkit.datapipe.inputs import read_source
-from supirkit.datapipe.shards import image_too_large, sample_image
-
-
-class SampleImageError(Exception):
-    """The image for a sample could not be obtained; ``reason`` is the stable code recorded in the stats."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason, self.detail = reason, detail
+from supirkit.datapipe.tario import image_too_large, sample_image
 
 
 def image_bytes_for(sample: dict, meta: dict, use: str, max_file_bytes: int) -> bytes:
-    """The encoded image to caption: the sample's own, or the original named by ``meta['source']``."""
+    """The encoded image to caption: the sample's own, or the original named by ``meta['source']``; a
+    ``DecodeError`` with the reason when there is none."""
     if use == "curated":
         _, data = sample_image(sample)
         if (data is None and image_too_large(sample)) or (data is not None and len(data) > max_file_bytes):
-            raise SampleImageError("too_large", f"image member larger than max_file_bytes={max_file_bytes}")
+            raise DecodeError("too_large", f"image member larger than max_file_bytes={max_file_bytes}")
         if data is None:
-            raise SampleImageError("no_image_in_sample")
+            raise DecodeError("no_image_in_sample")
         return data
     source = meta.get("source")
     if not source:
-        raise SampleImageError("no_source", "the sample json names no 'source'")
+        raise DecodeError("no_source", "the sample json names no 'source'")
     try:
         return read_source(source, max_file_bytes)
     except FileNotFoundError as exc:
-        raise SampleImageError("source_missing", f"{source}: {exc}") from None
+        raise DecodeError("source_missing", f"{source}: {exc}") from None
     except OSError as exc:
-        raise SampleImageError("source_unreadable", f"{source}: {exc}") from None
+        raise DecodeError("source_unreadable", f"{source}: {exc}") from None
 
 
 def fit_image(rgb: np.ndarray, fit: str, background: Sequence[int] = (0, 0, 0)) -> np.ndarray:

@@ -22,11 +22,17 @@ from typing import Iterable, Iterator, Optional
 
 from supirkit.captioning.config import CaptionJobConfig
 from supirkit.datapipe.config import ShardingConfig
-from supirkit.datapipe.decode import DecodeError
+from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS, rejection_reason
+from supirkit.datapipe.files import read_json
 from supirkit.datapipe.keys import display_source
-from supirkit.datapipe.runner import JobResult, Partition, PartitionStage, plan_partitions, prepare_output, run_stage, write_job_summary
-from supirkit.datapipe.shards import ShardSink, ShardStats, list_shards, read_shard, sample_meta, stats_path
+from supirkit.datapipe.plan import Partition, plan_partitions
+from supirkit.datapipe.runner import Pass, prepare_output, run_stage, write_job_summary
+from supirkit.datapipe.shard_format import ShardSetLayout
+from supirkit.datapipe.sinks import ShardOutput, ShardSink
 from supirkit.datapipe.sources import TAR, InputRef
+from supirkit.datapipe.stage import Stage
+from supirkit.datapipe.stats import JobResult, UnitStats
+from supirkit.datapipe.tario import list_shards, parse_meta, read_shard
 
 log = logging.getLogger("supirkit")
 
@@ -60,7 +66,7 @@ def batch_seed(seed: int, shard: int, batch: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-class CaptionStage(PartitionStage):
+class CaptionStage(Stage[Partition]):
     """One input shard -> one captioned shard. The model is loaded once per worker (``setup``)."""
 
     name = STAGE
@@ -100,22 +106,21 @@ class CaptionStage(PartitionStage):
 
     # ------------------------------------------------------------------------------------- reading side
     def _prepare(self, sample: dict, tar_source: str) -> Prepared:
-        from supirkit.captioning.images import SampleImageError, image_bytes_for, prepare_image
+        """One sample and its prepared image, or the reason it has none (a corrupt sample is that sample's
+        problem; a transient read error is not caught here: it fails the shard, which is retried)."""
+        from supirkit.captioning.images import image_bytes_for, prepare_image
 
         cfg = self.cfg
         key = sample["__key__"]
-        item = Prepared(sample, sample_meta(sample), f"{tar_source}#{display_source(key)}")
+        item = Prepared(sample, {}, f"{tar_source}#{display_source(key)}")
         try:
+            item.meta = parse_meta(sample.get("json"))
             data = image_bytes_for(sample, item.meta, cfg.image.use, cfg.decode.max_file_bytes)
             image = prepare_image(data, cfg.image.fit, cfg.image.max_side, self.backend.pad_colour,
                                   cfg.decode.max_pixels)
             item.image, item.size = image, image.size
-        except SampleImageError as exc:
-            item.error = (exc.reason, exc.detail)
-        except DecodeError as exc:
-            item.error = (exc.reason, exc.detail)
-        except Exception as exc:  # anything else about one sample is that sample's problem
-            item.error = ("image_error", f"{type(exc).__name__}: {exc}")
+        except CORRUPT_INPUT_ERRORS as exc:
+            item.error = rejection_reason(exc)
         return item
 
     def _batches(self, url: str) -> Iterator[Batch]:
@@ -139,7 +144,7 @@ class CaptionStage(PartitionStage):
                     yield batch
                     batch = Batch()
                 t_read = time.perf_counter()
-        except Exception as exc:  # a truncated or corrupt tar: what was read is captioned, the rest recorded
+        except CORRUPT_INPUT_ERRORS as exc:  # a truncated or corrupt tar: what was read is captioned, the rest recorded
             batch.rejections.append((tar_source, "corrupt_tar", f"{type(exc).__name__}: {exc}"))
         if batch.items or batch.rejections:
             yield batch
@@ -187,7 +192,7 @@ class CaptionStage(PartitionStage):
             thread.join(timeout=10)
 
     # ------------------------------------------------------------------------------------- model side
-    def _caption(self, images: list, seed: int, stats: ShardStats) -> list:
+    def _caption(self, images: list, seed: int, stats: UnitStats) -> list:
         """Generations for ``images``; if the batch fails, each image alone (so one bad image costs one)."""
         try:
             out = self.backend.caption(images, seed, stats.timer)
@@ -209,7 +214,7 @@ class CaptionStage(PartitionStage):
                     results.append(one)
             return results
 
-    def process(self, partition: Partition, sink: ShardSink, stats: ShardStats) -> None:
+    def process(self, partition: Partition, sink: ShardSink, stats: UnitStats) -> None:
         from supirkit.datapipe import faults
 
         url = partition.refs[0].uri
@@ -274,7 +279,7 @@ class CaptionStage(PartitionStage):
         summary["clip_tokens_sum"] += count.tokens
         summary["clip_tokens_over_limit"] += int(not count.fits)
 
-    def _failed(self, item: Prepared, sink: ShardSink, stats: ShardStats, uncaptioned: list) -> None:
+    def _failed(self, item: Prepared, sink: ShardSink, stats: UnitStats, uncaptioned: list) -> None:
         reason, detail = item.error
         if self.cfg.caption.on_failure == "drop" or item.sample.get("__key__") is None:
             stats.reject(item.source, reason, detail)
@@ -292,13 +297,12 @@ class CaptionStage(PartitionStage):
 
 def _release_cuda_cache(exc: Exception) -> None:
     """After a CUDA out-of-memory error, free the cached blocks before the one-by-one retry."""
-    if "out of memory" in str(exc).lower():
-        try:
-            import torch
-
-            torch.cuda.empty_cache()
-        except Exception:
-            pass
+    try:
+        import torch
+    except ImportError:
+        return
+    if isinstance(exc, torch.OutOfMemoryError):
+        torch.cuda.empty_cache()
 
 
 def _copy_members(sample: dict) -> dict:
@@ -377,23 +381,23 @@ def check_backend(cfg: CaptionJobConfig) -> None:
     else:
         import ray
 
-        from supirkit.datapipe.runner import ensure_ray
+        from supirkit.datapipe.executors import ensure_ray
 
         ensure_ray(cfg.runner)
         if not ray.cluster_resources().get("GPU", 0):
             raise BackendError(f"{what} runs on a CUDA GPU only, and the Ray cluster has no GPU")
 
 
-def token_report(out_dir: Path, prefix: str, n_shards: int, warn_share: float, limit: int) -> dict:
+def token_report(layout: ShardSetLayout, prefix: str, n_shards: int, warn_share: float, limit: int) -> dict:
     """Caption totals over every done shard, and a warning when most captions exceed the CLIP context."""
     captions = over = new_tokens = unfinished = 0
     token_sum = 0.0
     methods = set()
     for i in range(n_shards):
-        sp = stats_path(out_dir, prefix, i)
+        sp = layout.stats(prefix, i)
         if not sp.is_file():
             continue
-        cap = json.loads(sp.read_text()).get("caption") or {}
+        cap = read_json(sp).get("caption") or {}
         n = int(cap.get("captions", 0))
         captions += n
         over += int(cap.get("clip_tokens_over_limit", 0))
@@ -437,11 +441,13 @@ def run_caption_job(shards: Iterable[str], out: str | Path, cfg: CaptionJobConfi
         check_backend(cfg)
         check_model(cfg)
     chash = job_hash(cfg)
-    out_dir = prepare_output(out, STAGE, chash, fresh, sources=urls)
-    n = plan_partitions((InputRef(u, TAR, -1) for u in urls), out_dir, ShardingConfig())
+    layout = prepare_output(out, STAGE, chash, fresh, sources=urls)
+    n = plan_partitions((InputRef(u, TAR, -1) for u in urls), layout.work, ShardingConfig())
     stage = CaptionStage(cfg, backend_factory)
-    result = run_stage(stage, out_dir, out_dir, n, cfg.runner, chash, prefix=cfg.output.prefix, desc="caption")
-    report = token_report(out_dir, cfg.output.prefix, n, cfg.tokens.warn_share, cfg.tokens.limit)
-    write_job_summary(out_dir, STAGE, result, extra={"model": cfg.model.name, "backend": cfg.model.backend,
-                                                       "config_hash": chash, "caption": report})
-    return CaptionJobResult(result, report, out_dir)
+    result = run_stage(Pass(stage, ShardOutput(layout.root, cfg.output.prefix), n, layout.work, chash, "caption"),
+                       cfg.runner)
+    report = token_report(layout, cfg.output.prefix, n, cfg.tokens.warn_share, cfg.tokens.limit)
+    write_job_summary(layout, STAGE, result, extra={"model": cfg.model.name, "backend": cfg.model.backend,
+                                                    "config_hash": chash, "caption": report,
+                                                    "pattern": layout.pattern(cfg.output.prefix, n)})
+    return CaptionJobResult(result, report, layout.root)

@@ -13,13 +13,4 @@ from supirkit.curation.job import CurateResult, run_curate_job, select
 from supirkit.curation.rules import compile_rules
 
 
-def __getattr__(name):  # heavy (torch) imports only when asked for
-    if name == "MissingWeightsError":
-        from supirkit.curation.signals.models import MissingWeightsError
-
-        return MissingWeightsError
-    raise AttributeError(name)
-
-
-__all__ = ["CurateConfig", "CurateResult", "run_curate_job", "select", "compile_rules", "CropBox", "plan_crops",
-           "MissingWeightsError"]
+__all__ = ["CurateConfig", "CurateResult", "run_curate_job", "select", "compile_rules", "CropBox", "plan_crops"]

@@ -6,6 +6,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from supirkit.datapipe.config import DecodeConfig, RunnerConfig, Schema, config_hash
+from supirkit.datapipe.prefilter import PrefilterConfig
 
 
 class InputConfig(Schema):
@@ -13,13 +14,6 @@ class InputConfig(Schema):
 
     inputs_per_partition: int = Field(256, ge=1)
     bytes_per_partition: int = Field(1_000_000_000, ge=1)
-
-
-class PrefilterConfig(Schema):
-    """Decided from the image header alone, before any pixel is decoded."""
-
-    min_side: int = Field(1024, ge=1, description="Reject images whose short side is below this.")
-    max_aspect: float = Field(4.0, ge=1.0, description="Reject panoramas/strips longer than this ratio.")
 
 
 class CheapSignalsConfig(Schema):
@@ -139,7 +133,7 @@ class ReportConfig(Schema):
 class CurateConfig(Schema):
     input: InputConfig = InputConfig()
     decode: DecodeConfig = DecodeConfig()
-    prefilter: PrefilterConfig = PrefilterConfig()
+    prefilter: PrefilterConfig = PrefilterConfig(min_side=1024, max_aspect_ratio=4.0)
     signals: SignalsConfig = SignalsConfig()
     dedup: DedupConfig = DedupConfig()
     rules: RulesConfig = RulesConfig()

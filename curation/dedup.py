@@ -5,41 +5,53 @@ edge between two inputs; groups are the connected components. Which member of a 
 decided later, at selection (the best-scoring member that passes the rules), so new thresholds
 re-select without regrouping.
 
-Scale: exact and near matching hold two int64 columns per input (20M inputs: a few hundred MB) and use
-sorting, never all pairs: near matches within ``k`` bits share at least one of ``k+1`` bit bands exactly
+Exact matches come from datapipe's bounded-memory grouping of content hashes (the same function
+``supirkit shard`` uses). Scale: near matching holds two 64-bit columns per input (20M inputs: a few
+hundred MB) and uses sorting, never all pairs: near matches within ``k`` bits share at least one of ``k+1`` bit bands exactly
 (pigeonhole), so only inputs equal on a band are compared. Semantic matching fits k-means centroids
 on a sample, spills embeddings to bucket files by centroid, then compares pairs only inside a cluster
 (torch matmul), so memory holds one bucket at a time.
 """
 from __future__ import annotations
 
-import json
-import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from supirkit.datapipe.files import atomic_write_json, atomic_write_parquet, read_json
+
 GROUPS_FILE = "groups.parquet"
 MAX_RUN = 2000  # inputs equal on one band beyond this are compared in windows (flat images all hash alike)
 
 
-def _key64(keys: Iterable[str]) -> np.ndarray:
-    return np.array([int(k[:16], 16) - (1 << 63) for k in keys], np.int64)
+def exact_edges(signals_dir: Path, work: Path, index_of: dict[int, int]) -> np.ndarray:
+    """Pairs (copy, first copy) of inputs with identical bytes, as row indexes."""
+    import pyarrow.parquet as pq
+
+    from supirkit.datapipe.dedup import DUP_FILE, group_exact_duplicates
+
+    group_exact_duplicates(signals_dir, work)
+    if not (work / DUP_FILE).is_file():
+        return np.zeros((0, 2), np.int64)
+    t = pq.read_table(work / DUP_FILE, columns=["order", "primary_order", "is_primary"]).to_pydict()
+    pairs = [(index_of[o], index_of[p]) for o, p, first in zip(t["order"], t["primary_order"], t["is_primary"])
+             if not first and o in index_of and p in index_of]
+    return np.asarray(pairs, np.int64).reshape(-1, 2)
 
 
-def exact_edges(key64: np.ndarray) -> np.ndarray:
-    order = np.argsort(key64, kind="stable")
-    same = key64[order][1:] == key64[order][:-1]
-    return np.stack([order[:-1][same], order[1:][same]], axis=1)
+def phash_values(hexes: Iterable[str]) -> np.ndarray:
+    """Perceptual hashes (16 hex digits, imagehash's format) as unsigned 64-bit integers."""
+    return np.array([int(h, 16) for h in hexes], np.uint64)
 
 
 def near_edges(phash: np.ndarray, max_hamming: int) -> np.ndarray:
-    """Pairs whose 64-bit hashes differ in at most ``max_hamming`` bits."""
+    """Pairs whose 64-bit hashes (``uint64``) differ in at most ``max_hamming`` bits."""
     n_bands = max_hamming + 1
     bits = 64 // n_bands
-    u = phash.astype(np.int64).view(np.uint64)
+    u = np.asarray(phash, np.uint64)
     edges = []
     for b in range(n_bands):
         width = bits if b < n_bands - 1 else 64 - bits * (n_bands - 1)
@@ -180,32 +192,33 @@ def group_duplicates(signal_parts: list[Path], model_parts: list[Path], out_dir:
 
     marker = out_dir / "_DONE.json"
     if marker.is_file():
-        done = json.loads(marker.read_text())
+        done = read_json(marker)
         if done.get("hash") == cfg_hash:
             return done
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # another dedup config, or an interrupted attempt: group again from scratch
     out_dir.mkdir(parents=True, exist_ok=True)
-    orders, keys, hashes = [], [], []
+    orders, hashes = [], []
     for p in signal_parts:
-        cols = [c for c in ("order", "key", "phash", "status") if c in pq.read_schema(p).names]
+        cols = [c for c in ("order", "phash", "status") if c in pq.read_schema(p).names]
         t = pq.read_table(p, columns=cols).to_pydict()
         for i, st in enumerate(t.get("status", [])):
             if st != "scored":
                 continue
             orders.append(t["order"][i])
-            keys.append(t["key"][i])
             hashes.append(t["phash"][i] if "phash" in t and t["phash"][i] is not None else None)
     n = len(orders)
     order_arr = np.asarray(orders, np.int64)
     index_of = {int(o): i for i, o in enumerate(order_arr)}
     kinds: dict[str, int] = {}
     all_edges = []
-    if cfg.exact and n:
-        e = exact_edges(_key64(keys))
+    if cfg.exact and n and signal_parts:
+        e = exact_edges(signal_parts[0].parent, out_dir / "exact", index_of)
         kinds["exact"] = len(e)
         all_edges.append(e)
     if cfg.near.enabled and n:
         have = np.array([h is not None for h in hashes])
-        ph = np.array([h if h is not None else 0 for h in hashes], np.int64)
+        ph = phash_values(h if h is not None else "0" for h in hashes)
         idx = np.flatnonzero(have)
         e = near_edges(ph[idx], cfg.near.max_hamming)
         e = idx[e] if len(e) else e
@@ -220,12 +233,10 @@ def group_duplicates(signal_parts: list[Path], model_parts: list[Path], out_dir:
     counts = np.bincount(labels, minlength=n) if n else np.zeros(0, np.int64)
     member = counts[labels] > 1 if n else np.zeros(0, bool)
     table = pa.table({"order": order_arr[member], "group": order_arr[labels[member]]})
-    tmp = out_dir / f".tmp-{uuid.uuid4().hex[:8]}-{GROUPS_FILE}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, out_dir / GROUPS_FILE)
+    atomic_write_parquet(out_dir / GROUPS_FILE, table)
     done = {"hash": cfg_hash, "inputs": n, "in_groups": int(member.sum()),
             "groups": int(len(np.unique(labels[member]))) if n else 0, "edges": kinds}
-    marker.write_text(json.dumps(done))
+    atomic_write_json(marker, done)
     return done
 
 

@@ -12,14 +12,15 @@ import numpy as np
 from supirkit.curation.config import CurateConfig
 from supirkit.curation.rules import thresholds
 from supirkit.datapipe.decode import DecodeError
+from supirkit.datapipe.files import atomic_write
 
 NUMERIC_SKIP = {"order", "partition", "bytes", "width", "height", "phash", "dup_group", "jpeg_table_error"}
 
 
-def _scores_sample(out: Path, max_rows: int):
+def _scores_sample(scores: Path, max_rows: int):
     from supirkit.datapipe.manifest import open_manifest
 
-    ds = open_manifest(out / "scores")
+    ds = open_manifest(scores)
     n = ds.count_rows()
     t = ds.to_table()
     if n > max_rows:
@@ -136,17 +137,20 @@ def _reason_examples(out: Path, cfg: CurateConfig, rows: list[dict], funnel: dic
     return parts
 
 
-def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = "") -> Path:
+def write_report(layout, folders, cfg: CurateConfig, funnel: dict, selection: str = "") -> Path:
+    """``__supirkit__/report/report.html`` and its pictures (beside the shards nothing but shards may lie)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from supirkit.datapipe.inputs import read_source
-    from supirkit.datapipe.shards import list_shards, read_shard, sample_image, sample_meta
+    from supirkit.datapipe.tario import list_shards, read_shard, sample_image, sample_meta
 
     rc = cfg.report
-    t = _scores_sample(out, rc.max_rows)
+    out = layout.meta / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    t = _scores_sample(folders.scores, rc.max_rows)
     rows = t.to_pylist()
     th = thresholds(cfg.rules)
     parts: list[str] = []
@@ -192,7 +196,7 @@ def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = ""
     grids, by_reason = [], []
     if n:
         acc_imgs, acc_labels = [], []
-        for url in list_shards(out)[:4]:
+        for url in list_shards(layout.root)[:4]:
             for s in read_shard(url, max_member_bytes=cfg.decode.max_file_bytes):
                 ext, data = sample_image(s)
                 m = sample_meta(s)
@@ -210,7 +214,7 @@ def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = ""
         ruled = []
         for r in rows:
             if r.get("stage") == "rules" and r.get("failed_rules"):
-                failed = json.loads(r["failed_rules"])
+                failed = list(r["failed_rules"])
                 ruled.append((_margin(r, failed, cfg.rules.checks), r, failed))
         ruled.sort(key=lambda x: x[0])
         for name, chosen, title in (("report-near.png", ruled[:n], "rejected near a threshold"),
@@ -230,7 +234,7 @@ def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = ""
         "<!doctype html><html><head><meta charset='utf-8'><title>supirkit curate report</title>",
         "<style>body{font-family:sans-serif;margin:2em}img{margin:4px;border:1px solid #ddd}"
         "td,th{padding:2px 8px;text-align:right}</style></head><body>",
-        f"<h1>Curation report: {html.escape(str(out))}</h1>",
+        f"<h1>Curation report: {html.escape(str(layout.root))}</h1>",
         f"<p>subset <b>{html.escape(cfg.output.subset)}</b>; selection: <code>"
         f"{html.escape(selection)}</code></p>",
         "<h2>Funnel</h2><img src='report-funnel.png' alt='funnel'><table><tr><th>stage</th><th>count</th></tr>",
@@ -244,5 +248,5 @@ def write_report(out: Path, cfg: CurateConfig, funnel: dict, selection: str = ""
         "</body></html>",
     ]
     path = out / "report.html"
-    path.write_text("\n".join(body), encoding="utf-8")
+    atomic_write(path, "\n".join(body))
     return path

@@ -69,7 +69,7 @@ class CompiledRules:
         if not self.conditions:
             return [[] for _ in range(table.num_rows)]
         ds = pads.dataset(table)
-        cols = {f"c{i}": c.to_arrow() for i, c in enumerate(self.conditions)}
+        cols = {f"c{i}": c.to_arrow(table.schema) for i, c in enumerate(self.conditions)}
         res = ds.to_table(columns=cols)
         passed = [res.column(f"c{i}").to_pylist() for i in range(len(self.conditions))]
         out = []

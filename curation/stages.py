@@ -14,15 +14,31 @@ from pathlib import Path
 
 from supirkit.curation.config import CurateConfig
 from supirkit.datapipe.decode import DecodeError, decode_rgb, encode_image, probe
+from supirkit.datapipe.errors import rejection_reason
 from supirkit.datapipe.inputs import MEMBER_ORDER_STRIDE, MEMBER_SEP, RawItem, iter_raw_items, read_source
 from supirkit.datapipe.keys import content_key, display_source, sub_key
-from supirkit.datapipe.runner import Partition, PartitionStage
-from supirkit.datapipe.shards import ShardStats, TableSink
+from supirkit.datapipe.plan import Partition
+from supirkit.datapipe.prefilter import prefilter_reason
+from supirkit.datapipe.shard_format import ShardSetLayout
+from supirkit.datapipe.sinks import TableOutput, TableSink
 from supirkit.datapipe.sources import TAR, InputRef
+from supirkit.datapipe.stage import Stage
+from supirkit.datapipe.stats import UnitStats
 
-SIGNALS_DIR = "_signals"
-MODELS_DIR = "_models"
-PLAN_DIR = "_select"
+
+class CurateFolders:
+    """Where curate keeps each pass's output inside the job's work folder (and the scores table)."""
+
+    def __init__(self, layout: ShardSetLayout) -> None:
+        self.layout = layout
+        self.signals = TableOutput(layout.work / "signals", "signals")
+        self.models = TableOutput(layout.work / "models", "models")
+        self.dedup = layout.work / "dedup"
+        self.select = layout.work / "select"
+        self.scores = layout.scores_dir
+
+    def plan_part(self, index: int) -> Path:
+        return self.select / f"plan-{index:06d}.parquet"
 
 
 def _view_options(cfg: CurateConfig):
@@ -39,7 +55,7 @@ def _one_cv2_thread() -> None:
     cv2.setNumThreads(1)  # one worker per core: cv2's own threads would only compete
 
 
-class ScoreStage(PartitionStage):
+class ScoreStage(Stage[Partition]):
     """One row per input: its provenance, header, the prefilter/decode verdict and the cheap signals."""
 
     name = "curate:score"
@@ -54,10 +70,7 @@ class ScoreStage(PartitionStage):
         self.scorers = build_cheap_scorers(self.cfg.signals.cheap.enabled)
         self.view_options = _view_options(self.cfg)
 
-    def open_sink(self, out_dir, prefix, index, cfg_hash):
-        return TableSink(out_dir, prefix, index, cfg_hash)
-
-    def process(self, partition: Partition, sink: TableSink, stats: ShardStats) -> None:
+    def process(self, partition: Partition, sink: TableSink, stats: UnitStats) -> None:
         from supirkit.curation.signals import ImageView, score_views
 
         cfg = self.cfg
@@ -70,7 +83,7 @@ class ScoreStage(PartitionStage):
                     header = probe(item.data)
                 row.update(width=header.width, height=header.height, short_side=min(header.width, header.height),
                            format=header.format)
-                reason = self._prefilter(header)
+                reason = prefilter_reason(header, cfg.prefilter, cfg.decode.max_pixels)
                 if reason:
                     sink.write({**row, "status": "rejected", "stage": "prefilter", "reason": reason})
                     stats.count("prefiltered")
@@ -106,27 +119,16 @@ class ScoreStage(PartitionStage):
                         "status": "rejected", "stage": "read", "reason": rej["reason"],
                         "detail": rej.get("detail", "")})
 
-    def _prefilter(self, header) -> str:
-        p = self.cfg.prefilter
-        short, long_ = sorted((header.width, header.height))
-        if header.width * header.height > self.cfg.decode.max_pixels:
-            return "too_many_pixels"
-        if short < p.min_side:
-            return "too_small"
-        if long_ > p.max_aspect * short:
-            return "bad_aspect"
-        return ""
 
-
-class ModelStage(PartitionStage):
+class ModelStage(Stage[Partition]):
     """Learned signals for the inputs the CPU pass scored: pyiqa metrics on native tiles, aesthetics
     and CLIP embeddings; images are batched, models are loaded once per actor."""
 
     name = "curate:models"
     needs_gpu = True
 
-    def __init__(self, cfg: CurateConfig, out_dir: str) -> None:
-        self.cfg, self.out_dir = cfg, out_dir
+    def __init__(self, cfg: CurateConfig, signals: TableOutput) -> None:
+        self.cfg, self.signals = cfg, signals
 
     def setup(self) -> None:
         from supirkit.curation.signals.models import build_model_scorers
@@ -135,15 +137,12 @@ class ModelStage(PartitionStage):
         self.scorers = build_model_scorers(self.cfg)
         self.view_options = _view_options(self.cfg)
 
-    def open_sink(self, out_dir, prefix, index, cfg_hash):
-        return TableSink(out_dir, prefix, index, cfg_hash)
-
-    def process(self, partition: Partition, sink: TableSink, stats: ShardStats) -> None:
+    def process(self, partition: Partition, sink: TableSink, stats: UnitStats) -> None:
         import pyarrow.parquet as pq
 
         from supirkit.curation.signals import ImageView, score_views
 
-        part = Path(self.out_dir) / SIGNALS_DIR / f"signals-{partition.index:06d}.parquet"
+        part = self.signals.part(partition.index)
         t = pq.read_table(part, columns=["order", "status"]).to_pydict()
         wanted = {o for o, s in zip(t["order"], t["status"]) if s == "scored"}
         batch_size = max(1, min([s.batch_size for s in self.scorers] or [1]))
@@ -159,7 +158,7 @@ class ModelStage(PartitionStage):
             stats.count("scored", len(batch))
             batch.clear()
 
-        scratch = ShardStats()
+        scratch = UnitStats()
         for item in iter_raw_items(partition, scratch, self.cfg.decode.max_file_bytes, self.cfg.runner.io_retries):
             if item.order not in wanted:
                 continue
@@ -175,15 +174,10 @@ class ModelStage(PartitionStage):
 
 @dataclass
 class WritePartition:
+    """The selected sources of one output shard (rows of the selection's write plan)."""
+
     index: int
     rows: list[dict] = field(default_factory=list)
-
-
-def load_write_partition(work_dir: str, index: int) -> WritePartition:
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(Path(work_dir) / PLAN_DIR / f"plan-{index:06d}.parquet").to_pylist()
-    return WritePartition(index, rows)
 
 
 def _tar_of(uri: str) -> str | None:
@@ -192,18 +186,26 @@ def _tar_of(uri: str) -> str | None:
     return None
 
 
-class WriteStage(PartitionStage):
+class WriteStage(Stage[WritePartition]):
     """Selected sources -> training crops, each encoded once, with crop box and scale in the json."""
 
     name = "curate:write"
 
-    def __init__(self, cfg: CurateConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: CurateConfig, folders: CurateFolders) -> None:
+        self.cfg, self.folders = cfg, folders
 
     def setup(self) -> None:
         _one_cv2_thread()
 
-    def _items(self, rows: list[dict], stats: ShardStats):
+    def load_partition(self, work_dir: Path, index: int) -> WritePartition:
+        import pyarrow.parquet as pq
+
+        return WritePartition(index, pq.read_table(self.folders.plan_part(index)).to_pylist())
+
+    def first_input(self, partition: WritePartition) -> str:
+        return partition.rows[0]["source"] if partition.rows else ""
+
+    def _items(self, rows: list[dict], stats: UnitStats):
         """(row, raw item or None) in plan order; a tar is streamed once per run of its members."""
         cfg = self.cfg
         uri_of = lambda r: os.fsdecode(r["source_uri"])  # noqa: E731
@@ -213,8 +215,9 @@ class WriteStage(PartitionStage):
                 for r in group:
                     try:
                         data = read_source(uri_of(r), cfg.decode.max_file_bytes, cfg.runner.io_retries)
-                    except OSError as exc:
-                        stats.reject(r["source"], "vanished", str(exc)[:200])
+                    except OSError as exc:  # gone or broken since scoring
+                        reason, detail = rejection_reason(exc)
+                        stats.reject(r["source"], "vanished" if reason == "unreadable" else reason, detail)
                         yield r, None
                         continue
                     yield r, RawItem(r["source"], uri_of(r), r["order"], data)
@@ -222,7 +225,7 @@ class WriteStage(PartitionStage):
             by_order = {r["order"]: r for r in group}
             tar_order = min(by_order) // (1 << 24)
             found = set()
-            scratch = ShardStats()
+            scratch = UnitStats()
             for item in iter_raw_items(Partition(0, [InputRef(tar, TAR)], tar_order), scratch,
                                        cfg.decode.max_file_bytes, cfg.runner.io_retries):
                 r = by_order.get(item.order)
@@ -232,7 +235,7 @@ class WriteStage(PartitionStage):
             for o in sorted(set(by_order) - found):
                 stats.reject(by_order[o]["source"], "vanished", "member no longer in its tar")
 
-    def process(self, partition: WritePartition, sink, stats: ShardStats) -> None:
+    def process(self, partition: WritePartition, sink, stats: UnitStats) -> None:
         from supirkit.curation.crops import apply_crop, plan_crops
 
         cfg = self.cfg
@@ -270,11 +273,12 @@ class WriteStage(PartitionStage):
                         "orig_height": header.height, "orig_format": header.format, "crop_box": box.as_list(),
                         "scale": round(box.scale, 6), "crop_mode": out.crop.mode, "crop_index": i,
                         "n_crops": len(boxes), "codec": enc.codec, "quality": quality, "scores": scores}
-                if row.get("duplicates"):
-                    meta["duplicates"] = json.loads(row["duplicates"])
+                duplicates = json.loads(row["duplicates"]) if row.get("duplicates") else []
+                meta["copies"] = 1 + len(duplicates)
                 if item.upstream.get("meta"):
                     meta["upstream"] = item.upstream["meta"]
-                sample = {"__key__": sample_key, enc.codec: data, "json": meta}
+                index = {"source_uri": os.fsencode(item.uri), "duplicates": duplicates}
+                sample = {"__key__": sample_key, enc.codec: data, "json": meta, "__index__": index}
                 if "txt" in item.upstream:
                     sample["txt"] = item.upstream["txt"]
                 with stats.timer("write"):

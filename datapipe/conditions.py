@@ -1,7 +1,7 @@
 """A small, safe condition language over metadata columns (no ``eval``).
 
     sharpness >= 0.35 and (jpeg_quality >= 80 or format != "JPEG") and not is_grayscale
-    iqa.musiq > 55          # dotted names address flattened columns
+    scores.musiq > 55       # dotted names address fields of struct columns (nested metadata)
     format in ["JPEG", "PNG"]
     caption is not None
 
@@ -123,7 +123,7 @@ class Condition:
 
     def _value(self, node: ast.AST, row: dict) -> Any:
         name = _column_name(node)
-        return row.get(name) if name else _constant(node)
+        return row_value(row, name) if name else _constant(node)
 
     def _eval(self, node: ast.AST, row: dict) -> Optional[bool]:
         if isinstance(node, ast.BoolOp):
@@ -165,58 +165,100 @@ class Condition:
         return None if v is None else bool(v)
 
     # -- arrow expression
-    def to_arrow(self):
+    def to_arrow(self, schema=None):
+        """A pyarrow expression; dotted names are nested field references (or a flat column of that exact
+        name when ``schema`` has one)."""
         import pyarrow.compute as pc
 
-        return self._arrow(self._tree, pc)
+        flat = set(schema.names) if schema is not None else set()
+        return self._arrow(self._tree, pc, flat)
 
-    def _arrow_value(self, node: ast.AST, pc):
+    @staticmethod
+    def _field(name: str, pc, flat: set):
+        if name in flat or "." not in name:
+            return pc.field(name)
+        return pc.field(*name.split("."))
+
+    def _arrow_value(self, node: ast.AST, pc, flat: set):
         name = _column_name(node)
-        return pc.field(name) if name else pc.scalar(_constant(node))
+        return self._field(name, pc, flat) if name else pc.scalar(_constant(node))
 
-    def _arrow(self, node: ast.AST, pc):
+    def _arrow(self, node: ast.AST, pc, flat: set):
         if isinstance(node, ast.BoolOp):
-            exprs = [self._arrow(v, pc) for v in node.values]
+            exprs = [self._arrow(v, pc, flat) for v in node.values]
             out = exprs[0]
             for e in exprs[1:]:
                 out = (out & e) if isinstance(node.op, ast.And) else (out | e)
             return out
         if isinstance(node, ast.UnaryOp):
-            return ~self._arrow(node.operand, pc)
+            return ~self._arrow(node.operand, pc, flat)
         if isinstance(node, ast.Compare):
             operands = [node.left, *node.comparators]
             parts = []
             for op, left, right in zip(node.ops, operands, operands[1:]):
                 if isinstance(op, ast.Is):
-                    parts.append(self._arrow_value(left, pc).is_null())
+                    parts.append(self._arrow_value(left, pc, flat).is_null())
                 elif isinstance(op, ast.IsNot):
-                    parts.append(~self._arrow_value(left, pc).is_null())
+                    parts.append(~self._arrow_value(left, pc, flat).is_null())
                 elif isinstance(op, ast.In):
-                    parts.append(self._arrow_value(left, pc).isin(_constant(right)))
+                    parts.append(self._arrow_value(left, pc, flat).isin(_constant(right)))
                 elif isinstance(op, ast.NotIn):
-                    f = self._arrow_value(left, pc)
+                    f = self._arrow_value(left, pc, flat)
                     parts.append(~f.isin(_constant(right)) & ~f.is_null())
                 else:
-                    parts.append(_CMP[type(op)](self._arrow_value(left, pc), self._arrow_value(right, pc)))
+                    parts.append(_CMP[type(op)](self._arrow_value(left, pc, flat), self._arrow_value(right, pc, flat)))
             out = parts[0]
             for p in parts[1:]:
                 out = out & p
             return out
         if isinstance(node, ast.Constant):
             return pc.scalar(bool(node.value))
-        return pc.field(_column_name(node)) == pc.scalar(True)
+        return self._field(_column_name(node), pc, flat) == pc.scalar(True)
 
 
-def parse_condition(text: str) -> Condition:
-    return Condition(text)
+def row_value(row: dict, name: str) -> Any:
+    """``row[name]``, or the nested field that the dotted ``name`` addresses; None when absent."""
+    if name in row or "." not in name:
+        return row.get(name)
+    value: Any = row
+    for part in name.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def column_paths(schema) -> list[str]:
+    """Every column a condition can name: top-level columns and, dotted, the fields of struct columns."""
+    import pyarrow as pa
+
+    out: list[str] = []
+
+    def walk(prefix: str, field) -> None:
+        out.append(prefix + field.name)
+        if pa.types.is_struct(field.type):
+            for child in field.type:
+                walk(prefix + field.name + ".", child)
+
+    for f in schema:
+        walk("", f)
+    return out
+
+
+def check_columns(cond: "Condition", schema, where: str = "") -> None:
+    """``ConditionError`` naming the columns of ``cond`` that ``schema`` lacks (and those it has)."""
+    known = set(column_paths(schema))
+    missing = sorted(c for c in cond.columns if c not in known)
+    if missing:
+        top = ", ".join(schema.names)
+        raise ConditionError(f"unknown column(s) {', '.join(missing)}{' in ' + where if where else ''}; "
+                             f"available: {top}")
 
 
 def filter_table(table, condition: Condition | str):
     """Rows of an Arrow table that satisfy ``condition`` (missing columns are an error naming them)."""
     cond = condition if isinstance(condition, Condition) else Condition(condition)
-    missing = sorted(c for c in cond.columns if c not in table.column_names)
-    if missing:
-        raise ConditionError(f"unknown column(s) {', '.join(missing)}; available: {', '.join(table.column_names)}")
+    check_columns(cond, table.schema)
     import pyarrow.dataset as pads
 
-    return pads.dataset(table).to_table(filter=cond.to_arrow())
+    return pads.dataset(table).to_table(filter=cond.to_arrow(table.schema))

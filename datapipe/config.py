@@ -15,14 +15,13 @@ from typing import Any, Iterable, Literal, Optional, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from supirkit.datapipe.decode import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
+from supirkit.datapipe.errors import ConfigError
+
 T = TypeVar("T", bound="Schema")
 
 #: Folder of the shipped configs (repo checkout or editable install). ``SUPIRKIT_CONFIGS`` overrides it.
 CONFIG_ROOT = Path(os.environ.get("SUPIRKIT_CONFIGS", Path(__file__).resolve().parents[1] / "configs"))
-
-
-class ConfigError(ValueError):
-    """A configuration problem, already phrased as one line for the user."""
 
 
 class Schema(BaseModel):
@@ -43,7 +42,7 @@ class RunnerConfig(Schema):
     max_retries: int = Field(3, ge=0, description="Ray task retries after a worker dies.")
     io_retries: int = Field(3, ge=0, description="Retries of a transient read error, with backoff.")
     progress: Literal["auto", "bar", "log", "none"] = "auto"
-    log_every_s: float = Field(30.0, gt=0)
+    log_every_s: float = Field(5.0, gt=0, description="Seconds between progress lines when not on a terminal.")
 
 
 class ShardingConfig(Schema):
@@ -55,8 +54,8 @@ class ShardingConfig(Schema):
 
 
 class DecodeConfig(Schema):
-    max_pixels: int = Field(178_956_970, ge=1, description="Refuse images above this many pixels (bomb guard).")
-    max_file_bytes: int = Field(512 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Refuse images above this many pixels (bomb guard).")
+    max_file_bytes: int = Field(DEFAULT_MAX_FILE_BYTES, ge=1, description="Refuse inputs larger than this.")
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -25,7 +25,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from supirkit.datapipe.errors import DecodeError
+
+#: the decode guards' defaults (``decode.max_pixels``, ``decode.max_file_bytes`` in every stage's config)
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own warning threshold
+DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 #: Memory reuse between decodes. Decoding a 1.2 MP JPEG and dropping the result (what a scoring loop
 #: does) made the kernel map and zero fresh pages for every image: about 3000 page faults, more time
 #: than the decoding itself. Two allocators are told to keep freed memory for the next image instead:
@@ -39,15 +43,6 @@ MALLOC_MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit
 MALLOC_TRIM_THRESHOLD = 128 << 20
 _GLIBC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 _allocator_tuned = False
-
-
-class DecodeError(Exception):
-    """An input that cannot be turned into an image; ``reason`` is a short stable code for statistics."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -237,6 +232,5 @@ def encode_image(rgb: np.ndarray, codec: str = "jpg", quality: int = 95) -> byte
     return buf.getvalue()
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jp2", ".jpe")
 EXT_BY_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif", "GIF": "gif",
                  "JPEG2000": "jp2", "MPO": "jpg"}

@@ -14,12 +14,11 @@ listing order is the primary; the others point to it. A group's list of other so
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import uuid
 from pathlib import Path
 
-DUP_DIR = "_dedup"
+from supirkit.datapipe.files import atomic_write, atomic_write_parquet
+
 DUP_FILE = "dups-all.parquet"
 ROWS_PER_BUCKET = 250_000  # rows grouped in memory at once (~50 MB)
 SPILL_ROWS = 500_000  # rows buffered before the buckets are appended to
@@ -121,15 +120,15 @@ def _group_bucket(path: Path):
     return pa.table(rows, schema=schema), n_dups
 
 
-def group_exact_duplicates(parts_dir: str | Path, out_dir: str | Path) -> int:
-    """Write ``out_dir/_dedup/dups-all.parquet``; returns the number of inputs that are duplicates.
+def group_exact_duplicates(parts_dir: str | Path, dedup_dir: str | Path) -> int:
+    """Write ``dedup_dir/dups-all.parquet``; returns the number of inputs that are duplicates.
 
     Done once: a ``_DONE`` marker makes a rerun (resume) skip it; an interrupted run is redone whole.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = Path(out_dir) / DUP_DIR
+    out = Path(dedup_dir)
     marker = out / "_DONE"
     if marker.exists():
         return int(marker.read_text() or 0)
@@ -154,22 +153,18 @@ def group_exact_duplicates(parts_dir: str | Path, out_dir: str | Path) -> int:
         shutil.rmtree(tmp)
     if groups:
         table = pa.concat_tables(groups).sort_by([("partition", "ascending"), ("order", "ascending")])
-        tmp_file = out / f".tmp-{uuid.uuid4().hex[:6]}.parquet"
-        pq.write_table(table, tmp_file, row_group_size=65536)
-        os.replace(tmp_file, out / DUP_FILE)
-    tmp_marker = out / ".tmp-DONE"
-    tmp_marker.write_text(str(n_dups))
-    os.replace(tmp_marker, marker)
+        atomic_write_parquet(out / DUP_FILE, table, row_group_size=65536)
+    atomic_write(marker, str(n_dups))
     return n_dups
 
 
-def duplicates_for_partition(out_dir: str | Path, partition: int) -> dict[int, dict]:
+def duplicates_for_partition(dedup_dir: str | Path, partition: int) -> dict[int, dict]:
     """order -> {is_primary, primary_source, duplicates, copies} for the inputs of one partition that
     have duplicates (row groups of other partitions are skipped by their statistics)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    d = Path(out_dir) / DUP_DIR
+    d = Path(dedup_dir)
     files = sorted(str(p) for p in d.glob("dups-*.parquet"))
     if not files:
         return {}

@@ -6,23 +6,20 @@ are its inputs; a tar that cannot be read to its end is one more input, rejected
 """
 from __future__ import annotations
 
-import gzip
-import tarfile
-import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
+from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS, FileTooLarge, rejection_reason
 from supirkit.datapipe.keys import display_source
-from supirkit.datapipe.runner import Partition
-from supirkit.datapipe.shards import ShardStats, image_too_large, read_shard, sample_image, sample_meta
+from supirkit.datapipe.plan import Partition
 from supirkit.datapipe.sources import INVALID, TAR, read_bytes
+from supirkit.datapipe.stats import UnitStats
+from supirkit.datapipe.tario import image_too_large, read_shard, sample_image, sample_meta
 
 #: a tar member's provenance is written ``tar_uri#member_key``
 MEMBER_SEP = "#"
 #: an item's order is its listing position times this, plus its index inside a tar (0 for files)
 MEMBER_ORDER_STRIDE = 1 << 24
-#: what a damaged tar raises (network errors are not in this list: they fail the unit, which is retried)
-CORRUPT_TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
 
 @dataclass
@@ -44,7 +41,7 @@ def split_member_uri(uri: str) -> Optional[tuple[str, str]]:
     return None
 
 
-def iter_raw_items(partition: Partition, stats: ShardStats, max_file_bytes: int, io_retries: int = 3) -> Iterator[RawItem]:
+def iter_raw_items(partition: Partition, stats: UnitStats, max_file_bytes: int, io_retries: int = 3) -> Iterator[RawItem]:
     """Every input of the partition that could be read, in listing order; the rest are recorded.
 
     Consecutive ``tar#key`` references to one tar (a manifest re-reading members of input shards) are
@@ -76,15 +73,8 @@ def iter_raw_items(partition: Partition, stats: ShardStats, max_file_bytes: int,
         with stats.timer("read"):
             try:
                 data = read_bytes(ref.uri, max_bytes=max_file_bytes, retries=io_retries)
-            except IsADirectoryError:
-                stats.reject(source, "is_directory")
-                continue
-            except FileNotFoundError:
-                stats.reject(source, "vanished", "listed but gone when read")
-                continue
-            except OSError as exc:
-                reason = "too_large" if "max_file_bytes" in str(exc) else "unreadable"
-                stats.reject(source, reason, f"{exc.strerror or exc}")
+            except OSError as exc:  # a property of the input (gone, a folder, unreadable, too large)
+                stats.reject(source, *rejection_reason(exc))
                 continue
         ext = ref.uri.rsplit(".", 1)[-1].lower() if "." in ref.uri[-6:] else ""
         yield RawItem(source, ref.uri, order, data, ext)
@@ -97,7 +87,7 @@ def _upstream(sample: dict) -> dict:
     return upstream
 
 
-def _iter_tar(uri: str, order: int, stats: ShardStats, max_file_bytes: int) -> Iterator[RawItem]:
+def _iter_tar(uri: str, order: int, stats: UnitStats, max_file_bytes: int) -> Iterator[RawItem]:
     tar_source = display_source(uri)
 
     def unsafe(name: str) -> None:
@@ -131,12 +121,12 @@ def _iter_tar(uri: str, order: int, stats: ShardStats, max_file_bytes: int) -> I
     except FileNotFoundError:
         stats.count("inputs")
         stats.reject(tar_source, "vanished", "listed but gone when read")
-    except CORRUPT_TAR_ERRORS as exc:  # what was read is kept; the unreadable rest is one input
+    except CORRUPT_INPUT_ERRORS as exc:  # what was read is kept; the unreadable rest is one input
         stats.count("inputs")
         stats.reject(tar_source, "corrupt_tar", f"{type(exc).__name__}: {exc}")
 
 
-def _iter_tar_members(tar_uri: str, wanted: list[tuple[int, str]], stats: ShardStats,
+def _iter_tar_members(tar_uri: str, wanted: list[tuple[int, str]], stats: UnitStats,
                       max_file_bytes: int) -> Iterator[RawItem]:
     """Members named by ``wanted`` = [(listing position, key)], in one pass over the tar."""
     tar_source = display_source(tar_uri)
@@ -166,7 +156,7 @@ def _iter_tar_members(tar_uri: str, wanted: list[tuple[int, str]], stats: ShardS
                 return
     except FileNotFoundError:
         error = "tar gone when read"
-    except CORRUPT_TAR_ERRORS as exc:
+    except CORRUPT_INPUT_ERRORS as exc:
         error = f"tar unreadable: {type(exc).__name__}: {exc}"
     for key, positions in sorted(by_key.items(), key=lambda kv: kv[1][0]):
         for _ in positions:
@@ -184,6 +174,6 @@ def read_source(uri: str, max_file_bytes: int, io_retries: int = 3) -> bytes:
                 if data is not None:
                     return data
                 if image_too_large(sample):  # the same error read_bytes gives for a large file
-                    raise OSError(f"{uri}: member larger than max_file_bytes={max_file_bytes}")
+                    raise FileTooLarge(display_source(uri), max_file_bytes)
         raise FileNotFoundError(f"{key} not found in {tar}")
     return read_bytes(uri, max_bytes=max_file_bytes, retries=io_retries)

@@ -9,13 +9,24 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from supirkit.datapipe.conditions import Condition, ConditionError
+from supirkit.datapipe.conditions import Condition, ConditionError, check_columns
 from supirkit.datapipe.keys import source_from_display
+from supirkit.datapipe.shard_format import ShardSetLayout
 from supirkit.datapipe.sources import FILE, TAR, InputRef
 
 
-def manifest_files(path: str | Path) -> list[str]:
+def manifest_folder(path: str | Path) -> Path:
+    """The table a path names: a parquet file or a folder of parts as given; a supirkit output folder
+    means its scores table (``curate``), else its shard index."""
     p = Path(path)
+    layout = ShardSetLayout(p)
+    if p.is_dir() and layout.is_supirkit_output():
+        return layout.scores_dir if layout.scores_dir.is_dir() else layout.index_dir
+    return p
+
+
+def manifest_files(path: str | Path) -> list[str]:
+    p = manifest_folder(path)
     if p.is_dir():
         return sorted(str(x) for x in p.glob("*.parquet") if not x.name.startswith("."))
     if p.is_file():
@@ -48,11 +59,8 @@ def select(path: str | Path, where: str | None, columns: list[str] | None = None
     flt = None
     if where:
         cond = Condition(where)
-        missing = sorted(c for c in cond.columns if c not in ds.schema.names)
-        if missing:
-            raise ConditionError(f"unknown column(s) {', '.join(missing)} in {path}; "
-                                 f"available: {', '.join(ds.schema.names)}")
-        flt = cond.to_arrow()
+        check_columns(cond, ds.schema, str(path))
+        flt = cond.to_arrow(ds.schema)
     return ds.to_table(columns=columns, filter=flt)
 
 
@@ -73,10 +81,9 @@ def manifest_inputs(path: str | Path, where: str | None, batch_rows: int = 65536
     flt, cond_cols = None, set()
     if where:
         cond = Condition(where)
-        missing = sorted(c for c in cond.columns if c not in names)
-        if missing:
-            raise ConditionError(f"unknown column(s) {', '.join(missing)} in {path}; available: {', '.join(names)}")
-        flt, cond_cols = cond.to_arrow(), set(cond.columns)
+        check_columns(cond, ds.schema, str(path))
+        flt = cond.to_arrow(ds.schema)
+        cond_cols = {c if c in names else c.split(".", 1)[0] for c in cond.columns}
     cols = [c for c in ("source_uri", "source", "order") if c in names]
     needed = cols + sorted(cond_cols - set(cols))
     for f in files:

@@ -23,54 +23,48 @@ from supirkit.datapipe import faults
 from supirkit.datapipe.config import DecodeConfig, RunnerConfig, Schema, ShardingConfig, config_hash
 from supirkit.datapipe.decode import EXT_BY_FORMAT, DecodeError, decode_rgb, probe
 from supirkit.datapipe.dedup import duplicates_for_partition, group_exact_duplicates
+from supirkit.datapipe.files import read_json
 from supirkit.datapipe.inputs import iter_raw_items
 from supirkit.datapipe.keys import content_key
-from supirkit.datapipe.runner import (JobResult, Partition, PartitionStage, plan_partitions, prepare_output, run_stage,
-                             write_job_summary)
-from supirkit.datapipe.shards import ShardSink, ShardStats, TableSink
+from supirkit.datapipe.plan import Partition, plan_partitions, planned_inputs
+from supirkit.datapipe.prefilter import PrefilterConfig, prefilter_reason
+from supirkit.datapipe.runner import Pass, prepare_output, run_stage, write_job_summary
+from supirkit.datapipe.sinks import ShardOutput, ShardSink, TableOutput, TableSink
+from supirkit.datapipe.stage import Stage
+from supirkit.datapipe.stats import JobResult, UnitStats
 
-HASH_DIR = "_hashes"
+HASH_PASS, DEDUP_PASS = "hash", "dedup"
 
 
-class PackOptions(Schema):
+class PackConfig(Schema):
     verify_decode: bool = Field(True, description="Decode every image fully to reject truncated files.")
-    min_side: int = Field(0, ge=0, description="Reject images whose short side is below this (header only).")
-    max_aspect_ratio: float = Field(50.0, ge=0, description="Reject images longer than this times their width "
-                                                           "(or the reverse); 0 = no limit.")
 
 
-class ShardJobConfig(Schema):
+class ShardConfig(Schema):
     sharding: ShardingConfig = ShardingConfig()
     decode: DecodeConfig = DecodeConfig()
-    pack: PackOptions = PackOptions()
+    prefilter: PrefilterConfig = PrefilterConfig(max_aspect_ratio=50.0)
+    pack: PackConfig = PackConfig()
     runner: RunnerConfig = RunnerConfig()
 
 
-class HashStage(PartitionStage):
+class HashStage(Stage[Partition]):
     """Pass 1: read, check and hash every input; one table part per partition, rejections recorded."""
 
     name = "shard:hash"
 
-    def __init__(self, cfg: ShardJobConfig) -> None:
+    def __init__(self, cfg: ShardConfig) -> None:
         self.cfg = cfg
-
-    def open_sink(self, out_dir, prefix, index, cfg_hash):
-        return TableSink(out_dir, prefix, index, cfg_hash)
 
     def check(self, data: bytes, header=None):
         """The header of an acceptable image, or ``DecodeError`` with the reason it is not."""
-        dc, pk = self.cfg.decode, self.cfg.pack
         header = header or probe(data)
-        if header.width * header.height > dc.max_pixels:
-            raise DecodeError("too_many_pixels", f"{header.width}x{header.height} > {dc.max_pixels}")
-        short, long = sorted((header.width, header.height))
-        if short < pk.min_side:
-            raise DecodeError("too_small", f"{header.width}x{header.height}")
-        if pk.max_aspect_ratio and long > pk.max_aspect_ratio * max(short, 1):
-            raise DecodeError("extreme_aspect_ratio", f"{header.width}x{header.height}")
+        reason = prefilter_reason(header, self.cfg.prefilter, self.cfg.decode.max_pixels)
+        if reason:
+            raise DecodeError(reason, f"{header.width}x{header.height}")
         return header
 
-    def process(self, partition: Partition, sink: TableSink, stats: ShardStats) -> None:
+    def process(self, partition: Partition, sink: TableSink, stats: UnitStats) -> None:
         dc = self.cfg.decode
         for item in iter_raw_items(partition, stats, dc.max_file_bytes, self.cfg.runner.io_retries):
             try:
@@ -94,25 +88,24 @@ class HashStage(PartitionStage):
                         "bytes": len(item.data)})
 
 
-class WriteStage(PartitionStage):
-    """Pass 2: re-read the accepted inputs and write each image once, bytes unchanged, under its
-    content key; copies are recorded on the kept sample (``copies`` in its json, ``duplicates`` in the
-    index) and each as a rejection with reason ``duplicate``."""
+class WriteStage(Stage[Partition]):
+    """Pass 2: re-read the accepted inputs and write each image once, bytes unchanged, under its content
+    key; copies are recorded on the kept sample (``copies`` in its json, ``duplicates`` in the index) and
+    each as a rejection with reason ``duplicate``."""
 
     name = "shard:write"
 
-    def __init__(self, cfg: ShardJobConfig, out_dir: str) -> None:
-        self.cfg, self.out_dir = cfg, out_dir
+    def __init__(self, cfg: ShardConfig, hashes: TableOutput, dedup_dir: str) -> None:
+        self.cfg, self.hashes, self.dedup_dir = cfg, hashes, dedup_dir
 
-    def process(self, partition: Partition, sink: ShardSink, stats: ShardStats) -> None:
+    def process(self, partition: Partition, sink: ShardSink, stats: UnitStats) -> None:
         import pyarrow.parquet as pq
 
-        hashes_file = Path(self.out_dir) / HASH_DIR / f"hash-{partition.index:06d}.parquet"
-        accepted = {r["order"]: r for r in pq.read_table(hashes_file).to_pylist()}
-        dups = duplicates_for_partition(self.out_dir, partition.index)
+        accepted = {r["order"]: r for r in pq.read_table(self.hashes.part(partition.index)).to_pylist()}
+        dups = duplicates_for_partition(self.dedup_dir, partition.index)
         halfway = max(1, len(accepted) // 2)
         seen: set[int] = set()
-        scratch = ShardStats()  # pass 1 already recorded the rejections of this partition
+        scratch = UnitStats()  # pass 1 already recorded the rejections of this partition
         for item in iter_raw_items(partition, scratch, self.cfg.decode.max_file_bytes, self.cfg.runner.io_retries):
             row = accepted.get(item.order)
             if row is None:
@@ -135,20 +128,20 @@ class WriteStage(PartitionStage):
             # accepted by pass 1, unreadable now (deleted or broken between the passes)
             stats.reject(accepted[order]["source"], "vanished", "gone between the hashing and writing passes")
         # the hashing pass's rejections and timings belong to this shard's statistics too
-        hstats = json.loads((hashes_file.with_name(hashes_file.name[:-8] + ".stats.json")).read_text())
-        for r in hstats.get("rejections", []):
+        hashed = UnitStats.from_dict(read_json(self.hashes.marker(partition.index)))
+        for r in hashed.rejections:
             stats.reject(r["source"], r["reason"], r.get("detail", ""), stage="hash")
-        for name, secs in hstats.get("timings_s", {}).items():
+        for name, secs in hashed.timings.items():
             stats.timings[f"hash_pass.{name}"] += secs
-        stats.counts["inputs"] = int(hstats.get("counts", {}).get("inputs", 0))
+        stats.counts["inputs"] = int(hashed.counts.get("inputs", 0))
 
     @staticmethod
     def sample(item, row: dict, dup: Optional[dict]) -> dict:
-        """The sample of one accepted input. Every sample's json has the same keys with never-null
-        scalar values (plus ``upstream`` for members of input shards): readers that infer a schema
-        from the first samples (``datasets``' webdataset builder) fail on a field that is null or an
-        empty list there and filled later. The other copies' sources (a list) therefore go to the
-        parquet index (``duplicates``, JSON text), and the json keeps their count (``copies``)."""
+        """The sample of one accepted input. Every sample's json has the same keys with never-null scalar
+        values (plus ``upstream`` for members of input shards): readers that infer a schema from the first
+        samples (``datasets``' webdataset builder) fail on a field that is null or an empty list there and
+        filled later. The other copies' sources (a list) therefore go to the parquet index
+        (``duplicates``), and the json keeps their count (``copies``)."""
         ext = EXT_BY_FORMAT.get(row["format"], item.ext or "bin")
         meta = {"key": row["key"], "source": item.source, "orig_width": row["width"], "orig_height": row["height"],
                 "format": row["format"], "mode": row["mode"], "n_frames": row["n_frames"],
@@ -157,31 +150,34 @@ class WriteStage(PartitionStage):
         if item.upstream.get("meta"):
             meta["upstream"] = item.upstream["meta"]
         index = {"source_uri": os.fsencode(item.uri),
-                 "duplicates": json.dumps(list(dup["duplicates"]) if dup is not None else [], ensure_ascii=False)}
+                 "duplicates": list(dup["duplicates"]) if dup is not None else []}
         sample = {"__key__": row["key"], ext: item.data, "json": meta, "__index__": index}
         if "txt" in item.upstream:
             sample["txt"] = item.upstream["txt"]
         return sample
 
 
-def run_shard_job(sources: Iterable[str] | None, out: str, cfg: ShardJobConfig, fresh: bool = False,
+def run_shard_job(sources: Iterable[str] | None, out: str, cfg: ShardConfig, fresh: bool = False,
                   manifest: Optional[str] = None, where: Optional[str] = None) -> JobResult:
     """The whole ``supirkit shard`` job; returns the write pass's statistics."""
     from supirkit.datapipe.manifest import manifest_inputs
-    from supirkit.datapipe.sources import list_inputs
+    from supirkit.datapipe.sources import list_inputs, normalize_source
 
-    sources = [os.fsdecode(s) for s in (sources or [])]
+    sources = [normalize_source(os.fsdecode(s)) for s in (sources or [])]
     chash = config_hash(cfg)
-    ident = sources + ([f"manifest:{manifest}", f"where:{where}"] if manifest else [])
-    out_dir = prepare_output(out, "shard", chash, fresh, sources=ident)
+    ident = sources + ([f"manifest:{normalize_source(manifest)}", f"where:{where}"] if manifest else [])
+    layout = prepare_output(out, "shard", chash, fresh, sources=ident)
     listing = manifest_inputs(manifest, where) if manifest else list_inputs(sources)
-    n = plan_partitions(listing, out_dir, cfg.sharding)
-    hashed = run_stage(HashStage(cfg), out_dir, out_dir / HASH_DIR, n, cfg.runner, chash, prefix="hash",
-                       desc="shard: hash")
+    work = layout.work
+    n = plan_partitions(listing, work, cfg.sharding)
+    hashes = TableOutput(work / HASH_PASS, HASH_PASS)
+    inputs = planned_inputs(work)
+    hashed = run_stage(Pass(HashStage(cfg), hashes, n, work, chash, "shard: hash", inputs), cfg.runner)
     if not hashed.ok:
         return hashed
-    group_exact_duplicates(out_dir / HASH_DIR, out_dir)
-    result = run_stage(WriteStage(cfg, str(out_dir)), out_dir, out_dir, n, cfg.runner, chash,
-                       prefix=cfg.sharding.prefix, desc="shard: write")
-    write_job_summary(out_dir, "shard", result)
+    group_exact_duplicates(hashes.folder, work / DEDUP_PASS)
+    write = WriteStage(cfg, hashes, str(work / DEDUP_PASS))
+    result = run_stage(Pass(write, ShardOutput(layout.root, cfg.sharding.prefix), n, work, chash, "shard: write",
+                            inputs), cfg.runner)
+    write_job_summary(layout, "shard", result, {"pattern": layout.pattern(cfg.sharding.prefix, n)})
     return result

@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
-from supirkit.datapipe.decode import IMAGE_EXTENSIONS
+from supirkit.datapipe.errors import FileTooLarge, TransientIOError
 from supirkit.datapipe.keys import display_source
+from supirkit.datapipe.shard_format import IMAGE_SUFFIXES
 
 #: kinds of listed entries
 FILE, TAR, INVALID = "file", "tar", "invalid"
@@ -63,7 +64,22 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def _is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def normalize_source(source: str) -> str:
+    """The one spelling of a source: local paths absolute (relative ones taken from the current folder),
+    without a trailing slash; URLs as given, less a trailing slash. Provenance and job identity use it,
+    so the same folder named from another working folder, or with ``./`` or a slash, is the same source."""
+    source = os.fsdecode(source)
+    if is_url(source):
+        return source.rstrip("/") if not source.endswith("://") else source
+    source = strip_file_scheme(source)
+    if has_braces(source) and not os.path.lexists(source):
+        head, sep, tail = source.partition("{")
+        return os.path.join(os.path.abspath(os.path.dirname(head) or "."), os.path.basename(head)) + sep + tail
+    stripped = source.rstrip(os.sep) or os.sep
+    return os.path.abspath(stripped)
 
 
 def _walk_local(root: str) -> Iterator[InputRef]:
@@ -132,7 +148,8 @@ def _classify_local(path: str, explicit: bool = False) -> Iterator[InputRef]:
 def _iter_list_file(path: str, fs=None) -> Iterator[InputRef]:
     """A parquet or CSV with one path/URL per row (column url, path, source, ...), streamed in file order.
 
-    Relative paths are taken relative to the current folder, as on the command line. A binary column
+    Relative paths are taken relative to the current folder, as on the command line, and stored absolute
+    (a local list file's entries only: a remote list names remote objects). A binary column
     may hold exact file-name bytes. Read batch by batch with the format's own streaming reader: memory
     stays flat whatever the list's length (pyarrow's dataset scanner reads ahead and grew with it)."""
     for values in _iter_list_columns(path, fs):
@@ -140,9 +157,11 @@ def _iter_list_file(path: str, fs=None) -> Iterator[InputRef]:
             if value is None or value == "" or value == b"":
                 continue
             # a binary column holds exact file-name bytes (names that are not UTF-8)
-            value = os.fsdecode(value) if isinstance(value, bytes) else str(value)
+            value = strip_file_scheme(os.fsdecode(value) if isinstance(value, bytes) else str(value))
+            if fs is None and not is_url(value):
+                value = os.path.abspath(value)
             kind = TAR if value.lower().endswith(TAR_EXTENSIONS) else FILE
-            yield InputRef(strip_file_scheme(value), kind)
+            yield InputRef(value, kind)
 
 
 def _iter_list_columns(path: str, fs=None, batch_rows: int = 65536) -> Iterator[list]:
@@ -227,7 +246,7 @@ def _walk_remote(fs, root: str, full) -> Iterator[InputRef]:
 def list_inputs(sources: Iterable[str]) -> Iterator[InputRef]:
     """Stream every input of every source in a deterministic order (sources in the order given)."""
     for source in sources:
-        source = str(source)
+        source = normalize_source(str(source))
         if is_url(source):
             names = expand_braces(source) if has_braces(source) else [source]
             for name in names:
@@ -249,13 +268,11 @@ def list_inputs(sources: Iterable[str]) -> Iterator[InputRef]:
             yield from _classify_local(source, explicit=True)
 
 
-class TransientIOError(Exception):
-    pass
-
-
 def read_bytes(uri: str, max_bytes: Optional[int] = None, retries: int = 3, backoff_s: float = 0.5) -> bytes:
-    """Read a whole input. Transient errors (timeouts, connection resets) are retried with backoff;
-    permanent ones (not found, permission, is a directory, symlink loop) are raised at once as OSError."""
+    """Read a whole input. Transient errors (timeouts, connection resets) are retried with backoff and, past
+    the retries, raised as ``TransientIOError`` (the unit fails and is retried; the input is not rejected);
+    permanent ones (not found, permission, is a directory, symlink loop) are raised at once as ``OSError``,
+    a file over ``max_bytes`` as ``FileTooLarge`` (read no further than the limit)."""
     attempt = 0
     while True:
         try:
@@ -268,12 +285,12 @@ def read_bytes(uri: str, max_bytes: Optional[int] = None, retries: int = 3, back
                 with open(uri, "rb") as f:
                     data = f.read(max_bytes + 1 if max_bytes else -1)
             if max_bytes and len(data) > max_bytes:
-                raise OSError(f"file larger than max_file_bytes={max_bytes}")
+                raise FileTooLarge(display_source(uri), max_bytes)
             return data
         except (TimeoutError, ConnectionError) as exc:
             attempt += 1
             if attempt > retries:
-                raise OSError(f"gave up after {retries} retries: {exc}") from exc
+                raise TransientIOError(f"{display_source(uri)}: gave up after {retries} retries: {exc}") from exc
             time.sleep(backoff_s * (2 ** (attempt - 1)))
 
 

@@ -30,8 +30,8 @@ from pydantic import Field
 from supirkit.datapipe.config import DecodeConfig, Schema
 from supirkit.datapipe.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_thumbnail, probe
 from supirkit.datapipe.keys import display_source
-from supirkit.datapipe.shards import (IMAGE_EXTS, image_too_large, list_shards, read_shard, sample_image, sample_meta,
-                             split_member)
+from supirkit.datapipe.shard_format import IMAGE_EXTS, ShardSetLayout, split_member, stats_candidates
+from supirkit.datapipe.tario import find_index, image_too_large, list_shards, read_shard, sample_image, sample_meta
 
 SHARDS, MANIFEST = "shards", "manifest"
 #: short-side bins of the resolution histogram (pixels); SUPIR trains on 1024+ px crops of large photos
@@ -100,7 +100,7 @@ class Collection:
             return "manifest"
         if any(_stats_file(u) and _stats_file(u).endswith("_stats.json") for u in self.urls[:1]):
             return "img2dataset"
-        if any(Path(u).with_name(Path(u).name[:-4] + ".stats.json").exists() for u in self.urls[:1] if _is_local(u)):
+        if any(ShardSetLayout(Path(u).parent).is_supirkit_output() for u in self.urls[:1] if _is_local(u)):
             return "supirkit"
         return "webdataset"
 
@@ -128,20 +128,35 @@ def open_collection(spec: str | Path) -> Collection:
 
 
 def _index_file(tar_url: str) -> Optional[str]:
-    p = tar_url[:-4] + ".parquet"
-    if _is_local(p):
-        return p if os.path.isfile(p) else None
-    return None
+    return find_index(tar_url) if _is_local(tar_url) else None
 
 
 def _stats_file(tar_url: str) -> Optional[str]:
-    """``X.stats.json`` (supirkit) or ``X_stats.json`` (img2dataset), when present."""
+    """The shard's stats: supirkit's (``__supirkit__/stats/X.json``) or img2dataset's (``X_stats.json``)."""
     if not _is_local(tar_url):
         return None
-    for cand in (tar_url[:-4] + ".stats.json", tar_url[:-4] + "_stats.json"):
-        if os.path.isfile(cand):
-            return cand
-    return None
+    return next((c for c in stats_candidates(tar_url) if os.path.isfile(c)), None)
+
+
+def flatten_meta(meta: dict, prefix: str = "") -> dict:
+    """Nested metadata as ``parent.child`` keys (for display and score lookup); lists stay as they are."""
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_meta(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def flatten_structs(table):
+    """An Arrow table with its struct columns replaced by their fields (``parent.field``), at any depth."""
+    import pyarrow as pa
+
+    while any(pa.types.is_struct(f.type) for f in table.schema):
+        table = table.flatten()
+    return table
 
 
 # ------------------------------------------------------------------------------------------ accumulators
@@ -267,7 +282,9 @@ class Summary:
         return self.columns[name]
 
     def add_table(self, table) -> None:
-        """Metadata rows (one per sample): column statistics and the resolution histogram."""
+        """Metadata rows (one per sample): column statistics and the resolution histogram (the fields of
+        struct columns count as columns of their own, named ``parent.field``)."""
+        table = flatten_structs(table)
         for name in table.column_names:
             if name in ("source_uri",):
                 continue
@@ -312,7 +329,7 @@ def _scan_tar_members(url: str) -> tuple[Counter, int, set]:
     readers refuse, absolute or ``..`` names, are not counted)."""
     import tarfile
 
-    from supirkit.datapipe.shards import UnsafeMember, _check_member
+    from supirkit.datapipe.shard_format import UnsafeMember, check_member
 
     fields: Counter = Counter()
     keys: dict[str, set] = {}
@@ -322,7 +339,7 @@ def _scan_tar_members(url: str) -> tuple[Counter, int, set]:
             if not info.isreg():
                 continue
             try:
-                _check_member(info.name)
+                check_member(info.name)
             except UnsafeMember:
                 continue
             key, ext = split_member(info.name)
@@ -356,11 +373,11 @@ def _meta_table_from_tar(url: str):
     and whether it has a caption."""
     import pyarrow as pa
 
-    from supirkit.datapipe.shards import rows_to_table, _flatten_meta
+    from supirkit.datapipe.sinks import rows_to_table
 
     rows = []
     for sample in read_shard(url):
-        meta = _flatten_meta(sample_meta(sample))
+        meta = flatten_meta(sample_meta(sample))
         row = {k: v for k, v in meta.items() if not isinstance(v, (dict, list))}
         row["key"] = sample["__key__"]
         ext, data = sample_image(sample)
@@ -668,9 +685,7 @@ def format_sample(s: Sample) -> str:
 
 def score_items(meta: dict, names: Optional[list[str]] = None, limit: int = 4) -> list[tuple[str, float]]:
     """The numeric quality fields of a sample (nested ones as ``a.b``), or exactly ``names`` when given."""
-    from supirkit.datapipe.shards import _flatten_meta
-
-    flat = _flatten_meta(meta)
+    flat = flatten_meta(meta)
     if names:
         return [(n, flat[n]) for n in names if isinstance(flat.get(n), (int, float)) and not isinstance(flat.get(n), bool)]
     out = []
@@ -922,8 +937,6 @@ c.style.display=c.textContent.toLowerCase().includes(q)?'':'none';}}}}
 def write_html(tiles: list[Tile], path: str | Path, title: str, summary_text: str = "",
                score_names: Optional[list[str]] = None) -> Path:
     """A self-contained page (thumbnails embedded as base64 JPEG, no external file or script)."""
-    from supirkit.datapipe.shards import _flatten_meta
-
     cards = []
     card_w = 0
     for tile in tiles:
@@ -940,7 +953,7 @@ def write_html(tiles: list[Tile], path: str | Path, title: str, summary_text: st
         caption = html.escape(s.caption) if s.caption else '<i style="color:#999">(no caption)</i>'
         scores = "  ".join(f"{html.escape(k)}={v:.3g}" for k, v in score_items(s.meta, score_names))
         rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v)[:300])}</td></tr>"
-                       for k, v in sorted(_flatten_meta(s.meta).items()))
+                       for k, v in sorted(flatten_meta(s.meta).items()))
         cards.append(f'<div class="card"><div class="key">{html.escape(s.key)}{size}</div>{body}'
                      f'<div class="src">{html.escape(str(source))}</div><div class="cap">{caption}</div>'
                      f'<div class="scores">{scores}</div>'

@@ -17,7 +17,7 @@ otherwise); the batch composition, which also matters, is fixed by the config.
 
 Source rule (img2img). No index of all inputs is ever loaded:
 1. the input shards ``S_0..S_{M-1}`` are ``list_shards(SRC...)`` in sorted order, frozen in
-   ``OUT/_inputs.json`` by the first run (a shard added later cannot move samples between outputs);
+   ``OUT/__supirkit__/work/inputs.json`` by the first run (a shard added later cannot move samples between outputs);
 2. output shard ``j`` reads ``k = sources.input_shards_per_partition`` input shards: slot ``u`` in
    ``0..k-1`` has global number ``g = j*k + u``, reads input shard ``S[P[g mod M]]`` (``P`` a permutation
    of ``0..M-1`` seeded by the job seed) and is in round ``r = g div M`` of that shard;
@@ -47,17 +47,20 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
+from supirkit.datapipe.config import config_hash
+from supirkit.datapipe.errors import ConfigError
+from supirkit.datapipe.plan import Partition
+from supirkit.datapipe.runner import Pass, prepare_output, run_stage, write_job_summary
+from supirkit.datapipe.sinks import ShardOutput, ShardSink
+from supirkit.datapipe.stage import Stage
+from supirkit.datapipe.stats import JobResult, UnitStats
 from supirkit.negatives.config import (NEGATIVE_WORDS, PAPER_PROMPT, SDXL_BASE, GenerateOptions, ModelOptions,
                                        NegativesJobConfig, PromptOptions)
-from supirkit.datapipe.config import ConfigError, config_hash
-from supirkit.datapipe.runner import (JobResult, Partition, PartitionStage, prepare_output, run_stage,
-                             write_job_summary)
-from supirkit.datapipe.shards import ShardSink, ShardStats
 
 log = logging.getLogger("supirkit")
 
 STAGE = "negatives"
-INPUTS_FILE = "_inputs.json"
+INPUTS_FILE = "inputs.json"
 QUALITY = "negative"
 SUBSET = "negatives"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -118,16 +121,6 @@ def n_partitions(count: int, samples_per_shard: int) -> int:
     return math.ceil(count / samples_per_shard)
 
 
-class CountPartitions:
-    """``run_stage`` partition loader: partition ``j`` is a range of sample indices, not a file listing."""
-
-    def __init__(self, samples_per_shard: int) -> None:
-        self.samples_per_shard = samples_per_shard
-
-    def __call__(self, work_dir, index: int) -> Partition:
-        return Partition(index, [], index * self.samples_per_shard)
-
-
 # ------------------------------------------------------------------------------------------ source rule
 
 @dataclass(frozen=True)
@@ -164,21 +157,22 @@ class SourcePlan:
         return np.random.default_rng([self.seed, 2, input_pos]).permutation(n_members)
 
 
-def shard_keys(tar_url: str, max_member_bytes: Optional[int] = None) -> list[str]:
-    """Sorted sample keys of an input shard: from its parquet index, else from one pass over the tar
-    (members over ``max_member_bytes`` are not read; their samples are listed, and rejected when used)."""
-    from supirkit.datapipe.shards import image_too_large, read_shard, sample_image, shard_index_path
+def shard_keys(tar_url: str) -> list[str]:
+    """Sorted keys of the samples with an image in an input shard: from its parquet index when it has a
+    key column, else from one pass over the tar's headers."""
+    import pyarrow.parquet as pq
+
     from supirkit.datapipe.sources import open_binary
+    from supirkit.datapipe.tario import find_index, image_keys, scan_members
 
-    try:
-        import pyarrow.parquet as pq
-
-        with open_binary(shard_index_path(tar_url)) as f:
-            keys = pq.read_table(f, columns=["key"]).column("key").to_pylist()
-        return sorted({str(k) for k in keys if k})
-    except Exception:  # no index, or one without a key column (another tool's shards): list the tar
-        return sorted({s["__key__"] for s in read_shard(tar_url, max_member_bytes=max_member_bytes)
-                       if sample_image(s)[1] is not None or image_too_large(s)})
+    index = find_index(tar_url)
+    if index is not None:
+        with open_binary(index) as f:
+            pf = pq.ParquetFile(f)
+            if "key" in pf.schema_arrow.names:
+                keys = pf.read(columns=["key"]).column("key").to_pylist()
+                return sorted({str(k) for k in keys if k})
+    return image_keys(scan_members(tar_url))
 
 
 def fit_to_size(rgb: np.ndarray, width: int, height: int, crop: str, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
@@ -216,7 +210,7 @@ class SourceReader:
     def __init__(self, plan: SourcePlan, inputs: list[str], cfg: NegativesJobConfig) -> None:
         self.plan, self.inputs, self.cfg = plan, inputs, cfg
 
-    def iter_sources(self, partition: int, specs: dict[int, SampleSpec], stats: ShardStats) -> Iterator[tuple[int, SourceImage]]:
+    def iter_sources(self, partition: int, specs: dict[int, SampleSpec], stats: UnitStats) -> Iterator[tuple[int, SourceImage]]:
         """Yields (t, source) for every sample t of the partition that got a usable source."""
         by_input: dict[int, list[SlotPick]] = {}
         for pick in self.plan.picks(partition, len(specs)):
@@ -225,13 +219,13 @@ class SourceReader:
             yield from self._read_input(input_pos, picks, specs, stats)
 
     def _read_input(self, input_pos: int, picks: list[SlotPick], specs: dict,
-                    stats: ShardStats) -> Iterator[tuple[int, SourceImage]]:
+                    stats: UnitStats) -> Iterator[tuple[int, SourceImage]]:
         from supirkit.datapipe.keys import display_source
 
         url = self.inputs[input_pos]
         tar_display = display_source(url)
         with stats.timer("read_index"):
-            keys = shard_keys(url, self.cfg.sources.decode.max_file_bytes)
+            keys = shard_keys(url)
         if not keys:
             for p in picks:
                 stats.reject(tar_display, "no_members", f"input shard has no images (sample {specs[p.t].key})")
@@ -266,13 +260,14 @@ class SourceReader:
                 tried.add(key)
                 want.setdefault(key, []).append(t)
 
-    def _pass(self, url: str, tar_display: str, want: dict[str, list[int]], specs: dict, stats: ShardStats):
+    def _pass(self, url: str, tar_display: str, want: dict[str, list[int]], specs: dict, stats: UnitStats):
         """One sequential read of a tar: yields the wanted members' samples; the lists of the members that
         gave a source are emptied, the others keep their samples. Returns True if the tar is corrupt."""
         from supirkit.datapipe.decode import DecodeError, decode_rgb
+        from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS
         from supirkit.datapipe.inputs import MEMBER_SEP
         from supirkit.datapipe.keys import display_source
-        from supirkit.datapipe.shards import image_too_large, read_shard, sample_image
+        from supirkit.datapipe.tario import image_too_large, read_shard, sample_image
 
         dec, gen = self.cfg.sources.decode, self.cfg.generate
         found: set[str] = set()
@@ -282,7 +277,7 @@ class SourceReader:
             try:
                 with stats.timer("read"):
                     sample = next(stream, None)
-            except Exception as exc:  # truncated tar: what was read is used, the rest cannot be
+            except CORRUPT_INPUT_ERRORS as exc:  # truncated tar: what was read is used, the rest cannot be
                 stats.reject(tar_display, "corrupt_tar", f"{type(exc).__name__}: {exc}")
                 corrupt = True
                 break
@@ -409,7 +404,7 @@ class SDXLGenerator:
 
 # ------------------------------------------------------------------------------------------ the stage
 
-class NegativesStage(PartitionStage):
+class NegativesStage(Stage[Partition]):
     """Output shard j = samples [j*n, (j+1)*n), generated in batches by one SDXL pipeline per worker."""
 
     name = STAGE
@@ -423,7 +418,14 @@ class NegativesStage(PartitionStage):
     def setup(self) -> None:
         self.generator = SDXLGenerator(self.cfg.model, self.cfg.generate, self.cfg.prompts.negative_prompt)
 
-    def process(self, partition: Partition, sink: ShardSink, stats: ShardStats) -> None:
+    def load_partition(self, work_dir: Path, index: int) -> Partition:
+        """Partition ``j`` is a range of sample numbers (see ``partition_range``), not a file listing."""
+        return Partition(index, [], index * self.cfg.output.samples_per_shard)
+
+    def first_input(self, partition: Partition) -> str:
+        return f"sample {partition.first_order}"
+
+    def process(self, partition: Partition, sink: ShardSink, stats: UnitStats) -> None:
         cfg = self.cfg
         sampler = PromptSampler(cfg.prompts)
         indices = partition_range(partition.index, cfg.output.samples_per_shard, cfg.generate.count)
@@ -445,7 +447,7 @@ class NegativesStage(PartitionStage):
             self._run_batch(batch, sink, stats)
         stats.extra["sample_range"] = [indices.start, indices.stop]
 
-    def _run_batch(self, batch: list, sink: ShardSink, stats: ShardStats) -> None:
+    def _run_batch(self, batch: list, sink: ShardSink, stats: UnitStats) -> None:
         from supirkit.datapipe.decode import encode_image
 
         cfg, gen, out_cfg = self.cfg, self.cfg.generate, self.cfg.output
@@ -504,20 +506,21 @@ def check_model_ref(model_id: str) -> None:
         raise ConfigError(f"model.id: {model_id!r} is neither an existing folder nor a hub id like {SDXL_BASE}")
 
 
-def freeze_inputs(out_dir: Path, sources: list[str]) -> list[str]:
+def freeze_inputs(work: Path, sources: list[str]) -> list[str]:
     """The input shard list, stored by the first run and reused on resume (source rule, step 1)."""
-    from supirkit.datapipe.shards import _atomic_write_bytes, list_shards
+    from supirkit.datapipe.files import atomic_write_json, read_json
+    from supirkit.datapipe.tario import list_shards
 
-    path = out_dir / INPUTS_FILE
+    path = work / INPUTS_FILE
     if path.is_file():
-        return json.loads(path.read_text())["shards"]
+        return read_json(path)["shards"]
     try:
         shards = list_shards(sources)
     except FileNotFoundError as exc:
         raise FileNotFoundError(str(exc)) from None
     if not shards:
         raise FileNotFoundError(f"no shards found in {' '.join(sources)}")
-    _atomic_write_bytes(path, json.dumps({"sources": sources, "shards": shards}, indent=1).encode())
+    atomic_write_json(path, {"sources": sources, "shards": shards})
     return shards
 
 
@@ -533,14 +536,15 @@ def run_negatives_job(sources: Iterable[str] | None, out: str | Path, cfg: Negat
         srcs = []
     check_model_ref(cfg.model.id)
     chash = config_hash(cfg)
-    out_dir = prepare_output(out, STAGE, chash, fresh, sources=srcs)
-    inputs = freeze_inputs(out_dir, srcs) if gen.mode == "img2img" else []
+    layout = prepare_output(out, STAGE, chash, fresh, sources=srcs)
+    inputs = freeze_inputs(layout.work, srcs) if gen.mode == "img2img" else []
     n = n_partitions(gen.count, cfg.output.samples_per_shard)
     stage = NegativesStage(cfg, inputs)
-    result = run_stage(stage, out_dir, out_dir, n, cfg.runner, chash, prefix=cfg.output.prefix,
-                       desc=STAGE, partition_loader=CountPartitions(cfg.output.samples_per_shard))
-    write_job_summary(out_dir, STAGE, result, extra={"mode": gen.mode, "requested": gen.count,
-                                                      "input_shards": len(inputs), "config_hash": chash})
+    result = run_stage(Pass(stage, ShardOutput(layout.root, cfg.output.prefix), n, layout.work, chash, STAGE),
+                       cfg.runner)
+    write_job_summary(layout, STAGE, result, extra={"mode": gen.mode, "requested": gen.count,
+                                                    "input_shards": len(inputs), "config_hash": chash,
+                                                    "pattern": layout.pattern(cfg.output.prefix, n)})
     return result
 
 

@@ -45,12 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from supirkit.datapipe.conditions import ConditionError
-    from supirkit.datapipe.config import ConfigError
+    from supirkit.datapipe.errors import ConfigError, PreflightError
 
     try:
         return int(args._run(args) or 0)
     except ConfigError as exc:
         print(f"supirkit {args.command}: config error: {exc}", file=sys.stderr)
+        return 2
+    except PreflightError as exc:  # a missing library, model or weight file: before any output is made
+        print(f"supirkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ConditionError as exc:
         print(f"supirkit {args.command}: condition error: {exc}", file=sys.stderr)

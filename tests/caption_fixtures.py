@@ -23,7 +23,8 @@ def make_shards(root: Path, n_shards: int = 3, per_shard: int = 3, corrupt: bool
     """``root/originals`` (the sources) and ``root/shards`` (shard-00000i.tar + index + stats); returns the
     shard folder. The curated image is a 2x-downscaled copy of the original, as a curation step would make."""
     from supirkit.datapipe.keys import content_key
-    from supirkit.datapipe.shards import ShardSink, ShardStats
+    from supirkit.datapipe.sinks import ShardSink
+    from supirkit.datapipe.stats import UnitStats
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -50,5 +51,5 @@ def make_shards(root: Path, n_shards: int = 3, per_shard: int = 3, corrupt: bool
         if corrupt and s == 0:
             sink.write({"__key__": "badbytes0000", "jpg": b"this is not a jpeg at all", "json": {"source": "nowhere"}})
             sink.write({"__key__": "noimage00000", "json": {"source": "nowhere", "note": "metadata only"}})
-        sink.commit(ShardStats())
+        sink.commit(UnitStats())
     return shards

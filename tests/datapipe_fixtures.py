@@ -98,7 +98,7 @@ def shard_cli_rss(argv: list[str], timeout: int = 120) -> tuple[int, str, int]:
 def read_set(out_dir: Path) -> dict[str, tuple[bytes, dict]]:
     """Every sample of a shard set: key -> (image bytes, json), read with plain ``tarfile``; asserts that
     no key appears twice across the set."""
-    from supirkit.datapipe.shards import list_shards
+    from supirkit.datapipe.tario import list_shards
 
     samples: dict[str, tuple[bytes, dict]] = {}
     for url in list_shards(out_dir):
@@ -124,8 +124,14 @@ def rejections(out_dir: Path) -> list[dict]:
     return list(iter_rejections(out_dir, "shard"))
 
 
+def stats_files(out_dir: Path, prefix: str = "shard") -> list[Path]:
+    from supirkit.datapipe.shard_format import ShardSetLayout
+
+    return sorted(ShardSetLayout(out_dir).stats_dir.glob(f"{prefix}-*.json"))
+
+
 def total_inputs(out_dir: Path) -> int:
-    return sum(json.loads(p.read_text())["counts"].get("inputs", 0) for p in Path(out_dir).glob("shard-*.stats.json"))
+    return sum(json.loads(p.read_text())["counts"].get("inputs", 0) for p in stats_files(out_dir))
 
 
 def write_img2dataset_folder(folder: Path, n_per_shard: int = 3, shards: int = 2, seed0: int = 500) -> dict:

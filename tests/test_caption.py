@@ -28,7 +28,7 @@ def _argv(shards, out, tiny_models, *extra):
 
 
 def _samples(folder):
-    from supirkit.datapipe.shards import list_shards, read_shard
+    from supirkit.datapipe.tario import list_shards, read_shard
 
     return {s["__key__"]: s for url in list_shards(str(folder)) for s in read_shard(url)}
 
@@ -66,12 +66,13 @@ def test_every_sample_captioned_keys_and_bytes_unchanged(tmp_path, tiny_models):
         assert cap["image"] == "curated" and cap["fit"] == "pad"
         w, h = meta["width"], meta["height"]
         assert cap["image_size"] == [max(w, h)] * 2  # padded to a square, not cropped
-    table = pq.read_table(tmp_path / "out" / "shard-000000.parquet").to_pylist()
+    table = pq.read_table(tmp_path / "out" / "__supirkit__" / "index" / "shard-000000.parquet").to_pylist()
     assert len(table) == 5 and all(r["has_caption"] for r in table)
     for row in table:
-        assert row["caption.text"] == json.loads(after[row["key"]]["json"])["caption"]["text"]
-        assert row["caption.generation.temperature"] == 0.2 and row["caption.clip_tokens"] > 0
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+        # the caption metadata is a struct column (nested fields, real types), not flattened text
+        assert row["caption"]["text"] == json.loads(after[row["key"]]["json"])["caption"]["text"]
+        assert row["caption"]["generation"]["temperature"] == 0.2 and row["caption"]["clip_tokens"] > 0
+    summary = json.loads((tmp_path / "out" / "__supirkit__" / "summary.json").read_text())
     assert summary["samples"] == 10 and summary["caption"]["captions"] == 10
     assert summary["caption"]["new_tokens"] == sum(json.loads(s["json"])["caption"]["new_tokens"] for s in after.values())
 
@@ -116,7 +117,7 @@ def test_a_failing_generation_costs_only_its_sample(tmp_path, tiny_models):
     rejections = list(iter_rejections(tmp_path / "out", "shard"))
     assert [r["reason"] for r in rejections] == ["caption_failed"]
     assert "simulated" in rejections[0]["detail"]
-    stats = json.loads((tmp_path / "out" / "shard-000000.stats.json").read_text())
+    stats = json.loads((tmp_path / "out" / "__supirkit__" / "stats" / "shard-000000.json").read_text())
     assert stats["counts"]["batch_retries"] == 1
     assert {"generate", "decode", "write", "load_model"} <= set(stats["timings_s"])
 
@@ -145,17 +146,17 @@ def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path, tiny_models):
     proc = subprocess.run([sys.executable, "-m", "supirkit.cli", *_argv(shards, out, tiny_models)], env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
-    done = sorted(p.name for p in out.glob("shard-*.stats.json"))
-    assert done == ["shard-000000.stats.json"]
+    done = sorted(p.name for p in (out / "__supirkit__" / "stats").glob("shard-*.json"))
+    assert done == ["shard-000000.json"]
     assert list(out.glob(".tmp-*"))  # the killed shard's half-written tar
-    first_mtime = (out / "shard-000000.stats.json").stat().st_mtime_ns
+    first_mtime = (out / "__supirkit__" / "stats" / "shard-000000.json").stat().st_mtime_ns
     first_tar = (out / "shard-000000.tar").read_bytes()
 
     # execution-only settings may change on resume (here: no prefetch thread)
     assert _run(_argv(shards, out, tiny_models, "--set", "caption.prefetch_batches=0")) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "__supirkit__" / "summary.json").read_text())
     assert summary["skipped_done"] == 1 and summary["samples"] == 6
-    assert (out / "shard-000000.stats.json").stat().st_mtime_ns == first_mtime  # not redone
+    assert (out / "__supirkit__" / "stats" / "shard-000000.json").stat().st_mtime_ns == first_mtime  # not redone
     assert (out / "shard-000000.tar").read_bytes() == first_tar
     assert not list(out.glob(".tmp-*"))
     assert _samples(out).keys() == _samples(shards).keys()
@@ -238,7 +239,7 @@ def test_caption_through_ray_actors(tmp_path, tiny_models, ray_address):
     out = _samples(tmp_path / "out")
     assert out.keys() == _samples(shards).keys()
     assert all(json.loads(s["json"])["caption"]["text"] for s in out.values())
-    stats = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("shard-*.stats.json"))]
+    stats = [json.loads(p.read_text()) for p in sorted(((tmp_path / "out") / "__supirkit__" / "stats").glob("shard-*.json"))]
     # one actor, one model replica: loaded once, reported on the first shard it captioned only
     assert sum("load_model" in s["timings_s"] for s in stats) == 1
 

@@ -110,18 +110,21 @@ def test_token_report_warns_when_most_captions_exceed_the_clip_context(tmp_path)
     import json
 
     from supirkit.captioning.job import token_report
-    from supirkit.datapipe.shards import stats_path
+    from supirkit.datapipe.shard_format import ShardSetLayout
+
+    layout = ShardSetLayout(tmp_path)
+    layout.stats_dir.mkdir(parents=True)
 
     def shard(i, captions, over, mean):
-        stats_path(tmp_path, "shard", i).write_text(json.dumps({"caption": {
+        layout.stats("shard", i).write_text(json.dumps({"caption": {
             "captions": captions, "clip_tokens_over_limit": over, "clip_tokens_mean": mean, "new_tokens": 10 * captions,
             "unfinished": 0, "clip_tokens_method": "clip"}}))
 
     shard(0, 4, 3, 90.0)
     shard(1, 6, 3, 70.0)  # shard 2 is not done: not counted
-    report = token_report(tmp_path, "shard", 3, warn_share=0.5, limit=77)
+    report = token_report(layout, "shard", 3, warn_share=0.5, limit=77)
     assert (report["captions"], report["clip_tokens_over_limit"], report["over_limit_share"]) == (10, 6, 0.6)
     assert report["clip_tokens_mean"] == 78.0 and report["new_tokens"] == 100
     assert len(report["warnings"]) == 1 and "60% of captions exceed SDXL's 77-token" in report["warnings"][0]
-    quiet = token_report(tmp_path, "shard", 3, warn_share=0.7, limit=77)
+    quiet = token_report(layout, "shard", 3, warn_share=0.7, limit=77)
     assert quiet["warnings"] == []

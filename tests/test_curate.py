@@ -49,7 +49,7 @@ def _cli(argv) -> int:
 def _scores(out: Path) -> list[dict]:
     from supirkit.datapipe.manifest import open_manifest
 
-    return open_manifest(out / "scores").to_table().to_pylist()
+    return open_manifest(out / "__supirkit__" / "scores").to_table().to_pylist()
 
 
 def _shard_samples(out: Path) -> list[dict]:
@@ -58,7 +58,7 @@ def _shard_samples(out: Path) -> list[dict]:
 
     from PIL import Image
 
-    from supirkit.datapipe.shards import list_shards, read_shard, sample_image, sample_meta
+    from supirkit.datapipe.tario import list_shards, read_shard, sample_image, sample_meta
 
     found = []
     for url in list_shards(out):
@@ -88,7 +88,7 @@ def _check_verdicts(out: Path, truth: dict) -> list[dict]:
         assert r["stage"] == stage, (name, kind, r["stage"], r["reason"])
         assert r["reason"] in reasons, (name, kind, r["reason"])
         if stage == "rules":
-            assert r["reason"] in json.loads(r["failed_rules"])
+            assert r["reason"] in r["failed_rules"]  # a list column
         if stage == "dedup":
             assert Path(r["duplicate_of"]).name in ("photo_00.jpg", "photo_01.jpg")
     # the kept member of each duplicate group is the original
@@ -122,18 +122,18 @@ def _check_shards(out: Path, rows: list[dict], crop: int = SIZE, codec: str = "j
 def _check_report(out: Path) -> None:
     import re
 
-    html = (out / "report.html").read_text()
+    html = (out / "__supirkit__" / "report" / "report.html").read_text()
     images = re.findall(r'src="([^"]+\.png)"|src=\'([^\']+\.png)\'', html)
     names = {a or b for a, b in images}
     for must in ("report-funnel.png", "report-hist-sharpness.png", "report-accepted.png", "report-near.png",
                  "report-clear.png"):
         assert must in names, must
     for n in names:
-        assert (out / n).stat().st_size > 1000, n
+        assert (out / "__supirkit__" / "report" / n).stat().st_size > 1000, n
     assert "Rejected, by reason" in html and "too_small" in html
     # every rejection reason gets its own examples: pictures of the inputs it rejected (duplicates and
     # prefiltered images included), or their names and details when they cannot be decoded
-    funnel = json.loads((out / "summary.json").read_text())["funnel"]
+    funnel = json.loads((out / "__supirkit__" / "summary.json").read_text())["funnel"]
     stage_of = {r["reason"]: r["stage"] for r in _scores(out) if not r["accepted"]}
     for reason in funnel["rejected_by_reason"]:
         assert f"<h3>{reason} <small>" in html, reason
@@ -161,7 +161,7 @@ def test_curate_on_ray_with_aesthetics_accounts_for_every_input(samples, tmp_pat
     assert "clip_embedding" not in rows[0]  # embeddings stay in the model pass's own files
     metas = _check_shards(out, rows)
     assert all("aesthetic" in m["scores"] for m in metas)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "__supirkit__" / "summary.json").read_text())
     f = summary["funnel"]
     assert f["inputs"] == len(truth) and f["accepted"] == len(metas) == f["training_samples"] == 6
     assert sum(f["rejected_by_reason"].values()) == f["inputs"] - f["accepted"]
@@ -170,7 +170,7 @@ def test_curate_on_ray_with_aesthetics_accounts_for_every_input(samples, tmp_pat
     # the selection is replayable with the shard command's condition language
     from supirkit.datapipe.manifest import select
 
-    again = select(out / "scores", summary["selection_condition"] + " and status == 'scored'")
+    again = select(out / "__supirkit__" / "scores", summary["selection_condition"] + " and status == 'scored'")
     assert len(again) == len([r for r in rows if r["accepted"] or r["stage"] == "dedup"])
 
 
@@ -188,7 +188,11 @@ def test_curate_as_a_separate_driver_joins_the_cluster_through_ray_address(sampl
     proc = subprocess.run([sys.executable, "-m", "supirkit.cli", *map(str, argv)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "[curate: score] 2/2 shards" in proc.stderr and "[curate: write] 1/1 shards" in proc.stderr
+    # progress lines (no terminal): inputs and samples with rate, units done
+    score_line = next(x for x in proc.stderr.splitlines() if x.startswith("[curate: score]"))
+    assert "16/16 inputs (100%)" in score_line and "2/2 units" in score_line, proc.stderr
+    write_line = next(x for x in proc.stderr.splitlines() if x.startswith("[curate: write]"))
+    assert "6 samples" in write_line and "1/1 units" in write_line, proc.stderr
     rows = _check_verdicts(out, truth)
     _check_shards(out, rows)
 
@@ -203,17 +207,17 @@ def test_select_only_reselects_without_rescoring_and_resume_after_a_kill(samples
     proc = subprocess.run([sys.executable, "-m", "supirkit.cli", *map(str, argv)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stdout + proc.stderr
-    done = sorted((out / "_signals").glob("signals-*.stats.json"))
+    done = sorted((out / "__supirkit__" / "work" / "signals").glob("signals-*.stats.json"))
     assert len(done) == 2
-    kept = {p.name: p.stat().st_mtime_ns for p in (out / "_signals").glob("signals-*")}
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "__supirkit__" / "work" / "signals").glob("signals-*")}
     assert _cli(argv) == 0  # the rerun finishes the job; done partitions are not redone
     for name, mtime in kept.items():
-        assert (out / "_signals" / name).stat().st_mtime_ns == mtime, name
+        assert (out / "__supirkit__" / "work" / "signals" / name).stat().st_mtime_ns == mtime, name
     rows = _check_verdicts(out, truth)
     _check_shards(out, rows)
 
     # new thresholds: re-selected from the scores; nothing is rescored
-    signals = {p.name: p.stat().st_mtime_ns for p in (out / "_signals").glob("*")}
+    signals = {p.name: p.stat().st_mtime_ns for p in (out / "__supirkit__" / "work" / "signals").glob("*")}
     cfg = (ROOT / "configs/curate/demo.yaml").read_text()
     strict = tmp_path / "strict.yaml"
     sharp = sorted(r["sharpness"] for r in rows if r["accepted"])
@@ -225,7 +229,7 @@ def test_select_only_reselects_without_rescoring_and_resume_after_a_kill(samples
                    "--set", "runner.executor=local", "--set", "report.grid_samples=3",
                    "--set", "report.thumb_size=64", "--set", "input.inputs_per_partition=4"]
     assert _cli(select_argv) == 0
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "_signals").glob("*")} == signals
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "__supirkit__" / "work" / "signals").glob("*")} == signals
     rows2 = _scores(out)
     by = {r["source"]: r for r in rows2}
     newly = [s for s, r in by.items() if r["reason"] == "sharp" and Path(s).name.startswith("photo_")]
@@ -234,10 +238,10 @@ def test_select_only_reselects_without_rescoring_and_resume_after_a_kill(samples
     metas = _shard_samples(out)
     assert sorted(m["source"] for m in metas) == sorted(s for s, r in by.items() if r["accepted"])
     assert len(metas) < 6
-    write_stats = [json.loads(p.read_text()) for p in out.glob("curated-*.stats.json")]
+    write_stats = [json.loads(p.read_text()) for p in (out / "__supirkit__" / "stats").glob("curated-*.json")]
     # the write pass re-read only the selected sources
     assert sum(s["counts"].get("inputs", 0) for s in write_stats) == len(metas)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "__supirkit__" / "summary.json").read_text())
     assert f"sharpness >= {cut:.4f}" in summary["selection_condition"]
 
     # a changed scoring config cannot be re-selected: one clear error
@@ -287,7 +291,7 @@ def test_faces_profile_writes_its_own_tagged_shard_set(samples, tmp_path):
     metas = _shard_samples(out)
     assert metas and sorted(m["source"] for m in metas) == sorted(r["source"] for r in rows.values() if r["accepted"])
     assert {m["subset"] for m in metas} == {"faces"}
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "__supirkit__" / "summary.json").read_text())
     assert summary["subset"] == "faces" and summary["prefix"] == "faces"
     assert "chroma >= 2" in summary["selection_condition"]
 
@@ -409,15 +413,19 @@ def test_duplicate_grouping_exact_near_semantic(tmp_path):
     orders = np.arange(n) * (1 << 24)
     keys = [f"{rng.integers(0, 2**63):016x}" + "0" * 48 for _ in range(n)]
     keys[5] = keys[4]  # exact
-    hashes = rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64)
-    hashes[11] = hashes[10] ^ 0b1011  # 3 bits apart: near
-    hashes[13] = hashes[12] ^ 0x1F1F  # 10 bits apart: not near
+    hashes = rng.integers(0, 2**64 - 1, n, dtype=np.uint64)
+    hashes[11] = hashes[10] ^ np.uint64(0b1011)  # 3 bits apart: near
+    hashes[13] = hashes[12] ^ np.uint64(0x1F1F)  # 10 bits apart: not near
     emb = rng.normal(size=(n, 16)).astype(np.float32)
     emb[21] = emb[20] + 0.01 * rng.normal(size=16)  # semantic
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    sig = tmp_path / "signals-000000.parquet"
-    pq.write_table(pa.table({"order": orders, "key": keys, "phash": hashes, "status": ["scored"] * n}), sig)
-    mod = tmp_path / "models-000000.parquet"
+    (tmp_path / "signals").mkdir()
+    (tmp_path / "models").mkdir()
+    sig = tmp_path / "signals" / "signals-000000.parquet"
+    pq.write_table(pa.table({"order": orders, "partition": [0] * n, "source": [f"/in/{i}.jpg" for i in range(n)],
+                             "key": keys, "phash": [f"{int(h):016x}" for h in hashes], "status": ["scored"] * n}),
+                   sig)
+    mod = tmp_path / "models" / "models-000000.parquet"
     pq.write_table(pa.table({"order": orders, "clip_embedding": [e.tolist() for e in emb]}), mod)
     cfg = DedupConfig(semantic={"enabled": True, "threshold": 0.95, "n_clusters": 3, "n_buckets": 2})
     done = group_duplicates([sig], [mod], tmp_path / "dedup", cfg, "h1")
@@ -433,7 +441,8 @@ def test_duplicate_grouping_exact_near_semantic(tmp_path):
 
 def test_aesthetic_scorer_loads_tiny_open_clip_and_head_through_the_real_paths(tiny_models):
     from supirkit.curation.signals import ImageView
-    from supirkit.curation.signals.models import ClipScorer, MissingWeightsError
+    from supirkit.curation.signals.models import ClipScorer
+    from supirkit.datapipe.errors import MissingWeights
     from supirkit.demo.samples import textured_photo
 
     views = [ImageView(textured_photo(i, 96, 128)) for i in range(3)]
@@ -446,7 +455,7 @@ def test_aesthetic_scorer_loads_tiny_open_clip_and_head_through_the_real_paths(t
     assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)
     assert len({round(r["aesthetic"], 6) for r in rows}) == 3  # it looks at the pixels
     missing = ClipScorer(str(tiny_models["clip"]), None, "/nowhere/head.safetensors", True, False, device="cpu")
-    with pytest.raises(MissingWeightsError, match="/nowhere/head.safetensors"):
+    with pytest.raises(MissingWeights, match="/nowhere/head.safetensors"):
         missing.setup()
 
 
@@ -465,10 +474,10 @@ def test_pyiqa_scorers_with_random_weights_on_native_tiles(metric):
 
 
 def test_missing_weights_for_other_pyiqa_metrics_name_the_file(tmp_path, monkeypatch):
-    from supirkit.curation.signals.models import IQAScorer, MissingWeightsError
+    from supirkit.curation.signals.models import IQAScorer, MissingWeights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(MissingWeightsError) as info:
+    with pytest.raises(MissingWeights) as info:
         IQAScorer("clipiqa", device="cpu").setup()
     msg = str(info.value)
     assert "clipiqa" in msg and "RN50.pt" in msg and str(tmp_path / "hub" / "clip") in msg

@@ -133,7 +133,7 @@ def test_keys_are_content_derived_dot_free_and_sources_escaped():
 # ------------------------------------------------------------------------------------------ tar reading
 
 def test_tar_reader_refuses_unsafe_members_and_groups_samples():
-    from supirkit.datapipe.shards import iter_tar_samples
+    from supirkit.datapipe.tario import iter_tar_samples
 
     data = _tar([("../up.jpg", b"x"), ("/etc/abs.jpg", b"y"), ("a/b/k1.jpg", b"1"), ("a/b/k1.json", b"{}"),
                  ("k2.jpg", b"2"), ("k2.txt", b"cap"), ("k2.txt", b"again"), ("noext", b"z"), ("..\\win.jpg", b"w")])
@@ -147,7 +147,7 @@ def test_tar_reader_refuses_unsafe_members_and_groups_samples():
 
 
 def test_truncated_tar_raises_after_the_readable_samples():
-    from supirkit.datapipe.shards import iter_tar_samples
+    from supirkit.datapipe.tario import iter_tar_samples
 
     data = _tar([("k1.jpg", b"1" * 100), ("k2.jpg", b"2" * 100), ("k3.jpg", b"3" * 100)])
     got = []
@@ -245,8 +245,13 @@ def test_transient_read_errors_are_retried_and_permanent_ones_are_not(tmp_path, 
     monkeypatch.setattr(sources, "open", flaky_open, raising=False)
     assert sources.read_bytes(str(path), retries=3, backoff_s=0) == jpeg_bytes(1) and len(calls) == 3
     failures["n"], calls[:] = 10, []
-    with pytest.raises(OSError, match="gave up after 2 retries"):
+    from supirkit.datapipe.errors import TransientIOError
+
+    # past its retries a transient error is not an OSError: no handler of missing files can turn it into
+    # a rejection; it fails the unit, which is retried
+    with pytest.raises(TransientIOError, match="gave up after 2 retries") as err:
         sources.read_bytes(str(path), retries=2, backoff_s=0)
+    assert not isinstance(err.value, OSError)
     assert len(calls) == 3
     calls[:] = []
     with pytest.raises(FileNotFoundError):  # permanent: raised at once
@@ -258,7 +263,7 @@ def test_transient_read_errors_are_retried_and_permanent_ones_are_not(tmp_path, 
 
 def test_plan_is_stored_and_reused_and_tars_are_partitions_of_their_own(tmp_path):
     from supirkit.datapipe.config import ShardingConfig
-    from supirkit.datapipe.runner import load_partition, plan_partitions
+    from supirkit.datapipe.plan import load_partition, plan_partitions
     from supirkit.datapipe.sources import FILE, TAR, InputRef
 
     refs = [InputRef(f"/x/{i}.jpg", FILE, 10) for i in range(5)] + [InputRef("/x/t.tar", TAR, 99)] + \
@@ -290,14 +295,14 @@ def test_exact_duplicates_grouped_across_partitions_in_buckets(tmp_path, monkeyp
         rows = [{"key": k, "order": (order := order + 1), "source": f"s{p}-{k}", "partition": p} for k in ks]
         table = pa.Table.from_pylist(rows) if rows else pa.table({"key": pa.array([], pa.string())})
         pq.write_table(table, parts / f"hash-{p:06d}.parquet")
-    assert dedup.group_exact_duplicates(parts, tmp_path) == 3
-    d0, d1, d2 = (dedup.duplicates_for_partition(tmp_path, i) for i in range(3))
+    assert dedup.group_exact_duplicates(parts, tmp_path / "dedup") == 3
+    d0, d1, d2 = (dedup.duplicates_for_partition(tmp_path / "dedup", i) for i in range(3))
     assert set(d0) == {1, 2} and d0[1]["is_primary"] and d0[1]["copies"] == 3
     assert d0[1]["duplicates"] == ["s1-aa11", "s2-aa11"]  # capped at MAX_LISTED
     assert not d1[4]["is_primary"] and d1[4]["primary_source"] == "s0-bb22" and not d1[6]["is_primary"]
     assert set(d2) == {7} and d2[7]["primary_order"] == 1
-    assert dedup.duplicates_for_partition(tmp_path, 3) == {}
-    assert dedup.group_exact_duplicates(parts, tmp_path) == 3  # done marker: not redone
+    assert dedup.duplicates_for_partition(tmp_path / "dedup", 3) == {}
+    assert dedup.group_exact_duplicates(parts, tmp_path / "dedup") == 3  # done marker: not redone
 
 
 def test_manifest_rows_are_streamed_filtered_and_in_listing_order(tmp_path):
@@ -322,41 +327,39 @@ def test_manifest_rows_are_streamed_filtered_and_in_listing_order(tmp_path):
 # ------------------------------------------------------------------------------------------ progress
 
 def test_progress_bar_and_log_lines_show_counts_and_eta(monkeypatch, capsys):
-    """On a terminal a bar with shards done/total, samples, rejections and an ETA; elsewhere (under
-    ``ray job submit``, in a log file) plain lines, at most one per ``log_every_s`` and always the last."""
-    import re
-
-    from supirkit.datapipe import runner
-    from supirkit.datapipe.config import RunnerConfig
+    """Progress moves with inputs and samples, not only whole units. On a terminal a bar with samples,
+    rate, rejections and units done; elsewhere (under ``ray job submit``, in a log file) plain lines with
+    rate and ETA, at most one per ``log_every_s`` and always the last."""
+    from supirkit.datapipe import progress as prog
 
     clock = {"t": 1000.0}
-    monkeypatch.setattr(runner.time, "time", lambda: clock["t"])
-    shard = {"counts": {"samples": 7}, "rejected": {"truncated": 1, "duplicate": 2}}
-
-    monkeypatch.setattr(runner.sys.stderr, "isatty", lambda: False, raising=False)
-    p = runner._Progress("shard: write", 4, RunnerConfig(progress="auto", log_every_s=60))
+    monkeypatch.setattr(prog.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(prog.sys.stderr, "isatty", lambda: False, raising=False)
+    p = prog.Progress("shard: write", units=4, inputs=40, mode="auto", log_every_s=60)
     assert p.mode == "log"
+    # workers report through ``report`` while a unit runs: inputs and samples count before it is done,
+    # and a finished unit's exact counts replace what it reported
     for step in range(4):
-        clock["t"] += 20  # 20 s per shard: lines at 60 s and at the end
-        p.update({"failed": True, "error": "x"} if step == 2 else shard)
+        with prog.reporting(p, unit=step):
+            clock["t"] += 20  # 10 inputs per 20 s: lines at 60 s and at the end
+            prog.report(inputs=10, samples=7, rejected=3 if step != 2 else 0)
+        p.unit_done(step, {"inputs": 10, "samples": 7}, rejected=3 if step != 2 else 0, failed=False)
     p.close()
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == ["[shard: write] 3/4 shards, 14 samples, 6 rejected, 1 failed, elapsed 60s, ETA 20s",
-                     "[shard: write] 4/4 shards, 21 samples, 9 rejected, 1 failed, elapsed 80s, ETA 0s"]
+    assert lines == [
+        "[shard: write] 30/40 inputs (75%), 21 samples at 0.3/s, 6 rejected, 2/4 units, 0 failed, elapsed 1m00s, "
+        "ETA 20s",
+        "[shard: write] 40/40 inputs (100%), 28 samples at 0.3/s, 9 rejected, 4/4 units, 0 failed, elapsed 1m20s"]
 
-    monkeypatch.setattr(runner.sys.stderr, "isatty", lambda: True, raising=False)
-    p = runner._Progress("curate: score", 3, RunnerConfig(progress="auto"))
+    monkeypatch.setattr(prog.sys.stderr, "isatty", lambda: True, raising=False)
+    p = prog.Progress("curate: score", units=3, mode="auto")
     assert p.mode == "bar"
-    p.bar.start_t -= 10  # 10 s into the job (tqdm keeps its own clock): 1 of 3 done -> 20 s left
-    p.update(shard)
+    p.add(0, samples=7, inputs=9, rejected=3)
+    p.unit_done(0, {"samples": 7, "inputs": 9}, rejected=3)
     p.close()
     shown = capsys.readouterr().err
-    assert "curate: score" in shown and "samples=7" in shown and "rejected=3" in shown
-    assert re.search(r"1/3 \[00:1\d<00:[12]\d", shown), shown  # elapsed<remaining: the ETA
-    none = runner._Progress("x", 2, RunnerConfig(progress="none"))
-    none.update(shard)
-    none.close()
-    assert capsys.readouterr().err == ""
+    assert "curate: score" in shown and "samples=7" in shown and "rejected=3" in shown and "units=1/3" in shown
+
 
 
 # ------------------------------------------------------------------------------------------ conditions

@@ -86,9 +86,9 @@ def test_shipped_configs_validate():
     for path in sorted((ROOT / "configs").rglob("*.yaml")):
         data = yaml.safe_load(path.read_text())
         assert isinstance(data, dict), path
-    from supirkit.datapipe.pack import ShardJobConfig
+    from supirkit.datapipe.pack import ShardConfig
 
-    load_config(ShardJobConfig, ROOT / "configs/shard/default.yaml")
+    load_config(ShardConfig, ROOT / "configs/shard/default.yaml")
 
 
 def test_sample_folder_has_every_kind(tmp_path):

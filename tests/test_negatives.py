@@ -30,7 +30,8 @@ def _png(rng, h, w) -> bytes:
 
 def _write_shard(folder: Path, index: int, images: list[bytes]) -> list[str]:
     from supirkit.datapipe.keys import content_key
-    from supirkit.datapipe.shards import ShardSink, ShardStats
+    from supirkit.datapipe.sinks import ShardSink
+    from supirkit.datapipe.stats import UnitStats
 
     sink = ShardSink(folder, "shard", index)
     keys = []
@@ -38,7 +39,7 @@ def _write_shard(folder: Path, index: int, images: list[bytes]) -> list[str]:
         key = content_key(data)
         sink.write({"__key__": key, "png": data, "json": {"key": key}})
         keys.append(key)
-    sink.commit(ShardStats())
+    sink.commit(UnitStats())
     return keys
 
 
@@ -60,7 +61,7 @@ def _cli(*argv) -> int:
 
 
 def _samples(out: Path) -> dict[str, dict]:
-    from supirkit.datapipe.shards import list_shards, read_shard
+    from supirkit.datapipe.tario import list_shards, read_shard
 
     found = {}
     for url in list_shards(out):
@@ -113,11 +114,11 @@ def test_img2img_makes_the_requested_count_with_complete_metadata(reference, inp
     # the parquet index and the stats carry the samples, and the pipeline time is measured
     import pyarrow.parquet as pq
 
-    table = pq.read_table(reference / "negatives-000000.parquet")
+    table = pq.read_table(reference / "__supirkit__" / "index" / "negatives-000000.parquet")
     assert set(table.column("quality").to_pylist()) == {"negative"} and table.num_rows == 3
-    stats = json.loads((reference / "negatives-000000.stats.json").read_text())
+    stats = json.loads((reference / "__supirkit__" / "stats" / "negatives-000000.json").read_text())
     assert stats["counts"]["samples"] == 3 and stats["timings_s"]["pipeline"] > 0
-    assert json.loads((reference / "summary.json").read_text())["samples"] == 7
+    assert json.loads((reference / "__supirkit__" / "summary.json").read_text())["samples"] == 7
 
 
 def test_same_config_gives_identical_bytes_and_the_seed_matters(reference, input_shards, tiny_sdxl_dir, tmp_path):
@@ -148,8 +149,8 @@ def test_kill_and_resume_gives_the_uninterrupted_set(reference, input_shards, ti
     proc = subprocess.run([sys.executable, "-m", "supirkit.cli", *map(str, args)], capture_output=True, text=True,
                           env=dict(os.environ, SUPIRKIT_FAULT="after_tar_rename:1"), cwd=ROOT, timeout=300)
     assert proc.returncode == -9, (proc.returncode, proc.stderr[-2000:])
-    assert (out / "negatives-000000.stats.json").is_file() and (out / "negatives-000001.tar").is_file()
-    assert not (out / "negatives-000001.stats.json").exists()
+    assert (out / "__supirkit__" / "stats" / "negatives-000000.json").is_file() and (out / "negatives-000001.tar").is_file()
+    assert not (out / "__supirkit__" / "stats" / "negatives-000001.json").exists()
 
     # 2. the driver dies once one shard is complete (in-process stand-in for a kill at after_shards:1)
     def die(point, index=None):
@@ -160,12 +161,12 @@ def test_kill_and_resume_gives_the_uninterrupted_set(reference, input_shards, ti
     monkeypatch.setenv("SUPIRKIT_FAULT", "after_shards:1")
     with pytest.raises(_DriverKilled):
         _cli(*args)
-    assert (out / "negatives-000001.stats.json").is_file() and not (out / "negatives-000002.tar").exists()
+    assert (out / "__supirkit__" / "stats" / "negatives-000001.json").is_file() and not (out / "negatives-000002.tar").exists()
     # 3. the rerun finishes the job: the same shards, byte for byte, as the uninterrupted run
     monkeypatch.delenv("SUPIRKIT_FAULT")
     assert _cli(*args) == 0
     assert _tar_bytes(out) == _tar_bytes(reference)
-    assert json.loads((out / "summary.json").read_text())["samples"] == 7
+    assert json.loads((out / "__supirkit__" / "summary.json").read_text())["samples"] == 7
     assert not list(out.glob(".tmp-*"))
 
 
@@ -200,7 +201,7 @@ def test_unreadable_source_is_recorded_and_replaced(tiny_sdxl_dir, tmp_path):
     assert _cli("negatives", tmp_path / "in", "--out", out, "--count", 3, "--model", tiny_sdxl_dir, *FAST) == 0
     used = [json.loads(s["json"])["source_key"] for s in _samples(out).values()]
     assert len(used) == 3 and keys[1] not in used and set(used) == {keys[0], keys[2]}
-    stats = json.loads((out / "negatives-000000.stats.json").read_text())
+    stats = json.loads((out / "__supirkit__" / "stats" / "negatives-000000.json").read_text())
     assert stats["rejected"] == {"not_an_image": 1}
     assert stats["rejections"][0]["source"].endswith(f"#{keys[1]}")
 

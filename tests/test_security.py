@@ -36,13 +36,13 @@ def _malicious_tar(path, big: int = 0) -> None:
 
 
 def test_train_reader_refuses_escaping_names_links_and_devices(tmp_path):
-    from supirkit.train.data import TarReader, _scan_members, _scan_tar_keys
+    from supirkit.datapipe.tario import TarReader, image_keys, scan_members
 
     shard = tmp_path / "evil.tar"
     _malicious_tar(shard)
-    table = _scan_members(str(shard))
+    table = scan_members(str(shard))
     assert sorted(table) == ["ok"] and sorted(table["ok"]) == ["jpg", "txt"]
-    assert _scan_tar_keys(str(shard)) == ["ok"]
+    assert image_keys(table) == ["ok"]
     sample = TarReader().read(str(shard), "ok")
     assert sample["jpg"] == jpeg_bytes(1) and sample["txt"] == b"a caption"
     with pytest.raises(KeyError):
@@ -50,18 +50,19 @@ def test_train_reader_refuses_escaping_names_links_and_devices(tmp_path):
 
 
 def test_train_reader_refuses_a_member_over_the_size_limit_from_its_header(tmp_path):
-    from supirkit.train.data import TarReader
+    from supirkit.datapipe.errors import FileTooLarge
+    from supirkit.datapipe.tario import TarReader
 
     shard = tmp_path / "big.tar"
     _malicious_tar(shard, big=4096)
     reader = TarReader(max_member_bytes=2048)
-    with pytest.raises(OSError, match="larger than 2048 bytes"):  # an OSError: MixtureStream draws again
+    with pytest.raises(FileTooLarge, match="larger than max_file_bytes=2048"):  # an OSError: MixtureStream draws again
         reader.read(str(shard), "huge")
     assert reader.read(str(shard), "ok")["txt"] == b"a caption"
 
 
 def test_pipeline_tar_reader_skips_members_over_the_limit_without_reading_them(tmp_path):
-    from supirkit.datapipe.shards import image_too_large, iter_tar_samples
+    from supirkit.datapipe.tario import image_too_large, iter_tar_samples
 
     shard = tmp_path / "big.tar"
     _malicious_tar(shard, big=4096)
@@ -78,7 +79,7 @@ def test_pipeline_tar_reader_skips_members_over_the_limit_without_reading_them(t
 
 
 def test_reserved_field_names_cannot_overwrite_the_readers_own(tmp_path):
-    from supirkit.datapipe.shards import iter_tar_samples
+    from supirkit.datapipe.tario import iter_tar_samples
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -96,11 +97,11 @@ def test_reserved_field_names_cannot_overwrite_the_readers_own(tmp_path):
 
 def test_stage_inputs_reject_an_oversized_member_as_too_large(tmp_path):
     from supirkit.datapipe.inputs import _iter_tar, read_source
-    from supirkit.datapipe.shards import ShardStats
+    from supirkit.datapipe.stats import UnitStats
 
     shard = tmp_path / "big.tar"
     _malicious_tar(shard, big=4096)
-    stats = ShardStats()
+    stats = UnitStats()
     items = list(_iter_tar(str(shard), 0, stats, max_file_bytes=2048))
     assert [i.source.rsplit("#", 1)[1] for i in items] == ["ok"]
     reasons = {r["source"].rsplit("#", 1)[1]: r["reason"] for r in stats.rejections}
@@ -113,12 +114,13 @@ def test_stage_inputs_reject_an_oversized_member_as_too_large(tmp_path):
 
 
 def test_captioning_refuses_an_oversized_image_member():
-    from supirkit.captioning.images import SampleImageError, image_bytes_for
+    from supirkit.captioning.images import image_bytes_for
+    from supirkit.datapipe.errors import DecodeError
 
-    with pytest.raises(SampleImageError) as err:
+    with pytest.raises(DecodeError) as err:
         image_bytes_for({"__key__": "k", "__too_large__": ["jpg"]}, {}, "curated", 2048)
     assert err.value.reason == "too_large"
-    with pytest.raises(SampleImageError) as err:
+    with pytest.raises(DecodeError) as err:
         image_bytes_for({"__key__": "k", "jpg": b"x" * 4096}, {}, "curated", 2048)
     assert err.value.reason == "too_large"
     assert image_bytes_for({"__key__": "k", "jpg": b"x" * 10}, {}, "curated", 2048) == b"x" * 10

@@ -53,8 +53,8 @@ def test_shards_keep_bytes_and_carry_required_metadata(packed):
     from supirkit.datapipe.manifest import open_manifest
 
     index = {r["key"]: r for r in open_manifest(out).to_table().to_pylist()}
-    assert sorted(json.loads(index[content_key(files["img_002.jpg"])]["duplicates"])) == dups
-    assert all(json.loads(r["duplicates"]) == [] for k, r in index.items() if k != content_key(files["img_002.jpg"]))
+    assert sorted(index[content_key(files["img_002.jpg"])]["duplicates"]) == dups  # a list column, not text
+    assert all(r["duplicates"] == [] for k, r in index.items() if k != content_key(files["img_002.jpg"]))
     assert [r["reason"] for r in rejections(out) if r["source"].endswith("broken.jpg")] == ["not_an_image"]
     assert total_inputs(out) == 13 == len(samples) + len(rejections(out))
 
@@ -62,9 +62,14 @@ def test_shards_keep_bytes_and_carry_required_metadata(packed):
 def test_shard_layout_index_stats_and_adjacent_members(packed):
     import pyarrow.parquet as pq
 
-    from supirkit.datapipe.shards import list_shards
+    from supirkit.datapipe.tario import list_shards
+
+    from supirkit.datapipe.shard_format import ShardSetLayout
 
     _, out, _ = packed
+    layout = ShardSetLayout(out)
+    # nothing but shards at the top; everything else under __supirkit__/
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".tar")) == ["__supirkit__"]
     tars = sorted(p.name for p in out.glob("*.tar"))
     assert tars == [f"shard-{i:06d}.tar" for i in range(len(tars))] and len(tars) == 4  # 13 inputs / 4
     assert list_shards(str(out / f"shard-{{000000..{len(tars) - 1:06d}}}.tar")) == [str(out / t) for t in tars]
@@ -73,7 +78,7 @@ def test_shard_layout_index_stats_and_adjacent_members(packed):
             keys = [m.name.split(".", 1)[0] for m in tar.getmembers()]
         groups = [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
         assert len(groups) == len(set(groups))  # a sample's files are adjacent
-        index = pq.read_table(out / t.replace(".tar", ".parquet"))
+        index = pq.read_table(layout.index_dir / t.replace(".tar", ".parquet"))
         assert sorted(index.column("key").to_pylist()) == sorted(set(keys))
         if keys:  # the last shard holds only a duplicate: it is empty
             assert {"orig_width", "orig_height", "width", "height", "source", "source_uri", "bytes", "has_caption",
@@ -83,11 +88,14 @@ def test_shard_layout_index_stats_and_adjacent_members(packed):
                     members = [m for m in tar.getmembers() if m.name.split(".", 1)[0] == row["key"]]
                 assert row["bytes"] == sum(m.size for m in members)
                 assert (row["width"], row["height"]) == (row["orig_width"], row["orig_height"]) != (None, None)
-        stats = json.loads((out / t.replace(".tar", ".stats.json")).read_text())
+                # member offsets in the index point at each member's data (random access without a scan)
+                by_ext = {m.name.split(".", 1)[1]: (m.offset_data, m.size) for m in members}
+                assert {e["ext"]: (e["offset"], e["size"]) for e in row["members"]} == by_ext
+        stats = json.loads((layout.stats_dir / t.replace(".tar", ".json")).read_text())
         assert stats["counts"]["samples"] == len(set(keys))
         assert {"inputs", "samples", "bytes"} <= set(stats["counts"]) and "timings_s" in stats
         assert sum(stats["rejected"].values()) == len(stats["rejections"])
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads(layout.summary_file.read_text())
     assert summary["samples"] == 10 and summary["rejected"] == {"duplicate": 2, "not_an_image": 1}
 
 
@@ -113,9 +121,9 @@ def test_rerun_refuses_a_changed_config_unless_fresh(packed, tmp_path, capsys):
     src, _, _ = packed
     out = tmp_path / "out"
     assert run_shard([str(src), "--out", str(out), *LOCAL]) == 0
-    assert run_shard([str(src), "--out", str(out), "--set", "pack.min_side=8", *LOCAL]) == 2
+    assert run_shard([str(src), "--out", str(out), "--set", "prefilter.min_side=8", *LOCAL]) == 2
     assert "different config" in capsys.readouterr().err
-    assert run_shard([str(src), "--out", str(out), "--set", "pack.min_side=8", "--fresh", *LOCAL]) == 0
+    assert run_shard([str(src), "--out", str(out), "--set", "prefilter.min_side=8", "--fresh", *LOCAL]) == 0
 
 
 def test_from_manifest_where_selects_rows_and_rereads_their_sources(packed, tmp_path, capsys):
@@ -167,7 +175,7 @@ def test_img2dataset_tars_are_read_with_provenance_and_captions(tmp_path):
     assert len(tars) == 2  # input shard i -> output shard i
     got = {}
     for url in tars:
-        from supirkit.datapipe.shards import read_shard
+        from supirkit.datapipe.tario import read_shard
 
         for s in read_shard(str(url)):
             meta = json.loads(s["json"])
@@ -222,7 +230,7 @@ def test_file_gone_between_passes_is_recorded(tmp_path, monkeypatch):
 
 def test_file_urls_and_brace_lists_address_inputs_and_shards(packed, tmp_path):
     """``file://`` URLs are local paths; a brace list ``{a,b}`` expands like a range, for inputs and shards."""
-    from supirkit.datapipe.shards import list_shards
+    from supirkit.datapipe.tario import list_shards
     from supirkit.datapipe.sources import list_inputs
 
     src, out, files = packed

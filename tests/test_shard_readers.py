@@ -23,7 +23,7 @@ def shard_set(tmp_path_factory):
 def test_plain_webdataset_reads_the_same_bytes(shard_set):
     import webdataset as wds
 
-    from supirkit.datapipe.shards import list_shards
+    from supirkit.datapipe.tario import list_shards
 
     _, out, truth = shard_set
     urls = list_shards(out)
@@ -34,7 +34,7 @@ def test_plain_webdataset_reads_the_same_bytes(shard_set):
 def test_hf_datasets_webdataset_builder_reads_the_same_bytes(shard_set):
     import datasets
 
-    from supirkit.datapipe.shards import list_shards
+    from supirkit.datapipe.tario import list_shards
 
     root, out, truth = shard_set
     ds = datasets.load_dataset("webdataset", data_files={"train": list_shards(out)}, split="train",
@@ -49,7 +49,7 @@ def test_hf_datasets_webdataset_builder_reads_the_same_bytes(shard_set):
 def test_ray_data_reads_the_same_bytes(shard_set, ray_address):
     import ray
 
-    from supirkit.datapipe.shards import list_shards
+    from supirkit.datapipe.tario import list_shards
 
     _, out, truth = shard_set
     ds = ray.data.read_webdataset(list_shards(out), decoder=None)

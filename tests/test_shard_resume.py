@@ -39,7 +39,7 @@ def source(tmp_path_factory):
 
 def _accounting(out: Path) -> list:
     rows = []
-    for p in sorted(out.glob("shard-*.stats.json")):
+    for p in sorted((out / "__supirkit__" / "stats").glob("shard-*.json")):
         st = json.loads(p.read_text())
         rows.append((p.name, st["counts"]["inputs"], st["counts"]["samples"], st["rejected"],
                      sorted((r["source"], r["reason"]) for r in st["rejections"])))
@@ -47,8 +47,11 @@ def _accounting(out: Path) -> list:
 
 
 @pytest.mark.parametrize("fault,left_behind", [
-    ("after_tar_rename:1", lambda out: (out / "shard-000001.tar").exists() and not (out / "shard-000001.stats.json").exists()),
-    ("after_shards:1", lambda out: not list(out.glob("shard-*.tar")) and (out / "_hashes" / "hash-000000.stats.json").exists()),
+    ("after_tar_rename:1", lambda out: (out / "shard-000001.tar").exists()
+     and (out / "__supirkit__" / "index" / "shard-000001.parquet").exists()
+     and not (out / "__supirkit__" / "stats" / "shard-000001.json").exists()),
+    ("after_shards:1", lambda out: not list(out.glob("shard-*.tar"))
+     and (out / "__supirkit__" / "work" / "hash" / "hash-000000.stats.json").exists()),
     ("mid_shard:2", lambda out: not (out / "shard-000002.tar").exists() and any(out.glob(".tmp-*shard-000002.tar"))),
 ])
 def test_killed_job_resumes_to_the_uninterrupted_result(source, tmp_path, fault, left_behind):

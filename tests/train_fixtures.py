@@ -21,7 +21,8 @@ def write_shard_set(folder: Path, prefix: str, n_shards: int, per_shard: int, si
                     caption: str = "a photo of a cat") -> list[str]:
     """``n_shards`` shards of ``per_shard`` JPEG samples each (with .json and .txt); returns all keys."""
     from supirkit.datapipe.decode import encode_image
-    from supirkit.datapipe.shards import ShardSink, ShardStats
+    from supirkit.datapipe.sinks import ShardSink
+    from supirkit.datapipe.stats import UnitStats
 
     rng = np.random.default_rng(seed)
     keys = []
@@ -34,7 +35,7 @@ def write_shard_set(folder: Path, prefix: str, n_shards: int, per_shard: int, si
             sink.write({"__key__": key, "jpg": encode_image(img, "jpg", 95),
                         "json": {"width": w, "height": h, "caption": caption}, "txt": f"{caption} {i}"})
             keys.append(key)
-        sink.commit(ShardStats())
+        sink.commit(UnitStats())
     return keys
 
 

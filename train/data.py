@@ -16,37 +16,29 @@ any number of loader workers (workers take micro-batches round robin; the DataLo
 Sampling is with replacement, as in webdataset's resampled mode; unreadable or too-small samples are
 replaced by a new draw from the same seed (``attempt`` 1, 2, ...), so the replacement is deterministic too.
 
-Images are read by random access: each worker scans a tar's headers once (member offsets) and then reads
-just the members of the drawn key. Local paths and fsspec URLs both work (URLs by range reads).
+Images are read by random access (``datapipe.tario.TarReader``): the member offsets come from the shard's
+index (or one scan of a foreign tar's headers), then just the members of the drawn key are read. Local paths and fsspec URLs both work (URLs by range reads).
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
-import re
-import tarfile
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import PurePosixPath
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from torch.utils.data import IterableDataset
 
+from supirkit.datapipe.decode import DEFAULT_MAX_FILE_BYTES
+from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS
+from supirkit.datapipe.sources import open_binary
+from supirkit.datapipe.tario import LRU, TarReader, find_index, image_keys, scan_members
 from supirkit.train.config import DataSection, MixtureMember
 
 log = logging.getLogger(__name__)
 
-#: webdataset convention: the key is the member name up to the first dot of its basename.
-_MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")
-_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "jp2", "ppm")
 #: stream id of the validation pairs (training streams are the ranks 0..world-1)
 VALIDATION_STREAM = 1 << 20
-#: the size a member may have before it is read into memory: the pipeline's ``decode.max_file_bytes``
-#: default (a constant, not a data option, so the resume hash of existing runs is unchanged)
-MAX_MEMBER_BYTES = 512 * 1024 * 1024
 
 
 class DataError(RuntimeError):
@@ -55,62 +47,11 @@ class DataError(RuntimeError):
 
 # ----------------------------------------------------------------------------------------- shard indexes
 
-def _index_url(tar_url: str) -> str:
-    return tar_url[:-4] + ".parquet" if tar_url.endswith(".tar") else tar_url + ".parquet"
-
-
-def _open(url: str):
-    from supirkit.datapipe.sources import open_binary
-
-    return open_binary(url)
-
-
-def _exists(url: str) -> bool:
-    from supirkit.datapipe.sources import is_url
-
-    if is_url(url):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(url)
-        return fs.exists(path)
-    return os.path.isfile(url)
-
-
 def _parquet_rows(url: str) -> int:
     import pyarrow.parquet as pq
 
-    with _open(url) as f:
+    with open_binary(url) as f:
         return pq.ParquetFile(f).metadata.num_rows
-
-
-class _LRU:
-    """A small least-recently-used cache (per process; safe to share across threads)."""
-
-    def __init__(self, size: int, on_evict: Optional[Callable] = None):
-        self.size, self.on_evict = size, on_evict
-        self._d: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key, make):
-        with self._lock:
-            if key in self._d:
-                self._d.move_to_end(key)
-                return self._d[key]
-        value = make()
-        with self._lock:
-            self._d[key] = value
-            while len(self._d) > self.size:
-                _, old = self._d.popitem(last=False)
-                if self.on_evict:
-                    self.on_evict(old)
-        return value
-
-    def clear(self):
-        with self._lock:
-            if self.on_evict:
-                for v in self._d.values():
-                    self.on_evict(v)
-            self._d.clear()
 
 
 class ShardSetIndex:
@@ -130,14 +71,14 @@ class ShardSetIndex:
         with ThreadPoolExecutor(max_workers=max(1, min(threads, len(self.urls)))) as pool:
             counts = list(pool.map(self._count, self.urls))
         self.counts = np.asarray(counts, dtype=np.int64)
-        self._keys = _LRU(64)
+        self._keys = LRU(64)
 
     @staticmethod
     def _count(url: str) -> int:
-        index = _index_url(url)
-        if _exists(index):
+        index = find_index(url)
+        if index is not None:
             return _parquet_rows(index)
-        return len(_scan_tar_keys(url))
+        return len(image_keys(scan_members(url)))
 
     @property
     def total(self) -> int:
@@ -148,12 +89,12 @@ class ShardSetIndex:
 
     def _read_keys(self, shard: int) -> list[Optional[str]]:
         url = self.urls[shard]
-        index = _index_url(url)
-        if not _exists(index):
-            return _scan_tar_keys(url)
+        index = find_index(url)
+        if index is None:
+            return image_keys(scan_members(url))
         import pyarrow.parquet as pq
 
-        with _open(index) as f:
+        with open_binary(index) as f:
             pf = pq.ParquetFile(f)
             names = set(pf.schema_arrow.names)
             columns = ["key"] + (["status"] if "status" in names else [])
@@ -166,7 +107,7 @@ class ShardSetIndex:
 
     def __getstate__(self):  # workers rebuild their caches
         state = dict(self.__dict__)
-        state["_keys"] = _LRU(64)
+        state["_keys"] = LRU(64)
         return state
 
 
@@ -201,72 +142,6 @@ class RankView:
             j = j * self.world + self.rank
         pos = int(np.searchsorted(self._cum, j, side="right") - 1)
         return int(self.shards[pos]), int(j - self._cum[pos])
-
-
-# ------------------------------------------------------------------------------------ tar random access
-
-def _safe(name: str) -> bool:
-    p = PurePosixPath(name)
-    return not (name.startswith(("/", "\\")) or ".." in p.parts or ":" in name.split("/")[0])
-
-
-def _scan_members(url: str) -> dict[str, dict[str, tuple[int, int]]]:
-    """key -> {ext: (data offset, size)} for every regular, safely named member of a tar."""
-    table: dict[str, dict[str, tuple[int, int]]] = {}
-    with _open(url) as f:
-        with tarfile.open(fileobj=f, mode="r:") as tf:
-            for m in tf:
-                if not m.isfile() or not _safe(m.name):
-                    continue
-                match = _MEMBER_RE.match(m.name)
-                if match is None:
-                    continue
-                key, ext = match.group(1), match.group(2).lower()
-                table.setdefault(key, {})[ext] = (m.offset_data, m.size)
-    return table
-
-
-def _scan_tar_keys(url: str) -> list[Optional[str]]:
-    table = _scan_members(url)
-    return [k for k in sorted(table) if any(e in table[k] for e in _IMAGE_EXTS)]
-
-
-class TarReader:
-    """Reads the members of one key from a tar by offset (tar headers scanned once per shard and process)."""
-
-    def __init__(self, cache_shards: int = 256, cache_files: int = 8, max_member_bytes: int = MAX_MEMBER_BYTES):
-        self._tables = _LRU(cache_shards)
-        self._files = _LRU(cache_files, on_evict=lambda f: f.close())
-        self._pid = os.getpid()
-        self.max_member_bytes = int(max_member_bytes)
-
-    def _check_pid(self):
-        if os.getpid() != self._pid:  # forked: never share file positions with the parent
-            self._files = _LRU(self._files.size, on_evict=lambda f: f.close())
-            self._pid = os.getpid()
-
-    def read(self, url: str, key: str) -> dict:
-        self._check_pid()
-        table = self._tables.get(url, lambda: _scan_members(url))
-        members = table.get(key)
-        if members is None:
-            raise KeyError(f"{url}: no member {key!r}")
-        too_large = [ext for ext, (_, size) in members.items() if size > self.max_member_bytes]
-        if too_large:  # refused from the header (an OSError: the stream draws another sample)
-            raise OSError(f"{url}: {key}.{too_large[0]} is larger than {self.max_member_bytes} bytes")
-        f = self._files.get(url, lambda: _open(url))
-        sample = {"__key__": key, "__shard__": url}
-        for ext, (offset, size) in members.items():
-            f.seek(offset)
-            sample[ext] = f.read(size)
-        return sample
-
-    def __getstate__(self):
-        return {"_tables": _LRU(self._tables.size), "_files": _LRU(self._files.size, on_evict=lambda f: f.close()),
-                "_pid": -1, "max_member_bytes": self.max_member_bytes}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
 
 
 # ----------------------------------------------------------------------------------------------- stream
@@ -342,7 +217,7 @@ class MixtureStream(IterableDataset):
                  start_micro_batch: int = 0, stream: Optional[int] = None, prompt_rule: Optional[PromptRule] = None,
                  fixed_time_ids: Optional[list[float]] = None, degrader_factory: Optional[Callable] = None,
                  indexes: Optional[list[ShardSetIndex]] = None):
-        from supirkit.datapipe.shards import list_shards
+        from supirkit.datapipe.tario import list_shards
 
         self.data, self.seed, self.rank, self.world = data, int(seed), int(rank), int(world)
         self.stream = self.rank if stream is None else int(stream)
@@ -384,7 +259,7 @@ class MixtureStream(IterableDataset):
         if hq_size is not None and hq_size != data.crop.size:
             raise DataError(f"degradation profile {data.degrade!r} takes {hq_size}px crops but data.crop.size is "
                             f"{data.crop.size}: change one, or set data.degrade_overrides: [hq_size=null]")
-        self.reader = TarReader()
+        self.reader = TarReader(max_member_bytes=DEFAULT_MAX_FILE_BYTES)
 
     # --------------------------------------------------------------------------- pure functions of i
     def plan(self, index: int, attempt: int = 0) -> Draw:
@@ -409,21 +284,19 @@ class MixtureStream(IterableDataset):
         return self._degrader
 
     def sample(self, index: int) -> dict:
-        from supirkit.datapipe.decode import DecodeError
-
         reasons = []
         for attempt in range(self.data.max_redraws + 1):
             draw = self.plan(index, attempt)
             try:
                 return self._make(draw)
-            except (DecodeError, KeyError, _Skip, OSError, tarfile.TarError) as exc:
+            except (*CORRUPT_INPUT_ERRORS, KeyError, _Skip, OSError) as exc:
                 reasons.append(f"{type(exc).__name__}: {exc}")
         raise DataError(f"sample {index} of stream {self.stream}: {self.data.max_redraws + 1} draws failed: "
                         + "; ".join(reasons[-3:]))
 
     def _make(self, draw: Draw) -> dict:
         from supirkit.datapipe.decode import decode_rgb
-        from supirkit.datapipe.shards import sample_image, sample_meta
+        from supirkit.datapipe.tario import sample_image, sample_meta
 
         member = self.members[draw.member]
         index = self.indexes[draw.member]
@@ -551,6 +424,6 @@ def build_stream(data: DataSection, *, seed: int, rank: int, world: int, batch_s
                          start_micro_batch=start_micro_batch, stream=stream, indexes=indexes)
 
 
-__all__ = ["MixtureStream", "ShardSetIndex", "RankView", "TarReader", "Draw", "DataError", "collate",
+__all__ = ["MixtureStream", "ShardSetIndex", "RankView", "Draw", "DataError", "collate",
            "build_loader", "build_stream", "to_model_range", "VALIDATION_STREAM", "PromptRule", "DegraderFactory",
            "load_restore_config"]

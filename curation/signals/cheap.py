@@ -234,14 +234,15 @@ def border_fraction(rgb: np.ndarray, std_max: float = 3.0, mean_tol: float = 10.
     return best
 
 
-def phash(gray: np.ndarray) -> int:
-    """64-bit perceptual hash (DCT of a 32x32 thumbnail, 8x8 low frequencies vs their median), as int64."""
+def phash(gray: np.ndarray) -> str:
+    """64-bit perceptual hash (DCT of a 32x32 thumbnail, 8x8 low frequencies vs their median) as 16 hex
+    digits, bits in imagehash's order (``str(imagehash.phash(img))`` has the same form)."""
     import cv2
 
     thumb = cv2.resize(gray.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
     low = cv2.dct(thumb)[:8, :8].flatten()
     bits = low > np.median(low)
-    return int(np.packbits(bits).view(">i8")[0])
+    return np.packbits(bits).tobytes().hex()
 
 
 # ------------------------------------------------------------------------------------------- scorers

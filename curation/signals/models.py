@@ -10,10 +10,7 @@ from typing import Optional
 import numpy as np
 
 from supirkit.curation.signals.base import ImageView, Scorer
-
-
-class MissingWeightsError(RuntimeError):
-    """A model's weight file is not where the library looks for it (nothing is ever downloaded)."""
+from supirkit.datapipe.errors import MissingWeights
 
 
 def _device(pref: str) -> str:
@@ -164,14 +161,14 @@ class IQAScorer(Scorer):
             with no_downloads(), guard:
                 self.model = pyiqa.create_metric(self.metric, device=self.device, as_loss=False, **kwargs)
         except _NotLocal as exc:
-            raise MissingWeightsError(
+            raise MissingWeights(
                 f"pyiqa metric {self.metric!r} needs the weight file {os.path.basename(exc.dst)!r}, which is not "
                 f"on this machine: place it at {exc.dst} (it is published at {exc.url})") from None
         except Exception as exc:
             if not _is_download_error(exc):
                 raise
             where = _missing_from_traceback(exc) or "see pyiqa's model card for the file name"
-            raise MissingWeightsError(f"pyiqa metric {self.metric!r} needs weights that are not on this "
+            raise MissingWeights(f"pyiqa metric {self.metric!r} needs weights that are not on this "
                                       f"machine: {where}") from None
         self.model.eval()
 
@@ -218,7 +215,7 @@ def _resolve_clip(model: str, weights: Optional[str]) -> tuple[str, Optional[str
     if p.is_dir():
         configs = sorted(p.glob("*.json"))
         if len(configs) != 1:
-            raise MissingWeightsError(f"{p}: expected exactly one open_clip model config (.json), found {len(configs)}")
+            raise MissingWeights(f"{p}: expected exactly one open_clip model config (.json), found {len(configs)}")
         if weights is None:
             found = sorted(p.glob("*.safetensors"))
             weights = str(found[0]) if found else None
@@ -230,7 +227,7 @@ def _resolve_clip(model: str, weights: Optional[str]) -> tuple[str, Optional[str
         w = Path(os.path.expandvars(os.path.expanduser(weights)))
         if w.suffix in (".safetensors", ".bin", ".pt", ".pth") or os.sep in weights:
             if not w.is_file():
-                raise MissingWeightsError(f"open_clip weights for {model!r} not found: place the file at {w}")
+                raise MissingWeights(f"open_clip weights for {model!r} not found: place the file at {w}")
             weights = str(w)
     return model, weights
 
@@ -258,14 +255,14 @@ class ClipScorer(Scorer):
             with no_downloads():
                 model = open_clip.create_model(name, pretrained=weights, device=self.device)
         except _NotLocal as exc:
-            raise MissingWeightsError(f"open_clip model {name!r} needs the weight file {os.path.basename(exc.dst)!r}, "
+            raise MissingWeights(f"open_clip model {name!r} needs the weight file {os.path.basename(exc.dst)!r}, "
                                       f"which is not on this machine: place it at {exc.dst} (published at {exc.url})"
                                       ) from None
         except Exception as exc:
             if not _is_download_error(exc):
                 raise
             where = _missing_from_traceback(exc) or "give signals.aesthetic.clip_weights as a local file"
-            raise MissingWeightsError(f"open_clip model {name!r} ({weights}) is not on this machine: {where}") from None
+            raise MissingWeights(f"open_clip model {name!r} ({weights}) is not on this machine: {where}") from None
         self.model = model.eval()
         cfg = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
         self.image_size = int(getattr(model.visual, "image_size", (224, 224))[0]
@@ -276,7 +273,7 @@ class ClipScorer(Scorer):
         self.head = None
         if self.aesthetic:
             if not self.head_weights:
-                raise MissingWeightsError("signals.aesthetic.head_weights is not set: give the LAION aesthetic "
+                raise MissingWeights("signals.aesthetic.head_weights is not set: give the LAION aesthetic "
                                           "MLP file (e.g. sac+logos+ava1-l14-linearMSE.pth)")
             self.head = load_aesthetic_head(self.head_weights).to(self.device).eval()
 
@@ -340,7 +337,7 @@ def load_aesthetic_head(path: str):
 
     p = Path(os.path.expandvars(os.path.expanduser(path)))
     if not p.is_file():
-        raise MissingWeightsError(f"aesthetic head weights not found: place the file at {p}")
+        raise MissingWeights(f"aesthetic head weights not found: place the file at {p}")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -93,3 +93,28 @@ def check_model_ref(what: str, ref: str, marker: str = "config.json", local_only
         why = "HF_HUB_OFFLINE is set" if offline else "download it first"
         raise UserError(f"{what} {ref} cannot be loaded: no such folder, and not a hub id in the local cache "
                         f"({why}: {fetch or 'hf download ' + ref})")
+
+
+def finish(stage: str, result, out, what: str, inputs: int | None = None) -> int:
+    """The last lines of a stage command, and its exit code: what was made, the rejections by reason (the
+    same counts as the summary file), each failed unit by number and first input, and a non-zero exit for
+    a job that failed units or wrote nothing although it had inputs."""
+    from pathlib import Path
+
+    from supirkit.datapipe.shard_format import ShardSetLayout
+
+    print(f"{stage}: {what}; rejected: {result.rejection_line()}")
+    summary = ShardSetLayout(Path(out)).summary_file
+    if summary.is_file():
+        print(f"{stage}: summary in {summary}")
+    for fail in result.failed[:5]:
+        print(f"{stage}: failed {fail.describe_failure()}")
+    if result.failed:
+        print(f"{stage}: {len(result.failed)} unit(s) failed; rerun the same command to retry them")
+        return 1
+    inputs = result.inputs if inputs is None else inputs
+    if result.samples == 0 and inputs:
+        print(f"{stage}: error: wrote no samples although there were {inputs} inputs: every one was rejected "
+              f"({result.rejection_line()}); see the summary for each input's reason")
+        return 1
+    return 0

@@ -1,7 +1,7 @@
 """supirkit caption"""
 from __future__ import annotations
 
-from supirkit.commands._common import add_config_args, add_output_args, check_model_ref, check_output_folder, load
+from supirkit.commands._common import finish, add_config_args, add_output_args, check_model_ref, check_output_folder, load
 
 HELP = "caption every sample of a shard set with LLaVA (adds .txt and caption metadata; images unchanged)"
 DESCRIPTION = (HELP + ". Input shard i becomes output shard i; rerunning the same command resumes, redoing "
@@ -45,14 +45,9 @@ def run(args) -> int:
     except BackendError as exc:
         raise UserError(str(exc)) from None
     result, report = job.result, job.summary
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.rejected.items())) or "none"
-    mean = report.get("clip_tokens_mean")
-    print(f"caption: {report['captions']} captions in {result.units} shards under {args.out} "
-          f"({result.skipped} already done); skipped samples: {reasons}; CLIP tokens mean {mean}, "
-          f"{report['over_limit_share']:.0%} over {report['clip_token_limit']} ({report['clip_tokens_method']})")
     for warning in report["warnings"]:
         print(f"caption: warning: {warning}")
-    if result.failed:
-        print(f"caption: {len(result.failed)} shard(s) failed; rerun the same command to retry them")
-        return 1
-    return 0
+    return finish("caption", result, args.out,
+                  f"{report['captions']} captions in {result.units} shards under {args.out} ({result.skipped} "
+                  f"already done); CLIP tokens mean {report.get('clip_tokens_mean')}, {report['over_limit_share']:.0%} "
+                  f"over {report['clip_token_limit']} ({report['clip_tokens_method']})")

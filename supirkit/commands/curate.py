@@ -1,12 +1,14 @@
 """supirkit curate"""
 from __future__ import annotations
 
-from supirkit.commands._common import add_config_args, add_output_args, check_output_folder, check_sources, load
+from supirkit.commands._common import (add_config_args, add_output_args, check_output_folder, check_sources, finish,
+                                       load)
 
 HELP = "score, deduplicate and select high-resolution photos; write curated training shards"
-DESCRIPTION = (HELP + ". Every input gets a row in OUT/scores (with the rule that rejected it); accepted "
-               "images become training crops in shards at the top of OUT, with report.html and summary.json. "
-               "With --select-only, new thresholds re-select from the scores without rescoring.")
+DESCRIPTION = (HELP + ". Accepted images become training crops in shards at the top of OUT; every input gets a "
+               "row in the scores table OUT/__supirkit__/scores (with the rule that rejected it), beside "
+               "report/report.html and summary.json. With --select-only, new thresholds re-select from the scores "
+               "without rescoring.")
 
 
 def add_arguments(p):
@@ -22,24 +24,16 @@ def run(args) -> int:
 
     if not args.sources and not args.select_only:
         raise UserError("give at least one SRC, or --select-only to re-select an existing run")
-    from supirkit.curation import CurateConfig, MissingWeightsError, run_curate_job
+    from supirkit.curation import CurateConfig, run_curate_job
+    from supirkit.datapipe.stats import JobResult
 
     cfg = load(args, CurateConfig)
     check_output_folder(args.out)
     if not args.select_only:
         check_sources(args.sources)
-    try:
-        result = run_curate_job(args.sources, args.out, cfg, fresh=args.fresh, select_only=args.select_only)
-    except MissingWeightsError as exc:
-        raise UserError(str(exc)) from None
+    result = run_curate_job(args.sources, args.out, cfg, fresh=args.fresh, select_only=args.select_only)
     f = result.funnel
-    if f:
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(f.get("rejected_by_reason", {}).items())) or "none"
-        print(f"curate: {f.get('accepted', 0)} of {f.get('inputs', 0)} inputs accepted -> "
-              f"{f.get('training_samples', 0)} training samples in {args.out}; rejected: {reasons}")
-    if result.failed:
-        for fail in result.failed[:5]:
-            print(f"curate: {fail.get('shard')} failed: {fail.get('error')}")
-        print(f"curate: {len(result.failed)} unit(s) failed; rerun the same command to retry them")
-        return 1
-    return 0
+    job = result.write or JobResult()
+    job.failed = result.failed
+    return finish("curate", job, args.out, f"{f.get('accepted', 0)} of {f.get('inputs', 0)} inputs accepted -> "
+                  f"{f.get('training_samples', 0)} training samples in {args.out}", inputs=f.get("inputs", 0))

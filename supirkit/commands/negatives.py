@@ -1,7 +1,7 @@
 """supirkit negatives"""
 from __future__ import annotations
 
-from supirkit.commands._common import add_config_args, add_output_args, check_model_ref, check_output_folder, load
+from supirkit.commands._common import finish, add_config_args, add_output_args, check_model_ref, check_output_folder, load
 
 HELP = "make SUPIR's negative-quality samples with SDXL (img2img from shards at strength 0.5, or txt2img)"
 DESCRIPTION = (HELP + ". Each sample is captioned with its negative-quality prompt and marked "
@@ -44,10 +44,6 @@ def run(args) -> int:
         result = run_negatives_job(args.sources, args.out, cfg, fresh=args.fresh)
     except (FileNotFoundError, ModelLoadError) as exc:
         raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.rejected.items())) or "none"
-    print(f"negatives: {result.samples} of {cfg.generate.count} samples ({cfg.generate.mode}) in {result.units} "
-          f"shards under {args.out} ({result.skipped} already done); rejected sources: {reasons}")
-    if result.failed:
-        print(f"negatives: {len(result.failed)} shard(s) failed; rerun the same command to retry them")
-        return 1
-    return 0
+    return finish("negatives", result, args.out,
+                  f"{result.samples} of {cfg.generate.count} samples ({cfg.generate.mode}) in {result.units} shards "
+                  f"under {args.out} ({result.skipped} already done)", inputs=cfg.generate.count)

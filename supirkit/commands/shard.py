@@ -1,7 +1,8 @@
 """supirkit shard"""
 from __future__ import annotations
 
-from supirkit.commands._common import add_config_args, add_output_args, check_output_folder, check_sources, load
+from supirkit.commands._common import (add_config_args, add_output_args, check_output_folder, check_sources, finish,
+                                       load)
 
 HELP = "pack images (folders, globs, URLs, path lists, tars) into lossless WebDataset shards"
 DESCRIPTION = (HELP + ". With --from-manifest and --where, select rows of a scores table and write a new "
@@ -26,9 +27,9 @@ def run(args) -> int:
     if args.where and not args.from_manifest:
         raise UserError("--where needs --from-manifest")
     from supirkit.datapipe.conditions import Condition
-    from supirkit.datapipe.pack import ShardJobConfig, run_shard_job
+    from supirkit.datapipe.pack import ShardConfig, run_shard_job
 
-    cfg = load(args, ShardJobConfig)
+    cfg = load(args, ShardConfig)
     check_output_folder(args.out)
     check_sources(args.sources)
     if args.from_manifest:
@@ -40,10 +41,5 @@ def run(args) -> int:
         Condition(args.where)  # fail before any work on a bad expression
     result = run_shard_job(args.sources, args.out, cfg, fresh=args.fresh, manifest=args.from_manifest,
                            where=args.where)
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.rejected.items())) or "none"
-    print(f"shard: {result.samples} samples in {result.units} shards under {args.out} "
-          f"({result.skipped} already done); rejected: {reasons}")
-    if result.failed:
-        print(f"shard: {len(result.failed)} shard(s) failed; rerun the same command to retry them")
-        return 1
-    return 0
+    return finish("shard", result, args.out, f"{result.samples} samples in {result.units} shards under {args.out} "
+                  f"({result.skipped} already done)")

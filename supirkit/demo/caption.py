@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from supirkit.datapipe.shard_format import ShardSetLayout
+
 
 def input_shards(ctx, fallback_name: str) -> Path:
     """The curate step's shards (``ctx.outputs['curate']['shards']``), else ``ctx.out/curated`` when an earlier
@@ -29,13 +31,14 @@ def step(ctx) -> dict:
     if "sdxl" in ctx.models:  # count tokens with the (tiny) SDXL pipeline's own CLIP tokenizer
         argv += ["--set", f"tokens.tokenizer={ctx.models['sdxl']}"]
     ctx.cli(argv)
-    summary = json.loads((out / "summary.json").read_text())
+    layout = ShardSetLayout(out)
+    summary = json.loads(layout.summary_file.read_text())
     report = summary.get("caption", {})
     example = ""
-    for index in sorted(out.glob("*.parquet")):
-        column = pq.read_table(index, columns=["caption.text"]).column(0).to_pylist()
+    for index in sorted(layout.index_dir.glob("*.parquet")):
+        column = pq.read_table(index, columns=["caption"]).column(0).to_pylist()
         if column:
-            example = (column[0] or "")[:48]
+            example = ((column[0] or {}).get("text") or "")[:48]
             break
     return {"shards": str(out), "input": str(shards), "captions": report.get("captions"),
             "skipped": sum(summary["rejected"].values()), "clip_tokens_mean": report.get("clip_tokens_mean"),

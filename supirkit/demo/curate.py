@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from supirkit.datapipe.shard_format import ShardSetLayout
+
 
 def step(ctx) -> dict:
     out = ctx.out / "curated"
@@ -13,8 +15,8 @@ def step(ctx) -> dict:
                  "--set", f"signals.aesthetic.clip_model={ctx.models['clip']}",
                  "--set", f"signals.aesthetic.head_weights={ctx.models['aesthetic']}"]
     ctx.cli(argv)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads(ShardSetLayout(out).summary_file.read_text())
     funnel = summary.get("funnel", {})
     return {"shards": str(out), "inputs": funnel.get("inputs"), "accepted": funnel.get("accepted"),
             "samples": summary.get("samples"), "rejected": funnel.get("rejected_by_reason"),
-            "scores": str(out / "scores"), "report": str(out / "report.html")}
+            "scores": summary.get("scores"), "report": summary.get("report")}

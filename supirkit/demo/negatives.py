@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from supirkit.datapipe.shard_format import ShardSetLayout
+
 
 def step(ctx) -> dict:
     from supirkit.demo.caption import input_shards
@@ -11,5 +13,5 @@ def step(ctx) -> dict:
     out = ctx.out / "negatives"
     ctx.cli(["negatives", source, "--out", out, "--fresh", "--count", 8, "--model", ctx.models["sdxl"],
              "--config", "negatives/demo.yaml"])
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads(ShardSetLayout(out).summary_file.read_text())
     return {"shards": str(out), "samples": summary["samples"], "mode": summary["mode"], "input": str(source)}

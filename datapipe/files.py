@@ -1,0 +1,124 @@
+"""Files that appear whole or not at all: the one write idiom of every stage.
+
+A file that a resume reads (a shard, its index, a stats marker, a plan, the job file) is written under a
+temporary name in its own folder, flushed and fsynced, then renamed over its final name: a reader (or a
+rerun after a crash, a full disk or a SIGKILL) sees the old file, or the new one, never half of one.
+Temporary names start with ``TMP_PREFIX`` and carry the writer's host and pid, so that a later run can
+tell the leftovers of a dead writer from a live one's work in progress.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+TMP_PREFIX = ".tmp-"
+
+
+def temporary_name(path: str | Path) -> Path:
+    """A unique temporary sibling of ``path`` (same folder, so the final rename is atomic)."""
+    path = Path(path)
+    host = socket.gethostname().split(".")[0].replace("-", "_")[:32] or "host"
+    return path.with_name(f"{TMP_PREFIX}{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+
+
+def parse_temporary_name(name: str) -> tuple[str, int] | None:
+    """``(host, pid)`` of the writer of a temporary file named by ``temporary_name``; None for other names."""
+    if not name.startswith(TMP_PREFIX):
+        return None
+    parts = name[len(TMP_PREFIX):].split("-", 3)
+    if len(parts) < 4 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (a crash right after ``os.replace`` keeps the new name)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some filesystems do not open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary sibling of ``path`` for writing; on a clean exit it is fsynced and renamed over
+    ``path``, on an exception it is removed and ``path`` is left as it was."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    f = open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, path)
+        _fsync_folder(path.parent)
+    except BaseException:
+        f.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` atomically (see the module docstring)."""
+    with atomic_output(path, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 1) -> None:
+    atomic_write(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=_json_default))
+
+
+def atomic_write_parquet(path: str | Path, table, **options) -> None:
+    """A pyarrow table as a parquet file, atomically (zstd unless ``compression`` says otherwise)."""
+    import pyarrow.parquet as pq
+
+    options.setdefault("compression", "zstd")
+    with atomic_output(path, "wb") as f:
+        pq.write_table(table, f, **options)
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays, paths and sets, as JSON understands them."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file that this package wrote (atomically, so a partial one means outside damage)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def remove_temporaries(folder: str | Path, recursive: bool = False) -> int:
+    """Remove the temporary files that writers left in ``folder`` (all of them: call this only where no
+    other writer of this job can be running, e.g. before a unit is started); returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    pattern = f"**/{TMP_PREFIX}*" if recursive else f"{TMP_PREFIX}*"
+    n = 0
+    for p in folder.glob(pattern):
+        if p.is_file() or p.is_symlink():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+__all__ = ["TMP_PREFIX", "temporary_name", "parse_temporary_name", "atomic_output", "atomic_write",
+           "atomic_write_json", "atomic_write_parquet", "read_json", "remove_temporaries"]
