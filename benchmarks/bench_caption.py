@@ -198,10 +198,11 @@ def bench_gpu(args) -> dict:
 
     if not torch.cuda.is_available():
         raise SystemExit("--gpu: no CUDA device visible")
+    from transformers import LlavaForConditionalGeneration
+
     from supirkit.captioning.backends import TransformersCaptioner, VLLMCaptioner
     from supirkit.captioning.config import CaptionJobConfig
     from supirkit.datapipe.config import load_config
-    from transformers import LlavaForConditionalGeneration
 
     work = OUT / "caption_gpu"
     folder = work / "llava-1.5-13b-random"

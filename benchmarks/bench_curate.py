@@ -84,8 +84,8 @@ def scoring_pass(files: list[Path], out: Path) -> dict:
     from supirkit.curation.stages import ScoreStage
     from supirkit.datapipe.plan import Partition
     from supirkit.datapipe.sinks import TableSink
-    from supirkit.datapipe.stats import UnitStats
     from supirkit.datapipe.sources import FILE, InputRef
+    from supirkit.datapipe.stats import UnitStats
 
     if out.exists():
         shutil.rmtree(out)

@@ -59,8 +59,8 @@ def write_input_shard(folder: Path, n: int, size: int, seed: int = 0) -> None:
 
 def run_stage_bench(model: str, inputs: Path, out: Path, count: int, batch: int, size: int, device: str,
                     dtype: str, threads) -> dict:
-    from supirkit.negatives.job import run_negatives_job
     from supirkit.negatives.config import NegativesJobConfig
+    from supirkit.negatives.job import run_negatives_job
 
     cfg = NegativesJobConfig.model_validate({
         "model": {"id": model, "device": device, "dtype": dtype, "cpu_threads": threads},
@@ -89,9 +89,9 @@ def run_anchor(model: str, inputs: Path, count: int, batch: int, size: int, devi
     from diffusers import StableDiffusionXLImg2ImgPipeline
     from PIL import Image
 
-    from supirkit.negatives.job import PAPER_PROMPT, resolve_device, torch_dtype
     from supirkit.datapipe.decode import decode_rgb
     from supirkit.datapipe.tario import list_shards, read_shard, sample_image
+    from supirkit.negatives.job import PAPER_PROMPT, resolve_device, torch_dtype
 
     dev = resolve_device(device)
     if dev == "cpu" and threads:

@@ -39,6 +39,7 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared inputs beside this script
 import _images  # noqa: E402
 
@@ -201,7 +202,8 @@ def tiny_step_vs_loader(root: Path, steps: int) -> dict:
     from supirkit.tiny.sdxl import build_tiny_sdxl
     from supirkit.train.config import TrainConfig
     from supirkit.train.data import MixtureStream
-    from supirkit.train.loop import AdaptorObjective, FrozenSDXL, build_optimizer, seed_for
+    from supirkit.train.objectives import AdaptorObjective, FrozenSDXL
+    from supirkit.train.setup import build_optimizer, seed_for
 
     torch.set_num_threads(1)
     sdxl = build_tiny_sdxl(root / "sdxl", seed=0)
@@ -267,11 +269,11 @@ def full_size_step(device, steps: int, warmup: int, batch: int = 4, px: int = 51
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from supirkit.train.data import to_model_range
-    from supirkit.train.loop import EMA
     from supirkit.model.config import load_model_config, read_json_config
     from supirkit.model.dr_encoder import DegradationRobustEncoder
     from supirkit.model.supir import SUPIRModel, move_to
+    from supirkit.train.data import to_model_range
+    from supirkit.train.ema import EMAModel
 
     mcfg = load_model_config()
     unet_config = unet_config or read_json_config(mcfg.sdxl.unet_config)
@@ -298,7 +300,7 @@ def full_size_step(device, steps: int, warmup: int, batch: int = 4, px: int = 51
     model.enable_gradient_checkpointing()
     params = list(model.trainable_parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=1e-2)
-    ema = EMA(params, 0.9999)
+    ema = EMAModel(params, 0.9999)
     sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                    num_train_timesteps=1000)  # SDXL's scheduler/scheduler_config.json
     alphas = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
@@ -333,7 +335,7 @@ def full_size_step(device, steps: int, warmup: int, batch: int = 4, px: int = 51
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        ema.update(n_step[0])
+        ema.step(n_step[0])
         return loss
 
     cuda = device.type == "cuda"

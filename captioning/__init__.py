@@ -7,8 +7,14 @@ Public API (heavy libraries load only when a model is built):
 - ``CaptionCleaner`` / ``clean_caption`` and ``TokenCounter`` (clean-up, count against SDXL's 77 tokens);
 - ``fit_image`` (pad / crop / none, as the captioner should see an image).
 """
-from supirkit.captioning.backends import (BackendError, Generation, TransformersCaptioner, VLLMCaptioner, load_backend,
-                                 render_prompt)
+from supirkit.captioning.backends import (
+                                 BackendError,
+                                 Generation,
+                                 TransformersCaptioner,
+                                 VLLMCaptioner,
+                                 load_backend,
+                                 render_prompt,
+)
 from supirkit.captioning.clean import CaptionCleaner, TokenCount, TokenCounter, clean_caption
 from supirkit.captioning.config import SUPIR_INSTRUCTION, VICUNA_SYSTEM, CaptionJobConfig
 from supirkit.captioning.images import fit_image

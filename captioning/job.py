@@ -330,9 +330,9 @@ class CaptionJobResult:
 
 def check_model(cfg: CaptionJobConfig) -> None:
     """Fail before any shard is touched when the checkpoint cannot be a LLaVA (one line for the user)."""
-    from supirkit.captioning.backends import SUPPORTED_MODEL_TYPES, BackendError
-
     from transformers import AutoConfig
+
+    from supirkit.captioning.backends import SUPPORTED_MODEL_TYPES, BackendError
 
     name = cfg.model.name
     try:

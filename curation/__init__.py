@@ -12,5 +12,4 @@ from supirkit.curation.crops import CropBox, plan_crops
 from supirkit.curation.job import CurateResult, run_curate_job, select
 from supirkit.curation.rules import compile_rules
 
-
 __all__ = ["CurateConfig", "CurateResult", "run_curate_job", "select", "compile_rules", "CropBox", "plan_crops"]

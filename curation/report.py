@@ -3,7 +3,6 @@ acceptance funnel, and sample grids (accepted; rejected near a threshold; clearl
 from __future__ import annotations
 
 import html
-import json
 import os
 from pathlib import Path
 

@@ -15,11 +15,26 @@ everything else here is plumbing the stages share:
 Submodules import their heavy dependencies lazily.
 """
 from supirkit.datapipe.conditions import Condition, ConditionError, filter_table
-from supirkit.datapipe.config import (CONFIG_ROOT, DecodeConfig, RunnerConfig, Schema, ShardingConfig, config_hash,
-                                      load_config)
+from supirkit.datapipe.config import (
+                                      CONFIG_ROOT,
+                                      DecodeConfig,
+                                      RunnerConfig,
+                                      Schema,
+                                      ShardingConfig,
+                                      config_hash,
+                                      load_config,
+)
 from supirkit.datapipe.decode import ImageHeader, decode_rgb, decode_thumbnail, encode_image, probe
-from supirkit.datapipe.errors import (CORRUPT_INPUT_ERRORS, ConfigError, DecodeError, FileTooLarge, MissingWeights,
-                                      PreflightError, TransientIOError, rejection_reason)
+from supirkit.datapipe.errors import (
+                                      CORRUPT_INPUT_ERRORS,
+                                      ConfigError,
+                                      DecodeError,
+                                      FileTooLarge,
+                                      MissingWeights,
+                                      PreflightError,
+                                      TransientIOError,
+                                      rejection_reason,
+)
 from supirkit.datapipe.files import atomic_write, atomic_write_json, atomic_write_parquet
 from supirkit.datapipe.keys import content_key, display_source, sub_key
 from supirkit.datapipe.plan import Partition, load_partition, plan_partitions

@@ -12,9 +12,7 @@ keeps keys globally unique.
 """
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Iterable, Optional
 
 from pydantic import Field

@@ -16,8 +16,16 @@ from collections import OrderedDict
 from typing import Callable, Iterable, Iterator, Optional
 
 from supirkit.datapipe.errors import BadMetadata, FileTooLarge
-from supirkit.datapipe.shard_format import (IMAGE_EXTS, META_DIR, STATS_DIR, ShardSetLayout, UnsafeMember,
-                                            check_member, index_candidates, split_member)
+from supirkit.datapipe.shard_format import (
+    IMAGE_EXTS,
+    META_DIR,
+    STATS_DIR,
+    ShardSetLayout,
+    UnsafeMember,
+    check_member,
+    index_candidates,
+    split_member,
+)
 from supirkit.datapipe.sources import expand_braces, has_braces, is_url, open_binary, strip_file_scheme
 
 BLOCK = tarfile.BLOCKSIZE

@@ -16,7 +16,13 @@ import numpy as np
 
 from supirkit.degrade.config import DegradeConfig
 from supirkit.degrade.jpeg import jpeg_roundtrip, quality_to_int, to_uint8
-from supirkit.degrade.kernels import kernel_from_params, sample_blur_kernel, sample_sinc, separable_factor, weighted_index
+from supirkit.degrade.kernels import (
+    kernel_from_params,
+    sample_blur_kernel,
+    sample_sinc,
+    separable_factor,
+    weighted_index,
+)
 from supirkit.degrade.noise import add_gaussian_noise, add_poisson_noise
 
 # degrade.filters, degrade.resize and degrade.sharpen (OpenCV) are imported where pixels are touched, so that

@@ -151,8 +151,8 @@ def write_adaptor_folder(state_dict: dict, out_dir, unet_config: dict, vae_confi
     """Build the adaptor (and DR encoder) on the meta device, assign the converted tensors, save."""
     import torch
 
-    from .dr_encoder import DegradationRobustEncoder
-    from .supir import DR_ENCODER_SUBFOLDER, SUPIRAdaptor, _layout_depths
+    from supirkit.model.dr_encoder import DegradationRobustEncoder
+    from supirkit.model.supir import DR_ENCODER_SUBFOLDER, SUPIRAdaptor, _layout_depths
 
     layers = unet_config["layers_per_block"]
     converted = convert_official_checkpoint(state_dict, layers if isinstance(layers, int) else layers[0])
@@ -181,8 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--unet-config", default=None, help="UNet config JSON (default: the model config's)")
     args = p.parse_args(argv)
     from supirkit.datapipe.config import ConfigError
-
-    from .config import load_model_config, read_json_config
+    from supirkit.model.config import load_model_config, read_json_config
 
     try:
         if not Path(args.checkpoint).is_file():

@@ -36,9 +36,9 @@ def build_meta_parts(model_config, layout_name: str):
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from .config import read_json_config
-    from .dr_encoder import DegradationRobustEncoder
-    from .supir import SUPIRModel
+    from supirkit.model.config import read_json_config
+    from supirkit.model.dr_encoder import DegradationRobustEncoder
+    from supirkit.model.supir import SUPIRModel
 
     unet_cfg = read_json_config(model_config.sdxl.unet_config)
     vae_cfg = read_json_config(model_config.sdxl.vae_config)

@@ -115,7 +115,7 @@ class SUPIRRestorer:
         self.config = config
         self.captioner = captioner
         self.device = device or torch.device("cpu")
-        from .prompts import PromptAssembler
+        from supirkit.model.prompts import PromptAssembler
 
         self.assembler = PromptAssembler.from_config(config.prompt, text_encoders.tokenizer, logger=log)
 
@@ -124,9 +124,9 @@ class SUPIRRestorer:
     def load(cls, sdxl: str, adaptor_dir, config, captioner: Optional[str] = None) -> "SUPIRRestorer":
         from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
 
-        from .sampler import SigmaSchedule
-        from .supir import SUPIRModel, move_to
-        from .text import SDXLTextEncoders
+        from supirkit.model.sampler import SigmaSchedule
+        from supirkit.model.supir import SUPIRModel, move_to
+        from supirkit.model.text import SDXLTextEncoders
 
         rt = config.runtime
         device = _resolve_device(rt.device)
@@ -196,9 +196,9 @@ class SUPIRRestorer:
         import torch
         import torch.nn.functional as F
 
-        from .colorfix import color_fix
-        from .sampler import Conditioning, RestoreEDMSampler, SamplerSettings, supir_eps_fn
-        from .text import time_ids
+        from supirkit.model.colorfix import color_fix
+        from supirkit.model.sampler import Conditioning, RestoreEDMSampler, SamplerSettings, supir_eps_fn
+        from supirkit.model.text import time_ids
 
         cfg = self.config
         (w0, h0), (w, h) = working_size(*image.size, cfg.image.upscale, cfg.image.min_size, cfg.image.size_multiple)

@@ -232,7 +232,7 @@ class RestoreEDMSampler:
                      on_step=None) -> torch.Tensor:
         """Official ``TiledRestoreEDMSampler``: each step runs per latent tile (own control and x_center
         slices, one global noise field sliced per tile) and blends tiles with Gaussian weights."""
-        from .tiling import gaussian_weights, sliding_windows
+        from supirkit.model.tiling import gaussian_weights, sliding_windows
 
         self._check_guidance(x_center)
         sigmas = self.sigmas()

@@ -15,14 +15,14 @@ import logging
 from pathlib import Path
 
 import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import register_to_config
-
-from .connectors import ZeroCrossAttn, ZeroSFT, plan_connectors
-from .trunk import ControlTrunk, check_sdxl_like, resolve_depths, sdxl_embedding
+from supirkit.model.connectors import plan_connectors
+from supirkit.model.dr_encoder import DegradationRobustEncoder
+from supirkit.model.trunk import ControlTrunk, check_sdxl_like, resolve_depths, sdxl_embedding
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _layout_depths(layout):
     if isinstance(layout, dict):
         return layout.get("transformer_depth"), layout.get("mid_transformer_depth")
     if isinstance(layout, str):
-        from .config import TrunkSection
+        from supirkit.model.config import TrunkSection
 
         layout = TrunkSection().layouts[layout]
     return layout.transformer_depth, layout.mid_transformer_depth
@@ -259,10 +259,15 @@ def load_dr_encoder_if_present(directory):
     sub = Path(directory) / DR_ENCODER_SUBFOLDER
     if not (sub / "config.json").is_file():
         return None
-    from .dr_encoder import DegradationRobustEncoder
-
     return DegradationRobustEncoder.from_pretrained(sub)
 
 
-def is_connector(module: nn.Module) -> bool:
-    return isinstance(module, (ZeroSFT, ZeroCrossAttn))
+def load_dr_encoder(path: str | Path):
+    """A DR encoder from an adaptor folder (``dr_encoder/`` inside) or from its own folder, frozen."""
+    p = Path(path)
+    dr = load_dr_encoder_if_present(p)
+    if dr is None:
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no DR encoder (neither {p}/dr_encoder/ nor a config.json)")
+        dr = DegradationRobustEncoder.from_pretrained(p)
+    return dr.requires_grad_(False)

@@ -36,7 +36,6 @@ their sources.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -54,8 +53,15 @@ from supirkit.datapipe.runner import Pass, prepare_output, run_stage, write_job_
 from supirkit.datapipe.sinks import ShardOutput, ShardSink
 from supirkit.datapipe.stage import Stage
 from supirkit.datapipe.stats import JobResult, UnitStats
-from supirkit.negatives.config import (NEGATIVE_WORDS, PAPER_PROMPT, SDXL_BASE, GenerateOptions, ModelOptions,
-                                       NegativesJobConfig, PromptOptions)
+from supirkit.negatives.config import (
+    NEGATIVE_WORDS,
+    PAPER_PROMPT,
+    SDXL_BASE,
+    GenerateOptions,
+    ModelOptions,
+    NegativesJobConfig,
+    PromptOptions,
+)
 
 log = logging.getLogger("supirkit")
 
@@ -550,5 +556,5 @@ def run_negatives_job(sources: Iterable[str] | None, out: str | Path, cfg: Negat
 
 __all__ = ["NegativesJobConfig", "NegativesStage", "SDXLGenerator", "SourcePlan", "SourceReader", "PromptSampler",
            "SampleSpec", "ModelLoadError", "run_negatives_job", "sample_key", "sample_seed", "sample_spec",
-           "partition_range", "n_partitions", "CountPartitions", "fit_to_size", "shard_keys", "PAPER_PROMPT",
+           "partition_range", "n_partitions", "fit_to_size", "shard_keys", "PAPER_PROMPT",
            "NEGATIVE_WORDS", "QUALITY", "SUBSET"]

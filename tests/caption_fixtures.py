@@ -22,10 +22,11 @@ def make_shards(root: Path, n_shards: int = 3, per_shard: int = 3, corrupt: bool
                 seed: int = 0) -> Path:
     """``root/originals`` (the sources) and ``root/shards`` (shard-00000i.tar + index + stats); returns the
     shard folder. The curated image is a 2x-downscaled copy of the original, as a curation step would make."""
+    from PIL import Image
+
     from supirkit.datapipe.keys import content_key
     from supirkit.datapipe.sinks import ShardSink
     from supirkit.datapipe.stats import UnitStats
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     originals, shards = root / "originals", root / "shards"

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from model_fixtures import tiny_sdxl_dir  # noqa: F401  (session fixture, re-exported)
 
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from caption_fixtures import make_shards
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

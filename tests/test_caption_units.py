@@ -64,9 +64,8 @@ def test_fit_image_pads_crops_or_keeps():
 
 
 def test_config_defaults_follow_supir_and_are_validated():
+    from supirkit.captioning.config import SUPIR_INSTRUCTION, CaptionJobConfig
     from supirkit.datapipe.config import ConfigError, load_config
-
-    from supirkit.captioning.config import CaptionJobConfig, SUPIR_INSTRUCTION
 
     cfg = load_config(CaptionJobConfig, None, [], default="caption/default.yaml")
     assert cfg.model.name == "llava-hf/llava-1.5-13b-hf"

@@ -8,9 +8,7 @@ import tarfile
 
 import numpy as np
 import pytest
-
 from datapipe_fixtures import jpeg_bytes, png_bytes
-
 
 # ------------------------------------------------------------------------------------------ decoding
 

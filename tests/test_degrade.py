@@ -8,15 +8,21 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from degrade_fixtures import photo
 
 from supirkit.degrade import kernels as K
 from supirkit.degrade.filters import plan_filter
 from supirkit.degrade.jpeg import jpeg_roundtrip, quality_to_int, to_uint8
-from supirkit.degrade.noise import (PoissonTable, add_gaussian_noise, add_poisson_noise, gray_image, level_count_vals,
-                           to_levels)
+from supirkit.degrade.noise import (
+    PoissonTable,
+    add_gaussian_noise,
+    add_poisson_noise,
+    gray_image,
+    level_count_vals,
+    to_levels,
+)
 from supirkit.degrade.resize import resize
 from supirkit.degrade.sharpen import unsharp_mask
-from degrade_fixtures import photo
 
 cv2.setNumThreads(1)
 

@@ -7,13 +7,12 @@ import tarfile
 
 import numpy as np
 import pytest
+from degrade_fixtures import photo
 from PIL import Image
 
+from supirkit.cli import main
 from supirkit.degrade import Degrader
 from supirkit.inspection.degrade_views import contact_sheet, describe, fit_crop, inspect_views, pair_rows, render_pairs
-from supirkit.cli import main
-from degrade_fixtures import photo
-
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:

@@ -9,14 +9,14 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from degrade_fixtures import photo
 from scipy import stats
 
-from supirkit.datapipe.config import CONFIG_ROOT, ConfigError
 import supirkit.degrade as degrade
+from supirkit.datapipe.config import CONFIG_ROOT, ConfigError
 from supirkit.degrade import PROFILES, Degrader
 from supirkit.degrade.jpeg import to_uint8
 from supirkit.degrade.sharpen import unsharp_mask
-from degrade_fixtures import photo
 
 cv2.setNumThreads(1)
 P_MIN = 1e-4  # goodness-of-fit threshold: a correct sampler fails one check in 10,000

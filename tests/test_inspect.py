@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-
 from datapipe_fixtures import LOCAL, jpeg_bytes, make_images, read_set, run_shard, write_img2dataset_folder
 
 

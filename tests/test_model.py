@@ -3,9 +3,7 @@ trainable set, gradient checkpointing and bf16, adaptor folders, DR encoder, the
 from __future__ import annotations
 
 import pytest
-
-from supir_fixtures import load_unet, perturb, trained_like_model, unet_inputs
-from supir_fixtures import single_torch_thread, tiny_sdxl_dir  # noqa: F401
+from supir_fixtures import load_unet, perturb, single_torch_thread, tiny_sdxl_dir, trained_like_model, unet_inputs  # noqa: F401
 
 torch = pytest.importorskip("torch")
 
@@ -318,8 +316,8 @@ def test_adaptor_folder_round_trip(tiny_sdxl_dir, tmp_path):
 def test_adaptor_for_another_unet_is_refused(tiny_sdxl_dir, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from supirkit.tiny.sdxl import TINY_UNET_CONFIG
     from supirkit.model.supir import SUPIRModel
+    from supirkit.tiny.sdxl import TINY_UNET_CONFIG
 
     folder = trained_like_model(tiny_sdxl_dir, with_dr=False).save_adaptor(tmp_path / "a")
     other = UNet2DConditionModel(**dict(TINY_UNET_CONFIG, cross_attention_dim=64))
@@ -596,9 +594,9 @@ def test_public_api_is_exported_lazily():
 
 def test_converter_cli_errors_are_one_line(tmp_path, capsys):
     """Missing file, a pickle that weights_only refuses, keys of another model: rc 2 and one line each."""
-    from supirkit.model.convert import main as convert_main
-
     import argparse
+
+    from supirkit.model.convert import main as convert_main
 
     pickled = tmp_path / "opaque.ckpt"  # hyper-parameters as a pickled object, which weights_only refuses
     torch.save({"state_dict": {"x": torch.zeros(1)}, "hparams": argparse.Namespace(lr=1e-5)}, str(pickled))

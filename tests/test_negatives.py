@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from model_fixtures import tiny_sdxl_dir  # noqa: F401  (session fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,8 +170,8 @@ def test_kill_and_resume_gives_the_uninterrupted_set(reference, input_shards, ti
 
 
 def test_txt2img_with_word_prompts(tiny_sdxl_dir, tmp_path):
-    from supirkit.negatives.job import PromptSampler, sample_seed
     from supirkit.negatives.config import NEGATIVE_WORDS, PromptOptions
+    from supirkit.negatives.job import PromptSampler, sample_seed
 
     out = tmp_path / "t2i"
     assert _cli("negatives", "--out", out, "--count", 3, "--model", tiny_sdxl_dir, *FAST,
@@ -207,8 +206,8 @@ def test_unreadable_source_is_recorded_and_replaced(tiny_sdxl_dir, tmp_path):
 
 
 def test_bad_config_is_one_line(tmp_path, capsys):
-    from supirkit.negatives.config import NegativesJobConfig
     from supirkit.datapipe.config import ConfigError, load_config
+    from supirkit.negatives.config import NegativesJobConfig
 
     cases = [
         (["--set", "generate.strength=1.5"], "generate.strength"),
@@ -232,8 +231,8 @@ def test_bad_config_is_one_line(tmp_path, capsys):
 
 
 def test_a_prompt_list_is_sampled_per_sample_and_the_count_spread_over_shards():
-    from supirkit.negatives.job import PromptSampler, n_partitions, partition_range, sample_seed
     from supirkit.negatives.config import PromptOptions
+    from supirkit.negatives.job import PromptSampler, n_partitions, partition_range, sample_seed
 
     prompts = ["oil painting, cartoon", "blurring, dirty, messy", "lowres, over-smooth"]
     sampler = PromptSampler(PromptOptions(list=prompts))

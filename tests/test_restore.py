@@ -7,7 +7,6 @@ import logging
 
 import numpy as np
 import pytest
-
 from supir_fixtures import adaptor_dir, single_torch_thread, tiny_sdxl_dir, trained_like_model  # noqa: F401
 
 torch = pytest.importorskip("torch")
@@ -101,8 +100,8 @@ def test_restore_cli_errors_are_one_line(case, args, message, tiny_sdxl_dir, ada
 def test_restore_with_an_adaptor_for_another_unet_fails_cleanly(tiny_sdxl_dir, lq_image, tmp_path, capsys):
     from diffusers import UNet2DConditionModel
 
-    from supirkit.tiny.sdxl import TINY_UNET_CONFIG
     from supirkit.model.supir import SUPIRModel
+    from supirkit.tiny.sdxl import TINY_UNET_CONFIG
 
     other = UNet2DConditionModel(**dict(TINY_UNET_CONFIG, block_out_channels=(32, 64, 64)))
     folder = SUPIRModel.from_unet(other).save_adaptor(tmp_path / "other")
@@ -121,10 +120,10 @@ def restorer(tiny_sdxl_dir, adaptor_dir):
 
 def test_saved_adaptor_restores_exactly_like_the_in_memory_one(tiny_sdxl_dir, restorer, lq_image, tmp_path):
     from PIL import Image
-
     from supir_fixtures import load_unet
-    from supirkit.model.supir import SUPIRModel
+
     from supirkit.model.restore import SUPIRRestorer
+    from supirkit.model.supir import SUPIRModel
 
     in_memory = trained_like_model(tiny_sdxl_dir, seed=5)
     folder = in_memory.save_adaptor(tmp_path / "adaptor")

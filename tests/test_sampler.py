@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from supir_fixtures import single_torch_thread, tiny_sdxl_dir, trained_like_model  # noqa: F401
 
 torch = pytest.importorskip("torch")

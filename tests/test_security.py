@@ -6,7 +6,6 @@ import io
 import tarfile
 
 import pytest
-
 from datapipe_fixtures import jpeg_bytes, png_bytes
 
 

@@ -8,9 +8,18 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
-from datapipe_fixtures import (LOCAL, jpeg_bytes, keys_and_bytes, make_images, png_bytes, read_set, rejections,
-                               run_shard, total_inputs, write_img2dataset_folder)
+from datapipe_fixtures import (
+    LOCAL,
+    jpeg_bytes,
+    keys_and_bytes,
+    make_images,
+    png_bytes,
+    read_set,
+    rejections,
+    run_shard,
+    total_inputs,
+    write_img2dataset_folder,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +71,8 @@ def test_shards_keep_bytes_and_carry_required_metadata(packed):
 def test_shard_layout_index_stats_and_adjacent_members(packed):
     import pyarrow.parquet as pq
 
-    from supirkit.datapipe.tario import list_shards
-
     from supirkit.datapipe.shard_format import ShardSetLayout
+    from supirkit.datapipe.tario import list_shards
 
     _, out, _ = packed
     layout = ShardSetLayout(out)
@@ -230,8 +238,8 @@ def test_file_gone_between_passes_is_recorded(tmp_path, monkeypatch):
 
 def test_file_urls_and_brace_lists_address_inputs_and_shards(packed, tmp_path):
     """``file://`` URLs are local paths; a brace list ``{a,b}`` expands like a range, for inputs and shards."""
-    from supirkit.datapipe.tario import list_shards
     from supirkit.datapipe.sources import list_inputs
+    from supirkit.datapipe.tario import list_shards
 
     src, out, files = packed
     assert list_shards(f"file://{out}/shard-{{000000,000002}}.tar") == [str(out / "shard-000000.tar"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 
 import pytest
-
 from datapipe_fixtures import LOCAL, keys_and_bytes, make_images, run_shard, shard_cli
 
 

@@ -10,7 +10,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from datapipe_fixtures import LOCAL, jpeg_bytes, make_images, read_set, run_shard, shard_cli
 
 ARGS = ["--set", "sharding.samples_per_shard=3", *LOCAL]

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-
 from model_fixtures import tiny_sdxl_dir  # noqa: F401  (session fixture)
 from supir_fixtures import single_torch_thread  # noqa: F401  (one torch thread: tiny models, shared cores)
 

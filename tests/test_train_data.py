@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from train_fixtures import data_section, write_shard_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -308,7 +307,7 @@ def test_8bit_adam_fails_early_with_a_clear_error(monkeypatch, capsys):
 
     from supirkit.cli import main
     from supirkit.train.config import load_train_config
-    from supirkit.train.loop import SetupError, build_optimizer, check_optimizer
+    from supirkit.train.setup import SetupError, build_optimizer, check_optimizer
 
     cfg = load_train_config(str(ROOT / "configs/train/demo.yaml"), ["optim.use_8bit_adam=true"])
     params = [torch.nn.Parameter(torch.zeros(3))]
@@ -357,13 +356,12 @@ def test_full_size_step_benchmark_runs_at_tiny_size(tmp_path):
     """benchmarks/bench_train.py measures the full-size step on CUDA only; the same function at tiny size on
     CPU keeps that path working where no GPU is present."""
     import importlib.util
+    import os
     import sys
 
     import torch
 
     from supirkit.tiny.sdxl import build_tiny_sdxl
-
-    import os
 
     spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
     bench = importlib.util.module_from_spec(spec)
@@ -391,7 +389,7 @@ def test_missing_tracker_package_is_refused(monkeypatch, capsys):
 
     from supirkit.cli import main
     from supirkit.train.config import load_train_config
-    from supirkit.train.loop import SetupError, check_logging
+    from supirkit.train.setup import SetupError, check_logging
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     cfg = load_train_config(str(ROOT / "configs/train/demo.yaml"), ["logging.backend=wandb"])

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from train_fixtures import read_trace, reset_accelerate, tiny_train_config, write_config, write_shard_set
 
 pytestmark = pytest.mark.slow
@@ -131,9 +130,9 @@ def test_kill_and_resume_two_processes_matches_uninterrupted(two_proc_run, setup
 
 def test_exported_adaptor_restores_an_image(two_proc_run, setup, tmp_path):
     from PIL import Image
+    from train_fixtures import textured_image
 
     from supirkit.cli import main
-    from train_fixtures import textured_image
 
     img = tmp_path / "lq.png"
     Image.fromarray(textured_image(np.random.default_rng(3), 64, 64)).save(img)
@@ -157,7 +156,7 @@ def _free_port() -> int:
 
 def _run(cfg_dict: dict, path: Path, **kw):
     from supirkit.train.config import load_train_config
-    from supirkit.train.loop import train
+    from supirkit.train.trainer import train
 
     write_config(path, cfg_dict)
     reset_accelerate()
@@ -225,7 +224,7 @@ def test_encoder_stage_trains_and_exports_the_dr_encoder(setup):
     diffs = [not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), start.state_dict().values())]
     assert any(diffs)
     # the trained DR encoder plugs into the adaptor stage as its LQ encoder
-    from supirkit.train.loop import load_dr_encoder
+    from supirkit.model.supir import load_dr_encoder
 
     assert load_dr_encoder(str(Path(cfg["output_dir"]) / "adaptor")) is not None
 
@@ -237,7 +236,8 @@ def test_only_trunk_and_connectors_are_trained(setup):
 
     from supirkit.train.config import TrainConfig
     from supirkit.train.data import build_stream
-    from supirkit.train.loop import AdaptorObjective, FrozenSDXL, build_optimizer
+    from supirkit.train.objectives import AdaptorObjective, FrozenSDXL
+    from supirkit.train.setup import build_optimizer
 
     cfg = TrainConfig.model_validate(tiny_train_config(
         setup["root"], setup["sdxl"], setup["mixture"],

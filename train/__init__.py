@@ -3,10 +3,11 @@
     accelerate launch [--config_file configs/accelerate/X.yaml] -m supirkit.train --config configs/train/supir.yaml
     supirkit train --config configs/train/supir.yaml [--accelerate-config X] [--resume latest]
 
-Public API (imported lazily: ``import train`` loads no torch):
-``TrainConfig``/``load_train_config`` (config), ``train`` (the loop, call it in every process),
+Public API (imported lazily: ``import supirkit.train`` loads no torch):
+``TrainConfig``/``load_train_config`` (config), ``Trainer`` / ``train`` (the run, call it in every process),
+``OBJECTIVES`` / ``register_objective`` (what is trained, by stage), ``EMAModel``,
 ``MixtureStream`` (the deterministic data stream), ``list_checkpoints``/``resolve_resume`` (checkpoints).
-The SUPIR model itself lives in ``train.model``.
+The SUPIR model, sampler and restore pipeline live in ``supirkit.model``.
 """
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ import importlib
 _EXPORTS = {
     "TrainConfig": ".config",
     "load_train_config": ".config",
-    "train": ".loop",
-    "RunResult": ".loop",
+    "train": ".trainer",
+    "Trainer": ".trainer",
+    "RunResult": ".trainer",
+    "OBJECTIVES": ".objectives",
+    "register_objective": ".objectives",
+    "EMAModel": ".ema",
     "MixtureStream": ".data",
     "DataError": ".data",
     "list_checkpoints": ".checkpoint",
@@ -31,5 +36,5 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(module, __name__), name)
 
 
-__all__ = ["DataError", "MixtureStream", "RunResult", "TrainConfig", "list_checkpoints", "load_train_config",
-           "resolve_resume", "train"]
+__all__ = ["DataError", "EMAModel", "MixtureStream", "OBJECTIVES", "RunResult", "TrainConfig", "Trainer",
+           "list_checkpoints", "load_train_config", "register_objective", "resolve_resume", "train"]

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("accelerate", "diffusers", "transformers", "PIL", "urllib3", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from supirkit.train.data import DataError
-    from supirkit.train.loop import SetupError, train
+    from supirkit.train.setup import SetupError
+    from supirkit.train.trainer import train
 
     try:
         result = train(cfg, resume=args.resume, stop_at_step=args.stop_at_step)

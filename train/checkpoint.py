@@ -108,6 +108,43 @@ def save_checkpoint(accelerator, out: str | Path, step: int, state: dict, keep_l
     return final
 
 
+def training_hash(cfg) -> str:
+    """What must not change when a run is resumed: model, data, optimiser and the schedule."""
+    from supirkit.datapipe.config import config_hash
+
+    return config_hash(cfg, exclude=("output_dir", "checkpoint", "logging", "validation"))
+
+
+# ------------------------------------------------------------------------------------- partial checkpoints
+# A checkpoint of the adaptor stage holds only what is trained (the adaptor: ~1/3 of the full model at SDXL
+# size); the frozen SDXL weights are reloaded from model.pretrained, so K checkpoints do not cost K SDXLs.
+
+def _strip_wrapper(name: str) -> str:
+    return name[len("module."):] if name.startswith("module.") else name
+
+
+def keep_only(prefix: str):
+    """A ``save_state`` pre-hook that drops every model weight outside ``prefix`` (the frozen parts)."""
+
+    def hook(models, weights, output_dir):
+        for i, state in enumerate(weights):
+            weights[i] = {k: v for k, v in state.items() if _strip_wrapper(k).startswith(prefix)}
+
+    return hook
+
+
+def missing_trained_weights(ckpt: Path, trainable: list[str], prefix: str) -> list[str]:
+    """The trained weights a partial checkpoint lacks (it is loaded with strict=False: check first)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(ckpt).glob("model*.safetensors"))
+    if not files:  # written with safe_serialization=False
+        return []
+    with safe_open(str(files[0]), framework="pt") as f:
+        have = {_strip_wrapper(k) for k in f.keys()}
+    return [prefix + n for n in trainable if prefix + n not in have]
+
+
 def export_folder(out: str | Path, step: int, save_fn, extra: Optional[dict] = None) -> Path:
     """Write an export with ``save_fn(folder)`` (the model developer's save function: for the adaptor a
     restore-ready folder, for the DR encoder a folder with ``dr_encoder/``) under ``exports/step-N``, then
@@ -135,4 +172,4 @@ def export_folder(out: str | Path, step: int, save_fn, extra: Optional[dict] = N
 
 
 __all__ = ["list_checkpoints", "resolve_resume", "rotate", "save_checkpoint", "export_folder", "read_state",
-           "STATE_FILE", "step_name"]
+           "STATE_FILE", "step_name", "training_hash", "keep_only", "missing_trained_weights"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from torch.utils.data import IterableDataset
@@ -34,12 +34,9 @@ from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS
 from supirkit.datapipe.sources import open_binary
 from supirkit.datapipe.tario import LRU, TarReader, find_index, image_keys, scan_members
 from supirkit.train.config import DataSection, MixtureMember
+from supirkit.train.seeds import VALIDATION_STREAM
 
 log = logging.getLogger(__name__)
-
-#: stream id of the validation pairs (training streams are the ranks 0..world-1)
-VALIDATION_STREAM = 1 << 20
-
 
 class DataError(RuntimeError):
     """The mixture cannot produce samples (no shards, no rows, every redraw failed)."""
@@ -425,5 +422,5 @@ def build_stream(data: DataSection, *, seed: int, rank: int, world: int, batch_s
 
 
 __all__ = ["MixtureStream", "ShardSetIndex", "RankView", "Draw", "DataError", "collate",
-           "build_loader", "build_stream", "to_model_range", "VALIDATION_STREAM", "PromptRule", "DegraderFactory",
+           "build_loader", "build_stream", "to_model_range", "PromptRule", "DegraderFactory",
            "load_restore_config"]

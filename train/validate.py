@@ -3,7 +3,7 @@
 * ``val/loss``: the training loss on fixed batches with fixed noise and timesteps (comparable across steps,
   unlike the noisy training loss);
 * restoration: a fixed set of LQ images (drawn and degraded once from the mixture, or read from
-  ``validation.lq_folder``) restored with the model developer's restorer (``train.restore.SUPIRRestorer``:
+  ``validation.lq_folder``) restored with the model developer's restorer (``model.restore.SUPIRRestorer``:
   stage-1 image, restoration-guided EDM sampler, colour fix) using the weights being trained; a grid
   LQ | restored | HQ is logged and written to ``validation/step-N.png``;
 * metrics with pyiqa: full-reference (PSNR, SSIM, LPIPS) where HQ exists, no-reference (MUSIQ, CLIPIQA, ...)
@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from supirkit.train.config import TrainConfig
+from supirkit.train.seeds import VAL_NOISE_STREAM, VALIDATION_STREAM, seed_for
 
 log = logging.getLogger("supirkit.train")
 
@@ -78,7 +79,7 @@ def _load_rgb(path: Path) -> np.ndarray:
 
 class Validator:
     def __init__(self, cfg: TrainConfig, device, out: Path, indexes=None):
-        from supirkit.train.data import VALIDATION_STREAM, MixtureStream, load_restore_config
+        from supirkit.train.data import MixtureStream, load_restore_config
 
         self.cfg, self.device, self.out = cfg, device, Path(out)
         v = cfg.validation
@@ -94,9 +95,9 @@ class Validator:
     def _pairs(self) -> list[dict]:
         v = self.cfg.validation
         if v.lq_folder:
-            from supirkit.datapipe.decode import IMAGE_EXTENSIONS
+            from supirkit.datapipe.shard_format import IMAGE_SUFFIXES
 
-            files = sorted(p for p in Path(v.lq_folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:v.num_images]
+            files = sorted(p for p in Path(v.lq_folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:v.num_images]
             pairs = []
             for p in files:
                 hq = None
@@ -117,8 +118,6 @@ class Validator:
     def loss(self, objective, module, unwrapped, autocast) -> dict[str, float]:
         import torch
 
-        from supirkit.train.loop import _VAL_NOISE_STREAM, seed_for
-
         if self._batches is None:
             self._batches = [self.stream.micro_batch(m) for m in range(self.cfg.validation.loss_batches)]
         was_training = unwrapped.training
@@ -126,7 +125,7 @@ class Validator:
         losses = []
         with torch.no_grad():
             for m, batch in enumerate(self._batches):
-                g = torch.Generator().manual_seed(seed_for(self.cfg.schedule.seed, _VAL_NOISE_STREAM, m))
+                g = torch.Generator().manual_seed(seed_for(self.cfg.schedule.seed, VAL_NOISE_STREAM, m))
                 losses.append(float(objective.loss(unwrapped, unwrapped, batch, g, autocast)))
         unwrapped.train(was_training)
         return {"val/loss": float(np.mean(losses))}
@@ -169,10 +168,25 @@ class Validator:
         return metrics, grid
 
 
+def run_validation(validator: Validator, cfg: TrainConfig, objective, module, unwrapped, autocast, step: int):
+    """``(values, grid)`` of one validation: the loss on fixed batches and, for the adaptor, restorations
+    of the fixed pairs with their metrics (``grid`` is None when nothing was restored)."""
+    v = cfg.validation
+    values: dict = {}
+    grid = None
+    if v.loss_batches:
+        values.update(validator.loss(objective, module, unwrapped, autocast))
+    if cfg.stage == "adaptor" and v.num_images:
+        with autocast():
+            metrics, grid = validator.restore(unwrapped, objective.frozen, step)
+        values.update(metrics)
+    return values, grid
+
+
 def _stack_rows(rows: list[np.ndarray]) -> np.ndarray:
     width = max(r.shape[1] for r in rows)
     padded = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     return np.concatenate(padded, axis=0)
 
 
-__all__ = ["Validator", "MetricSet"]
+__all__ = ["Validator", "MetricSet", "run_validation"]

@@ -30,8 +30,8 @@ def check_sources(sources) -> None:
     """One line for a local SRC that names no input (a typo, an empty folder, a glob that matches nothing),
     before an output folder is bound to it. The job itself records a vanished or unreadable input as a
     rejection; a whole SRC that names nothing is a mistake on the command line. URLs are left to the job."""
-    from supirkit.datapipe.sources import INVALID, has_braces, is_url, list_inputs
     from supirkit.cli import UserError
+    from supirkit.datapipe.sources import INVALID, has_braces, is_url, list_inputs
 
     for src in sources:
         if is_url(src):

@@ -1,7 +1,14 @@
 """supirkit caption"""
 from __future__ import annotations
 
-from supirkit.commands._common import finish, add_config_args, add_output_args, check_model_ref, check_output_folder, load
+from supirkit.commands._common import (
+    add_config_args,
+    add_output_args,
+    check_model_ref,
+    check_output_folder,
+    finish,
+    load,
+)
 
 HELP = "caption every sample of a shard set with LLaVA (adds .txt and caption metadata; images unchanged)"
 DESCRIPTION = (HELP + ". Input shard i becomes output shard i; rerunning the same command resumes, redoing "
@@ -22,11 +29,10 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from supirkit.cli import UserError
-
     from supirkit.captioning.backends import BackendError
     from supirkit.captioning.config import CaptionJobConfig
     from supirkit.captioning.job import run_caption_job
+    from supirkit.cli import UserError
 
     cfg = load(args, CaptionJobConfig)
     if args.model or args.source:

@@ -1,8 +1,7 @@
 """supirkit curate"""
 from __future__ import annotations
 
-from supirkit.commands._common import (add_config_args, add_output_args, check_output_folder, check_sources, finish,
-                                       load)
+from supirkit.commands._common import add_config_args, add_output_args, check_output_folder, check_sources, finish, load
 
 HELP = "score, deduplicate and select high-resolution photos; write curated training shards"
 DESCRIPTION = (HELP + ". Accepted images become training crops in shards at the top of OUT; every input gets a "

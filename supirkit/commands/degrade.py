@@ -39,9 +39,9 @@ def run(args) -> int:
         raise UserError(f"--n must be between 1 and 256, got {args.n}")
     if args.tile < 32 or args.tile > 2048:
         raise UserError(f"--tile must be between 32 and 2048, got {args.tile}")
-    from supirkit.degrade import Degrader, DegradeConfig
-    from supirkit.inspection.degrade_views import contact_sheet, fit_crop
     from supirkit.commands._common import check_output_file, load
+    from supirkit.degrade import DegradeConfig, Degrader
+    from supirkit.inspection.degrade_views import contact_sheet, fit_crop
 
     check_output_file(args.out, "--out")
     degrader = Degrader(load(args, DegradeConfig))

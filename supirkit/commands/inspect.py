@@ -64,10 +64,9 @@ def run(args) -> int:
     import tarfile
 
     from supirkit.cli import UserError
-
+    from supirkit.commands._common import check_output_file, load
     from supirkit.datapipe.config import ConfigError
     from supirkit.inspection.core import InspectConfig, open_collection
-    from supirkit.commands._common import check_output_file, load
 
     cfg = load(args, InspectConfig)
     if args.show < 0 or (args.n is not None and args.n < 1):
@@ -95,8 +94,16 @@ def run(args) -> int:
 def _show(args, cfg, coll, make_pair) -> int:
     import json
 
-    from supirkit.inspection.core import (format_sample, format_summary, iter_samples, make_pair_tiles, make_tiles,
-                                     summarize, write_grid, write_html)
+    from supirkit.inspection.core import (
+        format_sample,
+        format_summary,
+        iter_samples,
+        make_pair_tiles,
+        make_tiles,
+        summarize,
+        write_grid,
+        write_html,
+    )
 
     summary_text = ""
     if not args.no_summary:

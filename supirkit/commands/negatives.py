@@ -1,7 +1,14 @@
 """supirkit negatives"""
 from __future__ import annotations
 
-from supirkit.commands._common import finish, add_config_args, add_output_args, check_model_ref, check_output_folder, load
+from supirkit.commands._common import (
+    add_config_args,
+    add_output_args,
+    check_model_ref,
+    check_output_folder,
+    finish,
+    load,
+)
 
 HELP = "make SUPIR's negative-quality samples with SDXL (img2img from shards at strength 0.5, or txt2img)"
 DESCRIPTION = (HELP + ". Each sample is captioned with its negative-quality prompt and marked "
@@ -22,10 +29,9 @@ def add_arguments(p):
 
 def run(args) -> int:
     from supirkit.cli import UserError
-
-    from supirkit.negatives.job import ModelLoadError, run_negatives_job
-    from supirkit.negatives.config import NegativesJobConfig
     from supirkit.datapipe.config import validate
+    from supirkit.negatives.config import NegativesJobConfig
+    from supirkit.negatives.job import ModelLoadError, run_negatives_job
 
     cfg = load(args, NegativesJobConfig)
     if args.count is not None or args.model is not None:

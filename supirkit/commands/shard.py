@@ -1,8 +1,7 @@
 """supirkit shard"""
 from __future__ import annotations
 
-from supirkit.commands._common import (add_config_args, add_output_args, check_output_folder, check_sources, finish,
-                                       load)
+from supirkit.commands._common import add_config_args, add_output_args, check_output_folder, check_sources, finish, load
 
 HELP = "pack images (folders, globs, URLs, path lists, tars) into lossless WebDataset shards"
 DESCRIPTION = (HELP + ". With --from-manifest and --where, select rows of a scores table and write a new "

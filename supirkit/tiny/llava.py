@@ -87,8 +87,15 @@ def build_tiny_tokenizer():
 def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny LLaVA-1.5 checkpoint (seeded random weights, safetensors) to ``out_dir`` and return it."""
     import torch
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, GenerationConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,8 +150,15 @@ def build_tiny_llava_next(out_dir: str | Path, seed: int = 0) -> Path:
     """A tiny LLaVA-NeXT (llava-v1.6) checkpoint: ``LlavaNextForConditionalGeneration`` with anyres tiling
     (``LlavaNextImageProcessor`` with image_grid_pinpoints), the same tiny tokenizer and chat template."""
     import torch
-    from transformers import (CLIPVisionConfig, GenerationConfig, LlamaConfig, LlavaNextConfig,
-                              LlavaNextForConditionalGeneration, LlavaNextImageProcessor, LlavaNextProcessor)
+    from transformers import (
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
