@@ -1,19 +1,26 @@
-"""report.html with PNG plots (matplotlib, Agg): signal histograms with their thresholds, the
-acceptance funnel, and sample grids (accepted; rejected near a threshold; clearly rejected)."""
+"""``report/report.html`` with PNG plots (matplotlib, Agg) and sample sheets (the shared contact-sheet
+renderer): signal histograms with their thresholds, the acceptance funnel, and pictures of accepted
+samples, of inputs rejected near a threshold or clearly, and of each rejection reason."""
 from __future__ import annotations
 
 import html
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
 from supirkit.curation.config import CurateConfig
 from supirkit.curation.rules import thresholds
-from supirkit.datapipe.decode import DecodeError
+from supirkit.datapipe.decode import DecodeError, decode_thumbnail
 from supirkit.datapipe.files import atomic_write
+from supirkit.datapipe.inputs import read_source
+from supirkit.inspection.render import Cell, draw_sheet, save_png
 
-NUMERIC_SKIP = {"order", "partition", "bytes", "width", "height", "phash", "dup_group", "jpeg_table_error"}
+NUMERIC_SKIP = {"order", "partition", "bytes", "width", "height", "dup_group", "jpeg_table_error"}
+FUNNEL_STEPS = ("inputs", "read", "passed_prefilter", "decoded", "passed_rules", "accepted", "training_samples")
+SHEET_TITLES = {"report-accepted.png": "accepted (training crops)", "report-near.png": "rejected near a threshold",
+                "report-clear.png": "clearly rejected"}
 
 
 def _scores_sample(scores: Path, max_rows: int):
@@ -28,33 +35,23 @@ def _scores_sample(scores: Path, max_rows: int):
 
 
 def _thumb(data: bytes, size: int, max_pixels: int):
-    """Through the shared decoder, so a rejected decompression bomb is refused here too (from its
-    header, at the configured ``decode.max_pixels``) instead of being decoded for a picture."""
-    from supirkit.datapipe.decode import decode_thumbnail
-
+    """Through the shared decoder, so a rejected decompression bomb is refused here too (from its header,
+    at the configured ``decode.max_pixels``) instead of being decoded for a picture."""
     return decode_thumbnail(data, size, max_pixels)[0]
 
 
-def _grid(images: list, labels: list[str], path: Path, size: int, title: str) -> bool:
-    import matplotlib
+def _source_thumb(row: dict, cfg: CurateConfig, size: int):
+    uri = os.fsdecode(row["source_uri"]) if row.get("source_uri") else None
+    return _thumb(read_source(uri, cfg.decode.max_file_bytes) if uri else b"", size, cfg.decode.max_pixels)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _grid(images: list, labels: list[str], path: Path, size: int) -> bool:
+    """A sheet of thumbnails with their labels (lines split at newlines); False when there is nothing."""
     if not images:
         return False
-    cols = min(6, len(images))
-    rows = (len(images) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size / 80, rows * (size / 80 + 0.5)), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, img, lab in zip(axes.ravel(), images, labels):
-        ax.imshow(np.asarray(img))
-        ax.set_title(lab, fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    cells = [Cell([("", np.asarray(img))], [(line, (0, 0, 0)) for line in label.split("\n")])
+             for img, label in zip(images, labels)]
+    save_png(draw_sheet(cells, size, columns=min(6, len(cells))), path)
     return True
 
 
@@ -75,30 +72,38 @@ def _margin(row: dict, failed: list[str], checks) -> float:
 
 
 def _slug(text: str) -> str:
-    import re
-
     return re.sub(r"[^A-Za-z0-9_\-]+", "_", text)[:60] or "unknown"
+
+
+def _reason_label(r: dict, stage: str, reason: str, cfg: CurateConfig) -> str:
+    """A thumbnail's label: the file name and the value that decided its rejection."""
+    name = Path(r["source"]).name[:22]
+    if stage == "rules":
+        check = next((c for c in cfg.rules.checks if c.name == reason and c.signal), None)
+        value = r.get(check.signal) if check else None
+        if isinstance(value, (int, float)):
+            bounds = " ".join(f"{k} {v:g}" for k, v in (("min", check.min), ("max", check.max)) if v is not None)
+            return f"{name}\n{check.signal} {value:.3g} ({bounds})"
+    elif stage == "dedup":
+        return f"{name}\ndup of {Path(r.get('duplicate_of') or '?').name[:18]}"
+    elif stage == "prefilter":
+        return f"{name}\n{r.get('width')}x{r.get('height')}"
+    return name
 
 
 def _reason_examples(out: Path, cfg: CurateConfig, rows: list[dict], funnel: dict, per_reason: int,
                      size: int) -> list[str]:
-    """One grid per rejection reason (a few of its inputs, as pictures) with the values that decided it;
+    """One sheet per rejection reason (a few of its inputs, as pictures) with the values that decided it;
     inputs that cannot be pictured (unreadable, undecodable) are listed by name and detail instead."""
-    from supirkit.datapipe.inputs import read_source
-
-    signal_of = {c.name: c.signal for c in cfg.rules.checks if c.signal}
-    bounds_of = {c.name: " ".join(f"{k} {v:g}" for k, v in (("min", c.min), ("max", c.max)) if v is not None)
-                 for c in cfg.rules.checks if c.signal}
     by_reason: dict[str, list[dict]] = {}
     for r in rows:
-        if r.get("accepted") or r.get("status") is None:
-            continue
-        by_reason.setdefault(r.get("reason") or "unknown", []).append(r)
-    order = sorted(by_reason, key=lambda k: (-funnel.get("rejected_by_reason", {}).get(k, len(by_reason[k])), k))
+        if not r.get("accepted") and r.get("status") is not None:
+            by_reason.setdefault(r.get("reason") or "unknown", []).append(r)
+    counts = funnel.get("rejected_by_reason", {})
     for old in out.glob("report-reason-*.png"):  # a re-selection may no longer have an earlier reason
         old.unlink()
     parts: list[str] = []
-    for reason in order:
+    for reason in sorted(by_reason, key=lambda k: (-counts.get(k, len(by_reason[k])), k)):
         chosen = by_reason[reason]
         stage = chosen[0].get("stage") or "?"
         imgs, labels, unpictured = [], [], []
@@ -106,29 +111,16 @@ def _reason_examples(out: Path, cfg: CurateConfig, rows: list[dict], funnel: dic
             if len(imgs) >= per_reason:
                 break
             try:
-                uri = os.fsdecode(r["source_uri"]) if r.get("source_uri") else None
-                imgs.append(_thumb(read_source(uri, cfg.decode.max_file_bytes) if uri else b"", size,
-                                   cfg.decode.max_pixels))
+                imgs.append(_source_thumb(r, cfg, size))
             except (OSError, ValueError, DecodeError) as exc:  # unreadable/undecodable inputs
                 if len(unpictured) < per_reason:
                     unpictured.append((r["source"], r.get("detail") or type(exc).__name__))
                 continue
-            name = Path(r["source"]).name[:22]
-            if stage == "rules":
-                sig = signal_of.get(reason)
-                value = r.get(sig) if sig else None
-                labels.append(f"{name}\n{sig} {value:.3g} ({bounds_of[reason]})" if isinstance(value, (int, float))
-                              else name)
-            elif stage == "dedup":
-                labels.append(f"{name}\ndup of {Path(r.get('duplicate_of') or '?').name[:18]}")
-            elif stage == "prefilter":
-                labels.append(f"{name}\n{r.get('width')}x{r.get('height')}")
-            else:
-                labels.append(name)
-        count = funnel.get("rejected_by_reason", {}).get(reason, len(chosen))
+            labels.append(_reason_label(r, stage, reason, cfg))
+        count = counts.get(reason, len(chosen))
         parts.append(f"<h3>{html.escape(reason)} <small>({html.escape(stage)}, {count} rejected)</small></h3>")
         png = f"report-reason-{_slug(reason)}.png"
-        if _grid(imgs, labels, out / png, size, f"rejected: {reason}"):
+        if _grid(imgs, labels, out / png, size):
             parts.append(f'<p><img src="{png}" alt="{html.escape(reason)}"></p>')
         if unpictured:
             parts.append("<ul>" + "".join(f"<li>{html.escape(s)}: {html.escape(str(d)[:200])}</li>"
@@ -136,28 +128,18 @@ def _reason_examples(out: Path, cfg: CurateConfig, rows: list[dict], funnel: dic
     return parts
 
 
-def write_report(layout, folders, cfg: CurateConfig, funnel: dict, selection: str = "") -> Path:
-    """``__supirkit__/report/report.html`` and its pictures (beside the shards nothing but shards may lie)."""
+def _histograms(t, rows: list[dict], cfg: CurateConfig, out: Path) -> list[str]:
+    """One histogram per numeric signal of the decoded inputs, with the rule thresholds drawn on it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from supirkit.datapipe.inputs import read_source
-    from supirkit.datapipe.tario import list_shards, read_shard, sample_image, sample_meta
-
-    rc = cfg.report
-    out = layout.meta / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    t = _scores_sample(folders.scores, rc.max_rows)
-    rows = t.to_pylist()
     th = thresholds(cfg.rules)
-    parts: list[str] = []
-    # -- histograms
     numeric = [f.name for f in t.schema if (str(f.type).startswith(("double", "float", "int")) and
                                             f.name not in NUMERIC_SKIP)]
-    numeric = sorted(numeric, key=lambda c: (c not in th, c))
-    for col in numeric:
+    parts = []
+    for col in sorted(numeric, key=lambda c: (c not in th, c)):
         vals = np.array([r[col] for r in rows if r.get(col) is not None and r.get("status") == "scored"], float)
         vals = vals[np.isfinite(vals)]
         if vals.size == 0:
@@ -173,62 +155,78 @@ def write_report(layout, folders, cfg: CurateConfig, funnel: dict, selection: st
         fig.savefig(out / name, dpi=80)
         plt.close(fig)
         parts.append(f'<img src="{name}" alt="{html.escape(col)}">')
-    # -- funnel
-    stages = [(k, funnel.get(k, 0)) for k in ("inputs", "read", "passed_prefilter", "decoded", "passed_rules",
-                                              "accepted", "training_samples")]
+    return parts
+
+
+def _funnel_chart(funnel: dict, out: Path) -> tuple[list, list]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [(k, funnel.get(k, 0)) for k in FUNNEL_STEPS]
     reasons = sorted(funnel.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.2))
-    a1.barh([s for s, _ in stages][::-1], [v for _, v in stages][::-1], color="#27ae60")
-    for i, (_, v) in enumerate(stages[::-1]):
-        a1.text(v, i, f" {v}", va="center", fontsize=8)
-    a1.set_title("funnel")
-    if reasons:
-        a2.barh([r for r, _ in reasons][::-1], [v for _, v in reasons][::-1], color="#c0392b")
-        for i, (_, v) in enumerate(reasons[::-1]):
-            a2.text(v, i, f" {v}", va="center", fontsize=8)
-    a2.set_title("rejected, by reason")
+    for ax, items, colour, title in ((a1, stages, "#27ae60", "funnel"), (a2, reasons, "#c0392b", "rejected, by reason")):
+        if items:
+            ax.barh([s for s, _ in items][::-1], [v for _, v in items][::-1], color=colour)
+            for i, (_, v) in enumerate(items[::-1]):
+                ax.text(v, i, f" {v}", va="center", fontsize=8)
+        ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out / "report-funnel.png", dpi=80)
     plt.close(fig)
-    # -- grids
-    n, size = rc.grid_samples, rc.thumb_size
-    grids, by_reason = [], []
-    if n:
-        acc_imgs, acc_labels = [], []
-        for url in list_shards(layout.root)[:4]:
-            for s in read_shard(url, max_member_bytes=cfg.decode.max_file_bytes):
-                ext, data = sample_image(s)
-                m = sample_meta(s)
-                try:
-                    acc_imgs.append(_thumb(data or b"", size, cfg.decode.max_pixels))
-                except DecodeError:  # an output shard changed by hand since: picture the others
-                    continue
-                acc_labels.append(f"{Path(m.get('source', '')).name[:24]}")
-                if len(acc_imgs) >= n:
-                    break
+    return stages, reasons
+
+
+def _sample_sheets(layout, cfg: CurateConfig, rows: list[dict], out: Path) -> list[str]:
+    """Accepted training crops; rejected inputs nearest to and farthest from the thresholds."""
+    from supirkit.datapipe.tario import list_shards, read_shard, sample_image, sample_meta
+
+    n, size = cfg.report.grid_samples, cfg.report.thumb_size
+    sheets = []
+    acc_imgs, acc_labels = [], []
+    for url in list_shards(layout.root)[:4]:
+        for s in read_shard(url, max_member_bytes=cfg.decode.max_file_bytes):
+            try:
+                acc_imgs.append(_thumb(sample_image(s)[1] or b"", size, cfg.decode.max_pixels))
+            except DecodeError:  # an output shard changed by hand since: picture the others
+                continue
+            acc_labels.append(f"{Path(sample_meta(s).get('source', '')).name[:24]}")
             if len(acc_imgs) >= n:
                 break
-        if _grid(acc_imgs, acc_labels, out / "report-accepted.png", size, "accepted (training crops)"):
-            grids.append("report-accepted.png")
-        ruled = []
-        for r in rows:
-            if r.get("stage") == "rules" and r.get("failed_rules"):
-                failed = list(r["failed_rules"])
-                ruled.append((_margin(r, failed, cfg.rules.checks), r, failed))
-        ruled.sort(key=lambda x: x[0])
-        for name, chosen, title in (("report-near.png", ruled[:n], "rejected near a threshold"),
-                                    ("report-clear.png", ruled[::-1][:n], "clearly rejected")):
-            imgs, labels = [], []
-            for _, r, failed in chosen:
-                try:
-                    data = read_source(os.fsdecode(r["source_uri"]), cfg.decode.max_file_bytes)
-                    imgs.append(_thumb(data, size, cfg.decode.max_pixels))
-                except (OSError, ValueError, DecodeError):  # gone, unreadable or over the limits
-                    continue
-                labels.append(f"{Path(r['source']).name[:22]}\n{','.join(failed)[:26]}")
-            if _grid(imgs, labels, out / name, size, title):
-                grids.append(name)
-        by_reason = _reason_examples(out, cfg, rows, funnel, max(1, min(n, 6)), size)
+        if len(acc_imgs) >= n:
+            break
+    if _grid(acc_imgs, acc_labels, out / "report-accepted.png", size):
+        sheets.append("report-accepted.png")
+    ruled = sorted(((_margin(r, list(r["failed_rules"]), cfg.rules.checks), r) for r in rows
+                    if r.get("stage") == "rules" and r.get("failed_rules")), key=lambda x: x[0])
+    for name, chosen in (("report-near.png", ruled[:n]), ("report-clear.png", ruled[::-1][:n])):
+        imgs, labels = [], []
+        for _, r in chosen:
+            try:
+                imgs.append(_source_thumb(r, cfg, size))
+            except (OSError, ValueError, DecodeError):  # gone, unreadable or over the limits
+                continue
+            labels.append(f"{Path(r['source']).name[:22]}\n{','.join(r['failed_rules'])[:26]}")
+        if _grid(imgs, labels, out / name, size):
+            sheets.append(name)
+    return sheets
+
+
+def write_report(layout, folders, cfg: CurateConfig, funnel: dict, selection: str = "") -> Path:
+    """``__supirkit__/report/report.html`` and its pictures (beside the shards nothing but shards may lie)."""
+    rc = cfg.report
+    out = layout.meta / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    t = _scores_sample(folders.scores, rc.max_rows)
+    rows = t.to_pylist()
+    hists = _histograms(t, rows, cfg, out)
+    stages, reasons = _funnel_chart(funnel, out)
+    sheets, by_reason = [], []
+    if rc.grid_samples:
+        sheets = _sample_sheets(layout, cfg, rows, out)
+        by_reason = _reason_examples(out, cfg, rows, funnel, max(1, min(rc.grid_samples, 6)), rc.thumb_size)
     body = [
         "<!doctype html><html><head><meta charset='utf-8'><title>supirkit curate report</title>",
         "<style>body{font-family:sans-serif;margin:2em}img{margin:4px;border:1px solid #ddd}"
@@ -241,8 +239,8 @@ def write_report(layout, folders, cfg: CurateConfig, funnel: dict, selection: st
         "</table><h3>Rejected, by reason</h3><table>",
         *[f"<tr><td>{html.escape(r)}</td><td>{v}</td></tr>" for r, v in reasons],
         "</table><h2>Signals</h2><p>Histograms of decoded inputs; dashed lines: rule thresholds.</p>",
-        *parts,
-        "<h2>Samples</h2>", *[f'<p><img src="{g}" alt="{g}"></p>' for g in grids],
+        *hists,
+        "<h2>Samples</h2>", *[f'<h3>{SHEET_TITLES[g]}</h3><p><img src="{g}" alt="{g}"></p>' for g in sheets],
         "<h2>Examples of each rejection reason</h2>", *by_reason,
         "</body></html>",
     ]

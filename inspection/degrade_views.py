@@ -7,7 +7,7 @@
   (each image is centre-cropped to the profile's ``hq_size`` first) and any profile spec (a Degrader, a
   DegradeConfig, a profile name or a YAML path).
 * ``inspect_views(profile, seed=...)``: a ``(rgb, meta) -> [(label, rgb)]`` function, the per-sample view hook
-  of ``datapipe.inspection.make_tiles`` (``supirkit inspect --degrade CONFIG``).
+  of ``inspection.render.make_tiles`` (``supirkit inspect --degrade CONFIG``).
 
 Under each tile the key parameters of its draw are written in a compact notation (``describe``):
 
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from supirkit.inspection.render import Cell, draw_sheet, fit_thumb, save_png
 
 Params = dict[str, Any]
 
@@ -72,54 +74,17 @@ def describe(params: Params) -> list[str]:
     return lines
 
 
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed bitmap font
-        return ImageFont.load_default()
+def _cell(img: np.ndarray, side: int, lines: Sequence[str], title: str) -> Cell:
+    """The image fitted to ``side`` (nearest neighbour when enlarging, so LQ pixels stay visible) + text."""
+    return Cell([("", fit_thumb(img, (side, side), enlarge=True))],
+                [(title, (0, 0, 0))] + [(line, (60, 60, 60)) for line in lines])
 
 
-def _tile(img: np.ndarray, side: int, lines: Sequence[str], title: str, font, line_h: int):
-    """One tile: the image scaled to ``side`` (nearest when enlarging, so LQ pixels stay visible) + text."""
-    from PIL import Image, ImageDraw
-
-    h, w = img.shape[:2]
-    scale = side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    pic = Image.fromarray(img).resize(size, Image.NEAREST if scale > 1 else Image.BICUBIC)
-    text_h = line_h * (len(lines) + 1) + 6
-    tile = Image.new("RGB", (side, side + text_h), (255, 255, 255))
-    tile.paste(pic, ((side - size[0]) // 2, (side - size[1]) // 2))
-    draw = ImageDraw.Draw(tile)
-    y = side + 3
-    draw.text((4, y), title, fill=(0, 0, 0), font=font)
-    for line in lines:
-        y += line_h
-        draw.text((4, y), line, fill=(60, 60, 60), font=font)
-    return tile
-
-
-def _grid(tiles, columns: int, pad: int = 6):
-    from PIL import Image
-
-    tw = max(t.width for t in tiles)
-    th = max(t.height for t in tiles)
-    rows = (len(tiles) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * (tw + pad) + pad, rows * (th + pad) + pad), (225, 225, 225))
-    for i, t in enumerate(tiles):
-        r, c = divmod(i, columns)
-        sheet.paste(t, (pad + c * (tw + pad), pad + r * (th + pad)))
-    return sheet
-
-
-def _save(image, path: Optional[str | Path]):
+def _sheet(cells: list[Cell], side: int, columns: int, path: Optional[str | Path]):
+    sheet = draw_sheet(cells, side, columns, font_px=max(9, side // 22), background=(225, 225, 225))
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, format="PNG")
-    return image
+        save_png(sheet, path)
+    return sheet
 
 
 def contact_sheet(degrader, hq: np.ndarray, n: int = 8, *, seed: int = 0, epoch: int = 0, key: str = "preview",
@@ -127,18 +92,14 @@ def contact_sheet(degrader, hq: np.ndarray, n: int = 8, *, seed: int = 0, epoch:
     """The target and ``n`` LQ variants of one HQ crop (keys ``f"{key}/{i}"``), parameters under each."""
     if n < 1:
         raise ValueError("n must be >= 1")
-    font_px = max(9, tile // 22)
-    font, line_h = _font(font_px), font_px + 3
-    tiles, target = [], None
+    cells, target = [], None
     for i in range(n):
         target, lq, params = degrader(hq, seed=seed, epoch=epoch, key=f"{key}/{i}")
-        tiles.append(_tile(lq, tile, describe(params), f"#{i} LQ {lq.shape[1]}x{lq.shape[0]}", font, line_h))
+        cells.append(_cell(lq, tile, describe(params), f"#{i} LQ {lq.shape[1]}x{lq.shape[0]}"))
     title = "target (sharpened)" if degrader.config.sharpen.target_sharpened else "HQ (target)"
-    first = _tile(target, tile, [degrader.config.name, f"seed {seed} epoch {epoch}"],
-                  f"{title} {hq.shape[1]}x{hq.shape[0]}", font, line_h)
-    tiles.insert(0, first)
-    columns = columns or min(len(tiles), 5)
-    return _save(_grid(tiles, columns), path)
+    cells.insert(0, _cell(target, tile, [degrader.config.name, f"seed {seed} epoch {epoch}"],
+                          f"{title} {hq.shape[1]}x{hq.shape[0]}"))
+    return _sheet(cells, tile, columns or min(len(cells), 5), path)
 
 
 def pair_rows(degrader, images: Sequence[np.ndarray], *, keys: Optional[Sequence[Any]] = None, seed: int = 0,
@@ -149,16 +110,12 @@ def pair_rows(degrader, images: Sequence[np.ndarray], *, keys: Optional[Sequence
     keys = list(keys) if keys is not None else [str(i) for i in range(len(images))]
     if len(keys) != len(images):
         raise ValueError("keys and images differ in length")
-    font_px = max(9, tile // 22)
-    font, line_h = _font(font_px), font_px + 3
-    tiles = []
+    cells = []
     for hq, key in zip(images, keys):
         target, lq, params = degrader(hq, seed=seed, epoch=epoch, key=key)
-        lines = describe(params)
-        tiles.append(_tile(target, tile, [f"key {key}"] + [""] * (len(lines) - 1), f"target {hq.shape[1]}x{hq.shape[0]}",
-                           font, line_h))
-        tiles.append(_tile(lq, tile, lines, f"LQ {lq.shape[1]}x{lq.shape[0]}", font, line_h))
-    return _save(_grid(tiles, 2), path)
+        cells.append(_cell(target, tile, [f"key {key}"], f"target {hq.shape[1]}x{hq.shape[0]}"))
+        cells.append(_cell(lq, tile, describe(params), f"LQ {lq.shape[1]}x{lq.shape[0]}"))
+    return _sheet(cells, tile, 2, path)
 
 
 # ------------------------------------------------------------------------------------------------ any-size inputs
@@ -204,7 +161,7 @@ def render_pairs(images: Sequence[np.ndarray], profile: Any = "supir", *, seed: 
 
 def inspect_views(profile: Any = "supir", *, seed: int = 0, epoch: int = 0, n: int = 1,
                   overrides: Sequence[str] = ()):
-    """A view function for ``datapipe.inspection.make_tiles(..., views=...)``: ``(rgb, meta) -> [(label, rgb)]``.
+    """A view function for ``inspection.render.make_tiles(..., views=...)``: ``(rgb, meta) -> [(label, rgb)]``.
 
     For each sample it returns the target (only when the profile sharpens it) and ``n`` LQ variants
     (keys ``f"{key}/{i}"``; ``key`` is ``meta["key"]``, or ``sample-<call number>`` without one), each labelled with its size and

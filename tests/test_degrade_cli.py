@@ -93,7 +93,7 @@ def test_inspect_views_follow_the_view_hook_contract():
     sharp = inspect_views("diffbir_realesrgan", n=2, overrides=["hq_size=64"])(img, {})
     assert [lab.split(" ")[0] for lab, _ in sharp] == ["target", "LQ", "LQ"]
     assert not np.array_equal(sharp[1][1], sharp[2][1])
-    from supirkit.inspection.core import Sample, make_tiles
+    from supirkit.inspection import Sample, make_tiles
 
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")

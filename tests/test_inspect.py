@@ -126,7 +126,7 @@ def test_pair_hook_shows_hq_and_lq_side_by_side_and_survives_a_failing_pair(sets
     """``make_pair_tiles`` takes any ``make_pair(rgb, key) -> (hq, lq)``: both shown in boxes of one size,
     labelled with their full sizes; a pair that cannot be made is a tile with the reason, not a crash."""
     from supirkit.datapipe.decode import decode_rgb
-    from supirkit.inspection.core import iter_samples, make_pair_tiles, open_collection
+    from supirkit.inspection import iter_samples, make_pair_tiles, open_collection
 
     _, out, _ = sets
     samples = list(iter_samples(open_collection(out), 3))
@@ -152,7 +152,7 @@ def test_pair_hook_shows_hq_and_lq_side_by_side_and_survives_a_failing_pair(sets
 
 def test_view_hook_gets_full_resolution_pixels_and_its_images_fit_the_tile(sets):
     from supirkit.datapipe.decode import decode_rgb
-    from supirkit.inspection.core import iter_samples, make_tiles, open_collection
+    from supirkit.inspection import iter_samples, make_tiles, open_collection
 
     _, out, _ = sets
     samples = list(iter_samples(open_collection(out), 2))

@@ -126,18 +126,18 @@ def test_captioning_refuses_an_oversized_image_member():
 
 
 def test_inspect_summary_does_not_count_members_the_readers_refuse(tmp_path):
-    from supirkit.inspection.core import _scan_tar_members
+    from supirkit.inspection import summarize
 
     shard = tmp_path / "evil.tar"
     _malicious_tar(shard)
-    fields, n, keys = _scan_tar_members(str(shard))
-    assert keys == {"ok"} and n == 1 and fields["jpg"] == 1 and fields["(image)"] == 1
+    summary = summarize(str(shard))
+    assert summary["samples"] == 1 and summary["fields"]["jpg"] == 1 and summary["fields"]["(image)"] == 1
 
 
 def test_inspect_html_escapes_captions_keys_and_metadata_from_a_shard(tmp_path):
     import json
 
-    from supirkit.inspection.core import iter_samples, make_tiles, open_collection, write_html
+    from supirkit.inspection import iter_samples, make_tiles, open_collection, write_html
 
     evil = "<script>alert(1)</script>"
     key = "<img src=x onerror=alert(1)>"

@@ -66,7 +66,7 @@ def run(args) -> int:
     from supirkit.cli import UserError
     from supirkit.commands._common import check_output_file, load
     from supirkit.datapipe.config import ConfigError
-    from supirkit.inspection.core import InspectConfig, open_collection
+    from supirkit.inspection import InspectConfig, open_collection
 
     cfg = load(args, InspectConfig)
     if args.show < 0 or (args.n is not None and args.n < 1):
@@ -94,7 +94,7 @@ def run(args) -> int:
 def _show(args, cfg, coll, make_pair) -> int:
     import json
 
-    from supirkit.inspection.core import (
+    from supirkit.inspection import (
         format_sample,
         format_summary,
         iter_samples,

@@ -1,0 +1,89 @@
+"""What a path names: a shard set (folder, brace pattern, glob, tar) or a manifest (parquet file or
+folder), and where each shard's index and stats are; metadata flattening shared by summaries and pictures."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from supirkit.datapipe.shard_format import ShardSetLayout, stats_candidates
+from supirkit.datapipe.tario import find_index, list_shards
+
+SHARDS, MANIFEST = "shards", "manifest"
+#: columns of a manifest that may hold a sample's caption
+CAPTION_COLUMNS = ("caption", "txt", "text")
+
+
+@dataclass
+class Collection:
+    """What ``PATH`` names: a shard set (``urls``) or a manifest (parquet ``files``)."""
+
+    kind: str
+    spec: str
+    urls: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def layout(self) -> str:
+        if self.kind == MANIFEST:
+            return "manifest"
+        if any(_stats_file(u) and _stats_file(u).endswith("_stats.json") for u in self.urls[:1]):
+            return "img2dataset"
+        if any(ShardSetLayout(Path(u).parent).is_supirkit_output() for u in self.urls[:1] if _is_local(u)):
+            return "supirkit"
+        return "webdataset"
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def open_collection(spec: str | Path) -> Collection:
+    """A shard (``.tar``), a shard set (folder, brace pattern, glob) or a manifest (``.parquet`` file,
+    or a folder of parquet files without tars)."""
+    spec = str(spec)
+    p = Path(spec)
+    if spec.endswith(".parquet") and (p.is_file() or "://" in spec):
+        return Collection(MANIFEST, spec, files=[spec])
+    if p.is_dir() and not any(p.glob("*.tar")):
+        files = sorted(str(x) for x in p.glob("*.parquet") if not x.name.startswith("."))
+        if files:
+            return Collection(MANIFEST, spec, files=files)
+        raise FileNotFoundError(f"{spec}: folder holds neither .tar shards nor .parquet files")
+    urls = list_shards(spec)
+    if not urls:
+        raise FileNotFoundError(f"{spec}: no completed shard found")
+    return Collection(SHARDS, spec, urls=urls)
+
+
+def _index_file(tar_url: str) -> Optional[str]:
+    return find_index(tar_url) if _is_local(tar_url) else None
+
+
+def _stats_file(tar_url: str) -> Optional[str]:
+    """The shard's stats: supirkit's (``__supirkit__/stats/X.json``) or img2dataset's (``X_stats.json``)."""
+    if not _is_local(tar_url):
+        return None
+    return next((c for c in stats_candidates(tar_url) if os.path.isfile(c)), None)
+
+
+def flatten_meta(meta: dict, prefix: str = "") -> dict:
+    """Nested metadata as ``parent.child`` keys (for display and score lookup); lists stay as they are."""
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_meta(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def flatten_structs(table):
+    """An Arrow table with its struct columns replaced by their fields (``parent.field``), at any depth."""
+    import pyarrow as pa
+
+    while any(pa.types.is_struct(f.type) for f in table.schema):
+        table = table.flatten()
+    return table
