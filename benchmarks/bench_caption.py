@@ -101,11 +101,11 @@ def job_figures(out_dir: Path, wall: float) -> dict:
 
 
 def run_job(shards: Path, out: Path, overrides: list[str], backend_factory=None) -> dict:
-    from supirkit.captioning.config import CaptionJobConfig
+    from supirkit.captioning.config import CaptionConfig
     from supirkit.captioning.job import run_caption_job
     from supirkit.datapipe.config import load_config
 
-    cfg = load_config(CaptionJobConfig, "caption/default.yaml", overrides)
+    cfg = load_config(CaptionConfig, "caption/default.yaml", overrides)
     t = time.perf_counter()
     job = run_caption_job([str(shards)], out, cfg, fresh=True, backend_factory=backend_factory)
     wall = time.perf_counter() - t
@@ -201,7 +201,7 @@ def bench_gpu(args) -> dict:
     from transformers import LlavaForConditionalGeneration
 
     from supirkit.captioning.backends import TransformersCaptioner, VLLMCaptioner
-    from supirkit.captioning.config import CaptionJobConfig
+    from supirkit.captioning.config import CaptionConfig
     from supirkit.datapipe.config import load_config
 
     work = OUT / "caption_gpu"
@@ -225,7 +225,7 @@ def bench_gpu(args) -> dict:
     for bs in args.gpu_batch_sizes:
         n = bs * args.gpu_batches
         shards = make_shards(work / f"in_{n}", n, args.size, per_shard=n)
-        cfg = load_config(CaptionJobConfig, "caption/default.yaml", common + [f"caption.batch_size={bs}"])
+        cfg = load_config(CaptionConfig, "caption/default.yaml", common + [f"caption.batch_size={bs}"])
 
         def factory(cfg=cfg, model=model):  # one 13B model shared by every batch size
             return TransformersCaptioner(cfg.model, cfg.prompt, cfg.generation, model=model, processor=processor)
@@ -252,7 +252,7 @@ def bench_gpu(args) -> dict:
             shards = make_shards(work / f"in_{n}", n, args.size, per_shard=n)
             overrides = common + [f"caption.batch_size={bs}", "model.backend=vllm", "model.dtype=bfloat16",
                                   f"model.max_num_seqs={min(bs, 256)}", "model.max_model_len=2048"]
-            cfg = load_config(CaptionJobConfig, "caption/default.yaml", overrides)
+            cfg = load_config(CaptionConfig, "caption/default.yaml", overrides)
             engine = {}
 
             def factory(cfg=cfg, engine=engine):

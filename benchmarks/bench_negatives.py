@@ -59,10 +59,10 @@ def write_input_shard(folder: Path, n: int, size: int, seed: int = 0) -> None:
 
 def run_stage_bench(model: str, inputs: Path, out: Path, count: int, batch: int, size: int, device: str,
                     dtype: str, threads) -> dict:
-    from supirkit.negatives.config import NegativesJobConfig
+    from supirkit.negatives.config import NegativesConfig
     from supirkit.negatives.job import run_negatives_job
 
-    cfg = NegativesJobConfig.model_validate({
+    cfg = NegativesConfig.model_validate({
         "model": {"id": model, "device": device, "dtype": dtype, "cpu_threads": threads},
         "generate": {"count": count, "batch_size": batch, "width": size, "height": size},
         "output": {"samples_per_shard": batch},
@@ -198,9 +198,9 @@ def main() -> int:
         stages, anchors = [], []
         for r in range(args.repeats):
             pair = [lambda: stages.append(run_stage_bench(str(tiny), work / "in_cpu", work / "out_cpu", args.count,
-                                                          args.batch, 64, "cpu", "fp32", args.threads)),
+                                                          args.batch, 64, "cpu", "float32", args.threads)),
                     lambda: anchors.append(run_anchor(str(tiny), work / "in_cpu", args.count, args.batch, 64,
-                                                      "cpu", "fp32", args.threads))]
+                                                      "cpu", "float32", args.threads))]
             for run in (pair if r % 2 == 0 else pair[::-1]):
                 run()
         stage = max(stages, key=lambda x: x["images_per_s"])
@@ -217,8 +217,8 @@ def main() -> int:
         params = build_full_sdxl(full, tiny, "cuda")
         write_input_shard(work / "in_gpu", args.gpu_count, 1024)
         stage = run_stage_bench(str(full), work / "in_gpu", work / "out_gpu", args.gpu_count, args.gpu_batch, 1024,
-                                "cuda", "fp16", None)
-        anchor = run_anchor(str(full), work / "in_gpu", args.gpu_count, args.gpu_batch, 1024, "cuda", "fp16", None)
+                                "cuda", "float16", None)
+        anchor = run_anchor(str(full), work / "in_gpu", args.gpu_count, args.gpu_batch, 1024, "cuda", "float16", None)
         report["gpu_full_1024px"] = {"device": torch.cuda.get_device_name(0), "params": params, "stage": stage,
                                      "anchor_bare_pipeline": anchor, "batch": args.gpu_batch,
                                      "ratio_stage_over_anchor": stage["images_per_s"] / anchor["images_per_s"]}

@@ -70,9 +70,9 @@ def write_set(folder: Path, prefix: str, shards: int, per_shard: int, side: int,
 
 
 def data_section(root: Path, crop: int, overrides=()):
-    from supirkit.train.config import DataSection
+    from supirkit.train.config import TrainDataConfig
 
-    return DataSection.model_validate({
+    return TrainDataConfig.model_validate({
         "mixture": [{"name": "hq", "shards": str(root / "hq"), "weight": 0.92},
                     {"name": "faces", "shards": str(root / "faces"), "weight": 0.04},
                     {"name": "negatives", "shards": str(root / "neg"), "weight": 0.04, "prompt": "caption"}],

@@ -1,7 +1,7 @@
 """captioning: LLaVA captions for a shard set (``supirkit caption``).
 
 Public API (heavy libraries load only when a model is built):
-- ``CaptionJobConfig`` (schema of ``configs/caption/*.yaml``), ``run_caption_job(shards, out, cfg, fresh)``;
+- ``CaptionConfig`` (schema of ``configs/caption/*.yaml``), ``run_caption_job(shards, out, cfg, fresh)``;
 - ``CaptionStage`` (the ``datapipe`` stage: one input shard -> one captioned shard, one model per worker);
 - ``TransformersCaptioner`` / ``VLLMCaptioner`` / ``load_backend(cfg)`` (batch of images -> ``Generation``s);
 - ``CaptionCleaner`` / ``clean_caption`` and ``TokenCounter`` (clean-up, count against SDXL's 77 tokens);
@@ -16,12 +16,12 @@ from supirkit.captioning.backends import (
                                  render_prompt,
 )
 from supirkit.captioning.clean import CaptionCleaner, TokenCount, TokenCounter, clean_caption
-from supirkit.captioning.config import SUPIR_INSTRUCTION, VICUNA_SYSTEM, CaptionJobConfig
+from supirkit.captioning.config import SUPIR_INSTRUCTION, VICUNA_SYSTEM, CaptionConfig
 from supirkit.captioning.images import fit_image
 from supirkit.captioning.job import CaptionJobResult, CaptionStage, run_caption_job, token_report
 
 __all__ = [
     "BackendError", "Generation", "TransformersCaptioner", "VLLMCaptioner", "load_backend", "render_prompt",
     "CaptionCleaner", "TokenCount", "TokenCounter", "clean_caption", "SUPIR_INSTRUCTION", "VICUNA_SYSTEM",
-    "CaptionJobConfig", "fit_image", "CaptionJobResult", "CaptionStage", "run_caption_job", "token_report",
+    "CaptionConfig", "fit_image", "CaptionJobResult", "CaptionStage", "run_caption_job", "token_report",
 ]

@@ -11,7 +11,9 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from supirkit.captioning.config import CaptionJobConfig, GenerationConfig, ModelConfig, PromptConfig
+from supirkit.captioning.config import CaptionConfig, CaptionModelConfig, CaptionPromptConfig, GenerationConfig
+from supirkit.datapipe.devices import resolve_device, resolve_dtype
+from supirkit.datapipe.errors import ConfigError
 
 log = logging.getLogger("supirkit")
 
@@ -37,7 +39,7 @@ def _no_timer(_name: str):
     return contextlib.nullcontext()
 
 
-def render_prompt(processor, prompt: PromptConfig) -> str:
+def render_prompt(processor, prompt: CaptionPromptConfig) -> str:
     """The text the model sees before generating, with one image placeholder."""
     image_token = getattr(processor, "image_token", "<image>")
     if prompt.template is not None:
@@ -60,21 +62,13 @@ def pad_colour(processor) -> tuple[int, int, int]:
     return tuple(int(x * 255) for x in mean[:3])
 
 
-def resolve_device_and_dtype(model_cfg: ModelConfig):
-    import torch
-
-    device = model_cfg.device
-    if device == "auto":
-        device = "cuda:0" if torch.cuda.is_available() else "cpu"  # Ray's CUDA_VISIBLE_DEVICES picks the GPU
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackendError(f"model.device {device} but no CUDA device is visible")
-    if model_cfg.dtype != "auto":
-        dtype = getattr(torch, model_cfg.dtype)
-    elif device.startswith("cuda"):
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        dtype = torch.float32
-    return device, dtype
+def resolve_device_and_dtype(model_cfg: CaptionModelConfig):
+    """(device, torch dtype) of the captioner: LLaVA runs in bfloat16 where the GPU has it, else float16."""
+    try:
+        device = resolve_device(model_cfg.device)
+    except ConfigError as exc:
+        raise BackendError(f"model.{exc}") from None
+    return device, resolve_dtype(model_cfg.dtype, device, gpu_default="bfloat16_if_supported")
 
 
 def generation_settings(gen: GenerationConfig) -> dict:
@@ -91,7 +85,7 @@ class TransformersCaptioner:
 
     backend = "transformers"
 
-    def __init__(self, model_cfg: ModelConfig, prompt: PromptConfig, gen: GenerationConfig,
+    def __init__(self, model_cfg: CaptionModelConfig, prompt: CaptionPromptConfig, gen: GenerationConfig,
                  model=None, processor=None) -> None:
         import torch
 
@@ -193,7 +187,7 @@ class VLLMCaptioner:
 
     backend = "vllm"
 
-    def __init__(self, model_cfg: ModelConfig, prompt: PromptConfig, gen: GenerationConfig,
+    def __init__(self, model_cfg: CaptionModelConfig, prompt: CaptionPromptConfig, gen: GenerationConfig,
                  engine_overrides: Optional[dict] = None, processor=None) -> None:
         try:
             from vllm import LLM
@@ -246,7 +240,7 @@ class VLLMCaptioner:
         return results
 
 
-def load_backend(cfg: CaptionJobConfig):
+def load_backend(cfg: CaptionConfig):
     """The configured backend, model loaded (call once per worker)."""
     if cfg.model.backend == "vllm":
         return VLLMCaptioner(cfg.model, cfg.prompt, cfg.generation)

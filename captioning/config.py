@@ -11,7 +11,8 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from supirkit.datapipe.config import DecodeConfig, RunnerConfig, Schema
+from supirkit.datapipe.config import DecodeConfig, OutputConfig, RunnerConfig, Schema
+from supirkit.datapipe.devices import Device, DType
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-13b-hf"
 SUPIR_INSTRUCTION = "Describe this image and its style in a very detailed manner."
@@ -30,17 +31,16 @@ DEFAULT_OPENINGS = [
 ]
 
 
-class ModelConfig(Schema):
+class CaptionModelConfig(Schema):
     name: str = Field(DEFAULT_MODEL, min_length=1,
                       description="Hub id or local folder of a LLaVA-1.5 / LLaVA-NeXT checkpoint (llava-hf format).")
     revision: Optional[str] = None
     backend: Literal["transformers", "vllm"] = "transformers"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+    dtype: DType = Field(
         "auto", description="auto: bfloat16 on a GPU that supports it, else float16 on GPU, float32 on CPU.")
     quantization: Literal["none", "8bit", "4bit"] = Field(
         "none", description="bitsandbytes 8-bit or 4-bit (NF4) weights; GPU only.")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-                        description="auto: the GPU Ray gave this actor, else CPU.")
+    device: Device = Field("auto", description="auto: the GPU Ray gave this actor, else CPU.")
     attn_implementation: Optional[Literal["sdpa", "eager", "flash_attention_2"]] = "sdpa"
     cpu_threads: Optional[int] = Field(None, ge=1, description="torch threads on CPU (None: torch's default).")
     # vLLM engine settings (backend: vllm)
@@ -50,7 +50,7 @@ class ModelConfig(Schema):
     enforce_eager: bool = False
 
 
-class PromptConfig(Schema):
+class CaptionPromptConfig(Schema):
     instruction: str = Field(SUPIR_INSTRUCTION, min_length=1)
     system: Optional[str] = Field(VICUNA_SYSTEM, description="System line before the user turn; null for none.")
     template: Optional[str] = Field(
@@ -82,7 +82,7 @@ class GenerationConfig(Schema):
         return self
 
 
-class ImageConfig(Schema):
+class CaptionImageConfig(Schema):
     use: Literal["curated", "source"] = Field(
         "curated", description="curated: the sample's own (training) image; source: the original named by the "
                                "sample json's 'source' (whole original, not the crop).")
@@ -121,25 +121,21 @@ class TokenConfig(Schema):
     warn_share: float = Field(0.5, ge=0, le=1, description="Warn when more than this share exceed the limit.")
 
 
-class CaptionOptions(Schema):
+class CaptionBatchingConfig(Schema):
     batch_size: int = Field(8, ge=1, le=1024)
     prefetch_batches: int = Field(2, ge=0, le=16, description="Batches read and decoded ahead of generation.")
     on_failure: Literal["drop", "keep"] = Field(
         "drop", description="A sample that cannot be captioned: drop it (recorded), or keep it uncaptioned.")
 
 
-class OutputConfig(Schema):
-    prefix: str = Field("shard", pattern=r"^[A-Za-z0-9_\-]+$")
-
-
-class CaptionJobConfig(Schema):
-    model: ModelConfig = ModelConfig()
-    prompt: PromptConfig = PromptConfig()
+class CaptionConfig(Schema):
+    model: CaptionModelConfig = CaptionModelConfig()
+    prompt: CaptionPromptConfig = CaptionPromptConfig()
     generation: GenerationConfig = GenerationConfig()
-    image: ImageConfig = ImageConfig()
+    image: CaptionImageConfig = CaptionImageConfig()
     clean: CleanConfig = CleanConfig()
     tokens: TokenConfig = TokenConfig()
-    caption: CaptionOptions = CaptionOptions()
+    caption: CaptionBatchingConfig = CaptionBatchingConfig()
     output: OutputConfig = OutputConfig()
     decode: DecodeConfig = DecodeConfig()
     runner: RunnerConfig = RunnerConfig()

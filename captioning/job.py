@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from supirkit.captioning.config import CaptionJobConfig
+from supirkit.captioning.config import CaptionConfig
 from supirkit.datapipe.config import ShardingConfig
 from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS, rejection_reason
 from supirkit.datapipe.files import read_json
@@ -72,7 +72,7 @@ class CaptionStage(Stage[Partition]):
     name = STAGE
     needs_gpu = True
 
-    def __init__(self, cfg: CaptionJobConfig, backend_factory=None) -> None:
+    def __init__(self, cfg: CaptionConfig, backend_factory=None) -> None:
         self.cfg = cfg
         self.backend_factory = backend_factory  # tests and benchmarks may pass an already built backend
         self.backend = None
@@ -328,7 +328,7 @@ class CaptionJobResult:
         return self.result.ok
 
 
-def check_model(cfg: CaptionJobConfig) -> None:
+def check_model(cfg: CaptionConfig) -> None:
     """Fail before any shard is touched when the checkpoint cannot be a LLaVA (one line for the user)."""
     from transformers import AutoConfig
 
@@ -345,7 +345,7 @@ def check_model(cfg: CaptionJobConfig) -> None:
                            f"{', '.join(SUPPORTED_MODEL_TYPES)} (LLaVA-1.5 / LLaVA-NeXT)")
 
 
-def check_backend(cfg: CaptionJobConfig) -> None:
+def check_backend(cfg: CaptionConfig) -> None:
     """Fail before any shard is touched when a GPU-only option cannot run where the job will run: the vLLM
     backend and 8/4-bit loading (bitsandbytes) need their package and a CUDA GPU. Without this check the
     error would surface inside every worker as a failed shard, with the advice to rerun."""
@@ -426,12 +426,12 @@ EXECUTION_ONLY = {"runner": True, "caption": {"prefetch_batches"},
                   "model": {"cpu_threads", "gpu_memory_utilization", "enforce_eager"}}
 
 
-def job_hash(cfg: CaptionJobConfig) -> str:
+def job_hash(cfg: CaptionConfig) -> str:
     data = cfg.model_dump(mode="json", exclude=EXECUTION_ONLY)
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def run_caption_job(shards: Iterable[str], out: str | Path, cfg: CaptionJobConfig, fresh: bool = False,
+def run_caption_job(shards: Iterable[str], out: str | Path, cfg: CaptionConfig, fresh: bool = False,
                     backend_factory=None) -> CaptionJobResult:
     """The whole ``supirkit caption`` job over the shards named by ``shards`` (folders, patterns, tars)."""
     urls = list_shards(list(shards))

@@ -5,7 +5,8 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from supirkit.datapipe.config import DecodeConfig, RunnerConfig, Schema, config_hash
+from supirkit.datapipe.config import PREFIX_PATTERN, DecodeConfig, OutputConfig, RunnerConfig, Schema, config_hash
+from supirkit.datapipe.devices import Device
 from supirkit.datapipe.prefilter import PrefilterConfig
 
 
@@ -51,7 +52,7 @@ class SignalsConfig(Schema):
     cheap: CheapSignalsConfig = CheapSignalsConfig()
     iqa: IQAConfig = IQAConfig()
     aesthetic: AestheticConfig = AestheticConfig()
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
 
 
 class NearDedupConfig(Schema):
@@ -78,7 +79,7 @@ class DedupConfig(Schema):
                                            "a group; a missing jpeg_quality (lossless file) counts as 101.")
 
 
-class Check(Schema):
+class RuleCheckConfig(Schema):
     """One rule: ``signal`` with ``min``/``max`` bounds, or a free ``where`` condition."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -99,7 +100,7 @@ class Check(Schema):
 
 class RulesConfig(Schema):
     combine: Literal["all", "any"] = Field("all", description="all: every check must pass; any: one suffices")
-    checks: list[Check] = Field(default_factory=list)
+    checks: list[RuleCheckConfig] = Field(default_factory=list)
 
 
 class CropConfig(Schema):
@@ -115,9 +116,9 @@ class EncodeConfig(Schema):
     quality: int = Field(95, ge=1, le=100, description="JPEG quality (4:4:4); PNG: zlib level = min(quality, 9)")
 
 
-class OutputConfig(Schema):
+class CurateOutputConfig(OutputConfig):
     subset: str = Field("general", pattern=r"^[A-Za-z0-9_\-]+$", description="Tag written to every sample's json.")
-    prefix: str = Field("curated", pattern=r"^[A-Za-z0-9_\-]+$")
+    prefix: str = Field("curated", pattern=PREFIX_PATTERN)
     samples_per_shard: int = Field(1000, ge=1)
     crop: CropConfig = CropConfig()
     encode: EncodeConfig = EncodeConfig()
@@ -137,7 +138,7 @@ class CurateConfig(Schema):
     signals: SignalsConfig = SignalsConfig()
     dedup: DedupConfig = DedupConfig()
     rules: RulesConfig = RulesConfig()
-    output: OutputConfig = OutputConfig()
+    output: CurateOutputConfig = CurateOutputConfig()
     report: ReportConfig = ReportConfig()
     runner: RunnerConfig = RunnerConfig()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from supirkit.curation.config import Check, RulesConfig
+from supirkit.curation.config import RuleCheckConfig, RulesConfig
 from supirkit.datapipe.conditions import Condition
 
 
@@ -17,7 +17,7 @@ def _num(v: float) -> str:
     return repr(int(v)) if float(v).is_integer() else repr(float(v))
 
 
-def check_condition(check: Check) -> str:
+def check_condition(check: RuleCheckConfig) -> str:
     if check.where is not None:
         return f"({check.where})"
     parts = []

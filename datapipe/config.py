@@ -45,10 +45,20 @@ class RunnerConfig(Schema):
     log_every_s: float = Field(5.0, gt=0, description="Seconds between progress lines when not on a terminal.")
 
 
-class ShardingConfig(Schema):
+#: a shard-name prefix: letters, digits, ``_`` and ``-`` (no dots: keys and names split at the first dot)
+PREFIX_PATTERN = r"^[A-Za-z0-9_\-]+$"
+
+
+class OutputConfig(Schema):
+    """Where a stage's shards go: ``{prefix}-NNNNNN.tar`` at the top of ``--out`` (the section every stage's
+    ``output`` extends)."""
+
+    prefix: str = Field("shard", pattern=PREFIX_PATTERN)
+
+
+class ShardingConfig(OutputConfig):
     """How inputs are cut into partitions; partition i becomes output shard i."""
 
-    prefix: str = Field("shard", pattern=r"^[A-Za-z0-9_\-]+$")
     samples_per_shard: int = Field(1000, ge=1)
     target_bytes: int = Field(1_000_000_000, ge=1, description="Approximate input bytes per partition.")
 

@@ -90,7 +90,7 @@ KernelSizes = Annotated[list[int], AfterValidator(_odd_sizes)]
 Modes = Annotated[list[ResizeMode], Field(min_length=1)]
 
 
-class FamilyWeights(Schema):
+class FamilyWeightsConfig(Schema):
     """Relative weights of the six kernel families (``kernel_list`` / ``kernel_prob``); normalised."""
 
     iso: float = Field(ge=0)
@@ -118,14 +118,14 @@ class BlurConfig(Schema):
     sinc_cutoff_small: AngleRange = Field(description="sinc cutoff range for sizes < sinc_large_from")
     sinc_cutoff_large: AngleRange = Field(description="sinc cutoff range for sizes >= sinc_large_from")
     sinc_large_from: int = Field(ge=1)
-    families: FamilyWeights
+    families: FamilyWeightsConfig
     sigma: PositiveRange = Field(description="sigma (x and y, drawn independently) range, pixels")
     rotation: AngleRange = Field(description="rotation range of anisotropic kernels, radians")
     betag: SplitRange = Field(description="generalized Gaussian beta: U(low, 1) or U(1, high), p = 1/2 each")
     betap: SplitRange = Field(description="plateau beta: U(low, 1) or U(1, high), p = 1/2 each")
 
 
-class UpDownKeep(Schema):
+class UpDownKeepConfig(Schema):
     """Weights of resizing up, down, or keeping the size (``resize_prob``); normalised."""
 
     up: float = Field(ge=0)
@@ -140,7 +140,7 @@ class UpDownKeep(Schema):
 
 
 class ResizeConfig(Schema):
-    probs: UpDownKeep
+    probs: UpDownKeepConfig
     range: Annotated[SplitRange, AfterValidator(_positive_low)] = Field(description="up: U(1, high); down: U(low, 1)")
     modes: Modes = Field(description="interpolation drawn uniformly from this list")
 
@@ -211,7 +211,7 @@ class SharpenConfig(Schema):
     threshold: float = Field(ge=0, description="mask threshold on the 0-255 scale")
 
 
-class OutputConfig(Schema):
+class DegradeOutputConfig(Schema):
     size: Union[Literal["lq", "hq"], Annotated[int, Field(ge=1)]] = Field(
         description="'lq': keep HQ/scale; 'hq': back to the HQ size; N: short side N (aspect kept)")
     mode: ResizeMode = Field(description="interpolation of that last resize (before clamp and round)")
@@ -237,7 +237,7 @@ class DegradeConfig(Schema):
     sharpen: SharpenConfig
     realesrgan: Optional[RealESRGANConfig] = None
     codeformer: Optional[CodeFormerConfig] = None
-    output: OutputConfig
+    output: DegradeOutputConfig
     quirks: QuirksConfig
 
     @model_validator(mode="after")

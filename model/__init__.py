@@ -2,8 +2,8 @@
 
 Public API (resolved lazily, so ``import supirkit.model`` stays free of torch and diffusers):
 
-* configs: ``ModelConfig``, ``TrunkLayout``, ``load_model_config``, ``read_json_config``, ``RestoreConfig``,
-  ``PromptConfig``, ``SamplerConfig``, ``DEFAULT_POSITIVE``, ``DEFAULT_NEGATIVE``;
+* configs: ``SupirModelConfig``, ``TrunkLayoutConfig``, ``load_model_config``, ``read_json_config``, ``RestoreConfig``,
+  ``PromptRuleConfig``, ``SamplerConfig``, ``DEFAULT_POSITIVE``, ``DEFAULT_NEGATIVE``;
 * model: ``SUPIRModel`` (frozen UNet + adaptor: ``from_unet``, ``from_adaptor``, ``save_adaptor``,
   ``trainable_parameters``, ``enable_gradient_checkpointing``), ``SUPIRAdaptor``, ``ControlTrunk``, ``ZeroSFT``,
   ``ZeroCrossAttn``, ``load_adaptor``, ``load_dr_encoder_if_present``, ``DR_ENCODER_SUBFOLDER``;
@@ -18,8 +18,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "config": ("ModelConfig", "TrunkLayout", "load_model_config", "read_json_config", "RestoreConfig",
-               "PromptConfig", "SamplerConfig", "DEFAULT_POSITIVE", "DEFAULT_NEGATIVE"),
+    "config": ("SupirModelConfig", "TrunkLayoutConfig", "load_model_config", "read_json_config", "RestoreConfig",
+               "PromptRuleConfig", "SamplerConfig", "DEFAULT_POSITIVE", "DEFAULT_NEGATIVE"),
     "supir": ("SUPIRModel", "SUPIRAdaptor", "load_adaptor", "load_dr_encoder_if_present", "DR_ENCODER_SUBFOLDER"),
     "trunk": ("ControlTrunk",),
     "connectors": ("ZeroSFT", "ZeroCrossAttn"),
@@ -35,9 +35,9 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "Conditioning", "ControlTrunk", "DEFAULT_NEGATIVE", "DEFAULT_POSITIVE", "DR_ENCODER_SUBFOLDER",
-    "DegradationRobustEncoder", "ModelConfig", "PromptConfig", "RestoreConfig", "RestoreEDMSampler",
+    "DegradationRobustEncoder", "SupirModelConfig", "PromptRuleConfig", "RestoreConfig", "RestoreEDMSampler",
     "SDXLTextEncoders", "SUPIRAdaptor", "SUPIRModel", "SamplerConfig", "SamplerSettings", "SigmaSchedule",
-    "TrunkLayout", "ZeroCrossAttn", "ZeroSFT", "color_fix", "convert_official_checkpoint", "describe",
+    "TrunkLayoutConfig", "ZeroCrossAttn", "ZeroSFT", "color_fix", "convert_official_checkpoint", "describe",
     "dr_encoder_loss", "gaussian_weights", "load_adaptor", "load_dr_encoder_if_present", "load_model_config",
     "read_json_config", "sliding_windows", "supir_eps_fn", "time_ids", "write_adaptor_folder",
 ]

@@ -11,11 +11,12 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from supirkit.datapipe.config import CONFIG_ROOT, ConfigError, Schema, resolve_config_path
+from supirkit.datapipe.devices import Device, DType
 
 DEFAULT_CONFIG = "model/supir.yaml"
 
 
-class TrunkLayout(Schema):
+class TrunkLayoutConfig(Schema):
     """Transformer depths of the control trunk; ``null`` = copy the UNet's own depth.
 
     The released SUPIR v0 weights use a full copy of SDXL's encoder and middle block ([., 2, 10], middle 10).
@@ -35,17 +36,17 @@ class TrunkLayout(Schema):
         return self
 
 
-class SDXLSection(Schema):
+class SDXLConfig(Schema):
     unet_config: str = Field("model/sdxl_unet.json", description="UNet config JSON (path or name under configs/).")
     vae_config: str = Field("model/sdxl_vae.json", description="VAE config JSON (path or name under configs/).")
 
 
-class TrunkSection(Schema):
+class TrunkConfig(Schema):
     layout: str = Field("released", description="Key of `layouts` used for training and restoring.")
-    layouts: dict[str, TrunkLayout] = Field(
+    layouts: dict[str, TrunkLayoutConfig] = Field(
         default_factory=lambda: {
-            "released": TrunkLayout(),
-            "trimmed": TrunkLayout(transformer_depth=[1, 1, 4], mid_transformer_depth=4),
+            "released": TrunkLayoutConfig(),
+            "trimmed": TrunkLayoutConfig(transformer_depth=[1, 1, 4], mid_transformer_depth=4),
         }
     )
 
@@ -55,27 +56,27 @@ class TrunkSection(Schema):
             raise ValueError(f"layout {self.layout!r} is not one of {sorted(self.layouts)}")
         return self
 
-    def selected(self) -> TrunkLayout:
+    def selected(self) -> TrunkLayoutConfig:
         return self.layouts[self.layout]
 
 
-class ConnectorSection(Schema):
+class ConnectorConfig(Schema):
     sft_hidden_channels: int = Field(128, ge=1, description="ZeroSFT mlp_shared width (official: 128).")
     cross_attn_head_dim: int = Field(64, ge=1, description="ZeroCrossAttn head width (official: 64).")
 
 
-class ModelConfig(Schema):
-    sdxl: SDXLSection = Field(default_factory=SDXLSection)
-    trunk: TrunkSection = Field(default_factory=TrunkSection)
-    connectors: ConnectorSection = Field(default_factory=ConnectorSection)
+class SupirModelConfig(Schema):
+    sdxl: SDXLConfig = Field(default_factory=SDXLConfig)
+    trunk: TrunkConfig = Field(default_factory=TrunkConfig)
+    connectors: ConnectorConfig = Field(default_factory=ConnectorConfig)
     control_scale: float = Field(1.0, ge=0.0, le=2.0, description="Connector blend used in training [I: 1].")
     gradient_checkpointing: bool = True
 
 
-def load_model_config(path=None, overrides=()) -> ModelConfig:
+def load_model_config(path=None, overrides=()) -> SupirModelConfig:
     from supirkit.datapipe.config import load_config
 
-    return load_config(ModelConfig, path, overrides, default=DEFAULT_CONFIG)
+    return load_config(SupirModelConfig, path, overrides, default=DEFAULT_CONFIG)
 
 
 def read_json_config(name: str) -> dict:
@@ -88,8 +89,8 @@ def read_json_config(name: str) -> dict:
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
-__all__ = ["CONFIG_ROOT", "DEFAULT_NEGATIVE", "DEFAULT_POSITIVE", "ModelConfig", "PromptConfig", "RestoreConfig",
-           "SamplerConfig", "TrunkLayout", "load_model_config", "read_json_config"]
+__all__ = ["CONFIG_ROOT", "DEFAULT_NEGATIVE", "DEFAULT_POSITIVE", "SupirModelConfig", "PromptRuleConfig", "RestoreConfig",
+           "SamplerConfig", "TrunkLayoutConfig", "load_model_config", "read_json_config"]
 
 
 # ---------------------------------------------------------------------------------------------- restore
@@ -107,7 +108,7 @@ DEFAULT_NEGATIVE = (
 CAPTION_INSTRUCTION = "Describe this image and its style in a very detailed manner."
 
 
-class PromptConfig(Schema):
+class PromptRuleConfig(Schema):
     """One rule for training and restoring: caption, separator, positive prompt, truncation at 77 tokens."""
 
     positive: str = DEFAULT_POSITIVE
@@ -123,7 +124,7 @@ class CaptionerConfig(Schema):
     temperature: float = Field(0.2, gt=0.0, le=5.0)
     top_p: float = Field(0.7, gt=0.0, le=1.0)
     image_short_side: int = Field(512, ge=16, description="The stage-1 image is captioned at this short side.")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: DType = "auto"
 
 
 class SamplerConfig(Schema):
@@ -151,14 +152,14 @@ class TilingConfig(Schema):
     tile_stride: int = Field(64, ge=1)
 
 
-class ImageConfig(Schema):
+class RestoreImageConfig(Schema):
     upscale: float = Field(1.0, gt=0.0, le=16.0)
     min_size: int = Field(1024, ge=64, description="short side is raised to this before sampling")
     size_multiple: int = Field(64, ge=8, description="working size rounded to this (official: 64)")
     color_fix: Literal["wavelet", "adain", "none"] = "wavelet"
 
 
-class MicroConditioning(Schema):
+class MicroConditioningConfig(Schema):
     """SDXL size conditioning; the official pipeline fixes it regardless of the image size."""
 
     original_size: list[int] = Field(default_factory=lambda: [1024, 1024], min_length=2, max_length=2)
@@ -170,19 +171,19 @@ class MicroConditioning(Schema):
 
 
 class RuntimeConfig(Schema):
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+    device: Device = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: DType = Field(
         "auto", description="UNet + adaptor; auto = float16 on CUDA (official), float32 on CPU")
-    vae_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+    vae_dtype: DType = Field(
         "auto", description="auto = bfloat16 on CUDA (official: fp16 gives NaN in the VAE), float32 on CPU")
     seed: int = Field(1234, ge=0)
 
 
 class RestoreConfig(Schema):
-    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    prompt: PromptRuleConfig = Field(default_factory=PromptRuleConfig)
     captioner: CaptionerConfig = Field(default_factory=CaptionerConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
-    image: ImageConfig = Field(default_factory=ImageConfig)
-    micro_conditioning: MicroConditioning = Field(default_factory=MicroConditioning)
+    image: RestoreImageConfig = Field(default_factory=RestoreImageConfig)
+    micro_conditioning: MicroConditioningConfig = Field(default_factory=MicroConditioningConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)

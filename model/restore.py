@@ -25,8 +25,6 @@ from typing import Optional
 
 log = logging.getLogger(__name__)
 
-LLAVA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-                "helpful, detailed, and polite answers to the user's questions.")
 
 
 @dataclass
@@ -37,22 +35,6 @@ class RestoreResult:
     prompt_truncated: bool
     working_size: tuple[int, int]  # (w, h) sampled
     tiled: bool
-
-
-def _resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _resolve_dtype(name: str, device, cuda_default: str):
-    import torch
-
-    if name == "auto":
-        name = cuda_default if device.type == "cuda" else "float32"
-    return getattr(torch, name)
 
 
 def working_size(w: int, h: int, upscale: float, min_size: int, multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -67,41 +49,23 @@ def working_size(w: int, h: int, upscale: float, min_size: int, multiple: int) -
     return (w0, h0), (ws, hs)
 
 
-class LlavaCaptioner:
-    """LLaVA-1.5 through transformers (``LlavaForConditionalGeneration`` + ``AutoProcessor``), loaded lazily."""
+class Captioner:
+    """Captions the stage-1 image with captioning's LLaVA backend (the one captioner of the code base), with
+    restore's prompt and sampling settings and the run's seed."""
 
     def __init__(self, model_id: str, config, device, seed: int = 0):
-        self.model_id, self.config, self.device, self.seed = model_id, config, device, seed
-        self._model = self._processor = None
+        from supirkit.captioning.backends import TransformersCaptioner
+        from supirkit.captioning.config import CaptionModelConfig, CaptionPromptConfig, GenerationConfig
 
-    def _load(self):
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-        dtype = _resolve_dtype(self.config.dtype, self.device, "float16")
-        self._processor = AutoProcessor.from_pretrained(self.model_id)
-        self._model = LlavaForConditionalGeneration.from_pretrained(self.model_id, dtype=dtype).to(self.device).eval()
-
-    def prompt(self) -> str:
-        # The official vicuna_v1 conversation string (llava/conversation.py, llava_agent.py:L34-45).
-        return f"{LLAVA_SYSTEM} USER: <image>\n{self.config.instruction} ASSISTANT:"
+        self.seed = seed
+        self.backend = TransformersCaptioner(
+            CaptionModelConfig(name=model_id, dtype=config.dtype, device=str(device)),
+            CaptionPromptConfig(instruction=config.instruction),
+            GenerationConfig(do_sample=config.do_sample, temperature=config.temperature, top_p=config.top_p,
+                             max_new_tokens=config.max_new_tokens, seed=seed))
 
     def __call__(self, image) -> str:
-        import torch
-
-        if self._model is None:
-            self._load()
-        inputs = self._processor(images=image, text=self.prompt(), return_tensors="pt").to(self.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
-        c = self.config
-        gen = dict(max_new_tokens=c.max_new_tokens, do_sample=c.do_sample, num_beams=1)
-        if c.do_sample:
-            gen.update(temperature=c.temperature, top_p=c.top_p)
-            torch.manual_seed(self.seed)  # generate() samples from the global RNG [I: seeded for repeatability]
-        with torch.no_grad():
-            out = self._model.generate(**inputs, **gen)
-        new = out[0, inputs["input_ids"].shape[1]:]
-        text = self._processor.tokenizer.decode(new, skip_special_tokens=True)
+        text = self.backend.caption([image], self.seed)[0].raw
         return " ".join(text.replace("</s>", "").split()).strip()
 
 
@@ -129,9 +93,13 @@ class SUPIRRestorer:
         from supirkit.model.text import SDXLTextEncoders
 
         rt = config.runtime
-        device = _resolve_device(rt.device)
-        dtype = _resolve_dtype(rt.dtype, device, "float16")
-        vae_dtype = _resolve_dtype(rt.vae_dtype, device, "bfloat16")
+        import torch
+
+        from supirkit.datapipe.devices import resolve_device, resolve_dtype
+
+        device = torch.device(resolve_device(rt.device))
+        dtype = resolve_dtype(rt.dtype, device.type, "float16")  # the official code's precisions
+        vae_dtype = resolve_dtype(rt.vae_dtype, device.type, "bfloat16")
         unet = UNet2DConditionModel.from_pretrained(sdxl, subfolder="unet", torch_dtype=dtype).to(device).eval()
         vae = AutoencoderKL.from_pretrained(sdxl, subfolder="vae", torch_dtype=vae_dtype).to(device).eval()
         vae.requires_grad_(False)
@@ -142,7 +110,7 @@ class SUPIRRestorer:
             move_to(model.dr_encoder, device, vae_dtype)
         else:
             log.warning("%s has no dr_encoder/: the LQ latent comes from the plain SDXL VAE encoder", adaptor_dir)
-        cap = LlavaCaptioner(captioner, config.captioner, device, seed=rt.seed) if captioner else None
+        cap = Captioner(captioner, config.captioner, device, seed=rt.seed) if captioner else None
         return cls(vae, text, model, schedule, config, captioner=cap, device=device)
 
     # ------------------------------------------------------------------ steps

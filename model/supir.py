@@ -94,7 +94,7 @@ class SUPIRModel(nn.Module):
                   copy_weights: bool = True, dr_encoder=None, control_scale: float = 1.0) -> "SUPIRModel":
         """New adaptor for ``unet``; kept trunk blocks start from the UNet's weights.
 
-        ``layout``: a ``TrunkLayout``, a dict with ``transformer_depth``/``mid_transformer_depth``, or None
+        ``layout``: a ``TrunkLayoutConfig``, a dict with ``transformer_depth``/``mid_transformer_depth``, or None
         (full copy = released layout).
         """
         depth, mid = _layout_depths(layout)
@@ -224,9 +224,9 @@ def _layout_depths(layout):
     if isinstance(layout, dict):
         return layout.get("transformer_depth"), layout.get("mid_transformer_depth")
     if isinstance(layout, str):
-        from supirkit.model.config import TrunkSection
+        from supirkit.model.config import TrunkConfig
 
-        layout = TrunkSection().layouts[layout]
+        layout = TrunkConfig().layouts[layout]
     return layout.transformer_depth, layout.mid_transformer_depth
 
 

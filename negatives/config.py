@@ -9,7 +9,8 @@ from typing import List, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from supirkit.datapipe.config import DecodeConfig, RunnerConfig, Schema
+from supirkit.datapipe.config import PREFIX_PATTERN, DecodeConfig, OutputConfig, RunnerConfig, Schema
+from supirkit.datapipe.devices import Device, DType
 
 #: The negative-quality prompt of SUPIR's App. A.4 (Fig. 19), used both to steer SDXL and as the caption.
 PAPER_PROMPT = ("oil painting, cartoon, blurring, dirty, messy, low quality, frames, deformed, lowres, "
@@ -23,16 +24,16 @@ NEGATIVE_WORDS = ("oil painting", "cartoon", "blurring", "dirty", "messy", "low 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 
 
-class ModelOptions(Schema):
+class NegativesModelConfig(Schema):
     id: str = Field(SDXL_BASE, min_length=1, description="Hub id or local folder of an SDXL diffusers pipeline.")
     variant: Optional[str] = Field(None, description="Weight-file variant to load (e.g. fp16); null: the default files.")
-    dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU.")
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: DType = Field("auto", description="auto: float16 on CUDA, float32 on CPU.")
+    device: Device = "auto"
     cpu_threads: Optional[int] = Field(None, ge=1, le=1024, description="torch threads on CPU (null: torch's "
                                        "default). On a shared 2-core machine 1 is much faster than 2.")
 
 
-class GenerateOptions(Schema):
+class GenerateConfig(Schema):
     mode: Literal["img2img", "txt2img"] = Field("img2img", description="img2img (SDEdit from corpus images, the "
                                                 "paper's method) or txt2img (noise to image).")
     count: int = Field(100_000, ge=1, le=1_000_000_000, description="Samples to produce in total.")
@@ -45,7 +46,7 @@ class GenerateOptions(Schema):
     batch_size: int = Field(8, ge=1, le=1024, description="Images per pipeline call.")
 
 
-class PromptOptions(Schema):
+class NegativesPromptConfig(Schema):
     mode: Literal["list", "words"] = Field("list", description="list: each sample takes one entry of `list`; "
                                            "words: each sample's prompt is built from `words`.")
     list: List[str] = Field(default_factory=lambda: [PAPER_PROMPT], min_length=1)
@@ -68,7 +69,7 @@ class PromptOptions(Schema):
         return self
 
 
-class SourceOptions(Schema):
+class NegativesSourceConfig(Schema):
     input_shards_per_partition: int = Field(1, ge=1, le=1024, description="Input shards each output shard draws "
                                             "its source images from (raise it when input shards are small).")
     crop: Literal["center", "random"] = Field("center", description="Which region of the source (cut to the "
@@ -76,22 +77,22 @@ class SourceOptions(Schema):
     decode: DecodeConfig = DecodeConfig()
 
 
-class OutputOptions(Schema):
-    prefix: str = Field("negatives", pattern=r"^[A-Za-z0-9_\-]+$")
+class NegativesOutputConfig(OutputConfig):
+    prefix: str = Field("negatives", pattern=PREFIX_PATTERN)
     samples_per_shard: int = Field(1000, ge=1, le=1_000_000)
     codec: Literal["png", "jpg"] = Field("png", description="png (lossless) or jpg (4:4:4, jpeg_quality).")
     jpeg_quality: int = Field(95, ge=50, le=100)
     png_compress_level: int = Field(6, ge=0, le=9, description="zlib level: size/speed only, pixels are equal.")
 
 
-class NegativesJobConfig(Schema):
-    model: ModelOptions = ModelOptions()
-    generate: GenerateOptions = GenerateOptions()
-    prompts: PromptOptions = PromptOptions()
-    sources: SourceOptions = SourceOptions()
-    output: OutputOptions = OutputOptions()
+class NegativesConfig(Schema):
+    model: NegativesModelConfig = NegativesModelConfig()
+    generate: GenerateConfig = GenerateConfig()
+    prompts: NegativesPromptConfig = NegativesPromptConfig()
+    sources: NegativesSourceConfig = NegativesSourceConfig()
+    output: NegativesOutputConfig = NegativesOutputConfig()
     runner: RunnerConfig = RunnerConfig()
 
 
-__all__ = ["NegativesJobConfig", "ModelOptions", "GenerateOptions", "PromptOptions", "SourceOptions",
-           "OutputOptions", "PAPER_PROMPT", "NEGATIVE_WORDS", "SDXL_BASE"]
+__all__ = ["NegativesConfig", "NegativesModelConfig", "GenerateConfig", "NegativesPromptConfig", "NegativesSourceConfig",
+           "NegativesOutputConfig", "PAPER_PROMPT", "NEGATIVE_WORDS", "SDXL_BASE"]

@@ -47,6 +47,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 
 from supirkit.datapipe.config import config_hash
+from supirkit.datapipe.devices import resolve_device, resolve_dtype
 from supirkit.datapipe.errors import ConfigError
 from supirkit.datapipe.plan import Partition
 from supirkit.datapipe.runner import Pass, prepare_output, run_stage, write_job_summary
@@ -57,10 +58,10 @@ from supirkit.negatives.config import (
     NEGATIVE_WORDS,
     PAPER_PROMPT,
     SDXL_BASE,
-    GenerateOptions,
-    ModelOptions,
-    NegativesJobConfig,
-    PromptOptions,
+    GenerateConfig,
+    NegativesConfig,
+    NegativesModelConfig,
+    NegativesPromptConfig,
 )
 
 log = logging.getLogger("supirkit")
@@ -91,7 +92,7 @@ def sample_seed(job_seed: int, index: int) -> int:
 class PromptSampler:
     """Chooses a sample's prompt: an entry of the configured list, or a set of negative-quality words."""
 
-    def __init__(self, cfg: PromptOptions) -> None:
+    def __init__(self, cfg: NegativesPromptConfig) -> None:
         self.cfg = cfg
 
     def prompt(self, seed: int) -> str:
@@ -114,7 +115,7 @@ class SampleSpec:
     prompt: str
 
 
-def sample_spec(cfg: NegativesJobConfig, sampler: PromptSampler, index: int) -> SampleSpec:
+def sample_spec(cfg: NegativesConfig, sampler: PromptSampler, index: int) -> SampleSpec:
     seed = sample_seed(cfg.generate.seed, index)
     return SampleSpec(index, sample_key(cfg.generate.seed, index), seed, sampler.prompt(seed))
 
@@ -213,7 +214,7 @@ class SourceImage:
 class SourceReader:
     """Streams the chosen members of the input shards of one output shard, replacing unreadable ones."""
 
-    def __init__(self, plan: SourcePlan, inputs: list[str], cfg: NegativesJobConfig) -> None:
+    def __init__(self, plan: SourcePlan, inputs: list[str], cfg: NegativesConfig) -> None:
         self.plan, self.inputs, self.cfg = plan, inputs, cfg
 
     def iter_sources(self, partition: int, specs: dict[int, SampleSpec], stats: UnitStats) -> Iterator[tuple[int, SourceImage]]:
@@ -326,22 +327,6 @@ class SourceReader:
 
 # ------------------------------------------------------------------------------------------ the model
 
-def torch_dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        return torch.float16 if device == "cuda" else torch.float32
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
-
-
-def resolve_device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class _DropVaeUpcastWarning(logging.Filter):
     """SDXL pipelines move their VAE to fp32 and back around every encode/decode (``force_upcast``), and
     diffusers warns about that cast each time: one line per batch that says nothing to the user."""
@@ -359,14 +344,14 @@ def _quiet_vae_upcast_warning() -> None:
 class SDXLGenerator:
     """One SDXL pipeline (image-to-image or text-to-image) and the call that makes a batch of samples."""
 
-    def __init__(self, model: ModelOptions, gen: GenerateOptions, negative_prompt: Optional[str]) -> None:
+    def __init__(self, model: NegativesModelConfig, gen: GenerateConfig, negative_prompt: Optional[str]) -> None:
         import diffusers.utils
         import torch
         from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
         self.gen, self.negative_prompt = gen, negative_prompt
         self.device = resolve_device(model.device)
-        self.dtype = torch_dtype(model.dtype, self.device)
+        self.dtype = resolve_dtype(model.dtype, self.device, gpu_default="float16")
         if self.device == "cpu" and model.cpu_threads:
             torch.set_num_threads(model.cpu_threads)
         cls = StableDiffusionXLImg2ImgPipeline if gen.mode == "img2img" else StableDiffusionXLPipeline
@@ -404,7 +389,7 @@ class SDXLGenerator:
             out = self.pipe(**kwargs).images
         out = np.asarray(out, dtype=np.float32)
         if not np.isfinite(out).all():  # e.g. fp16 overflow: a systemic fault, the shard is retried
-            raise FloatingPointError("the pipeline returned non-finite pixels (try model.dtype bf16 or fp32)")
+            raise FloatingPointError("the pipeline returned non-finite pixels (try model.dtype bfloat16 or float32)")
         return (np.clip(out, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
@@ -416,7 +401,7 @@ class NegativesStage(Stage[Partition]):
     name = STAGE
     needs_gpu = True  # one pipeline per actor; on a cluster without GPUs the actors take none
 
-    def __init__(self, cfg: NegativesJobConfig, inputs: list[str]) -> None:
+    def __init__(self, cfg: NegativesConfig, inputs: list[str]) -> None:
         self.cfg = cfg
         self.inputs = inputs
         self.generator: Optional[SDXLGenerator] = None
@@ -474,7 +459,7 @@ class NegativesStage(Stage[Partition]):
             stats.count("generated")
 
 
-def sample_metadata(cfg: NegativesJobConfig, spec: SampleSpec, src: Optional[SourceImage], scheduler: str,
+def sample_metadata(cfg: NegativesConfig, spec: SampleSpec, src: Optional[SourceImage], scheduler: str,
                     width: int, height: int) -> dict:
     gen, out = cfg.generate, cfg.output
     img2img = gen.mode == "img2img"
@@ -494,7 +479,7 @@ def sample_metadata(cfg: NegativesJobConfig, spec: SampleSpec, src: Optional[Sou
     }
 
 
-def _denoising_steps(gen: GenerateOptions) -> int:
+def _denoising_steps(gen: GenerateConfig) -> int:
     """How many scheduler steps actually run (diffusers' img2img runs int(steps * strength))."""
     return min(int(gen.steps * gen.strength), gen.steps) if gen.mode == "img2img" else gen.steps
 
@@ -530,7 +515,7 @@ def freeze_inputs(work: Path, sources: list[str]) -> list[str]:
     return shards
 
 
-def run_negatives_job(sources: Iterable[str] | None, out: str | Path, cfg: NegativesJobConfig,
+def run_negatives_job(sources: Iterable[str] | None, out: str | Path, cfg: NegativesConfig,
                       fresh: bool = False) -> JobResult:
     """The whole ``supirkit negatives`` job (resumable); returns its statistics."""
     srcs = [os.fsdecode(s) for s in (sources or [])]
@@ -554,7 +539,7 @@ def run_negatives_job(sources: Iterable[str] | None, out: str | Path, cfg: Negat
     return result
 
 
-__all__ = ["NegativesJobConfig", "NegativesStage", "SDXLGenerator", "SourcePlan", "SourceReader", "PromptSampler",
+__all__ = ["NegativesConfig", "NegativesStage", "SDXLGenerator", "SourcePlan", "SourceReader", "PromptSampler",
            "SampleSpec", "ModelLoadError", "run_negatives_job", "sample_key", "sample_seed", "sample_spec",
            "partition_range", "n_partitions", "fit_to_size", "shard_keys", "PAPER_PROMPT",
            "NEGATIVE_WORDS", "QUALITY", "SUBSET"]

@@ -96,7 +96,7 @@ def test_corrupt_samples_are_skipped_with_a_reason(tmp_path, tiny_models):
 def test_a_failing_generation_costs_only_its_sample(tmp_path, tiny_models):
     """The whole batch fails when one image is bad for the model; it is retried one image at a time."""
     from supirkit.captioning.backends import TransformersCaptioner
-    from supirkit.captioning.config import CaptionJobConfig
+    from supirkit.captioning.config import CaptionConfig
     from supirkit.captioning.job import run_caption_job
     from supirkit.datapipe.config import load_config
     from supirkit.datapipe.runner import iter_rejections
@@ -108,7 +108,7 @@ def test_a_failing_generation_costs_only_its_sample(tmp_path, tiny_models):
             return super().caption(images, seed, timer)
 
     shards = make_shards(tmp_path / "in", n_shards=1, per_shard=5)
-    cfg = load_config(CaptionJobConfig, "caption/demo.yaml",
+    cfg = load_config(CaptionConfig, "caption/demo.yaml",
                       [f"model.name={tiny_models['llava']}", "runner.executor=local", "generation.max_new_tokens=4"])
     job = run_caption_job([str(shards)], tmp_path / "out", cfg,
                           backend_factory=lambda: Picky(cfg.model, cfg.prompt, cfg.generation))

@@ -64,32 +64,32 @@ def test_fit_image_pads_crops_or_keeps():
 
 
 def test_config_defaults_follow_supir_and_are_validated():
-    from supirkit.captioning.config import SUPIR_INSTRUCTION, CaptionJobConfig
+    from supirkit.captioning.config import SUPIR_INSTRUCTION, CaptionConfig
     from supirkit.datapipe.config import ConfigError, load_config
 
-    cfg = load_config(CaptionJobConfig, None, [], default="caption/default.yaml")
+    cfg = load_config(CaptionConfig, None, [], default="caption/default.yaml")
     assert cfg.model.name == "llava-hf/llava-1.5-13b-hf"
     assert cfg.prompt.instruction == SUPIR_INSTRUCTION == "Describe this image and its style in a very detailed manner."
     g = cfg.generation
     assert (g.do_sample, g.temperature, g.top_p, g.num_beams, g.max_new_tokens) == (True, 0.2, 0.7, 1, 512)
     assert (cfg.image.use, cfg.image.fit) == ("curated", "pad")
-    demo = load_config(CaptionJobConfig, "caption/demo.yaml", [])
+    demo = load_config(CaptionConfig, "caption/demo.yaml", [])
     assert demo.runner.num_gpus_per_actor == 0
     with pytest.raises(ConfigError, match="top_p"):
-        load_config(CaptionJobConfig, None, ["generation.top_p=1.5"], default="caption/default.yaml")
+        load_config(CaptionConfig, None, ["generation.top_p=1.5"], default="caption/default.yaml")
     with pytest.raises(ConfigError, match="unknown key"):
-        load_config(CaptionJobConfig, None, ["generation.temprature=0.3"], default="caption/default.yaml")
+        load_config(CaptionConfig, None, ["generation.temprature=0.3"], default="caption/default.yaml")
     with pytest.raises(ConfigError, match="fit"):
-        load_config(CaptionJobConfig, None, ["image.fit=stretch"], default="caption/default.yaml")
+        load_config(CaptionConfig, None, ["image.fit=stretch"], default="caption/default.yaml")
     with pytest.raises(ConfigError, match="min_new_tokens"):
-        load_config(CaptionJobConfig, None, ["generation.min_new_tokens=600"], default="caption/default.yaml")
+        load_config(CaptionConfig, None, ["generation.min_new_tokens=600"], default="caption/default.yaml")
 
 
 def test_prompt_is_supirs_through_the_checkpoints_chat_template(tiny_models):
     from supirkit.captioning.backends import TransformersCaptioner
-    from supirkit.captioning.config import CaptionJobConfig, PromptConfig
+    from supirkit.captioning.config import CaptionConfig, CaptionPromptConfig
 
-    cfg = CaptionJobConfig.model_validate({"model": {"name": str(tiny_models["llava"]), "device": "cpu"}})
+    cfg = CaptionConfig.model_validate({"model": {"name": str(tiny_models["llava"]), "device": "cpu"}})
     backend = TransformersCaptioner(cfg.model, cfg.prompt, cfg.generation)
     assert backend.prompt_text == (
         "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
@@ -97,10 +97,10 @@ def test_prompt_is_supirs_through_the_checkpoints_chat_template(tiny_models):
         "Describe this image and its style in a very detailed manner. ASSISTANT:")
     assert backend.processor.tokenizer.padding_side == "left"
     assert backend.pad_colour == (122, 116, 104)  # CLIP mean * 255, LLaVA's expand2square colour
-    plain = TransformersCaptioner(cfg.model, PromptConfig(system=None), cfg.generation,
+    plain = TransformersCaptioner(cfg.model, CaptionPromptConfig(system=None), cfg.generation,
                                   model=backend.model, processor=backend.processor)
     assert plain.prompt_text == "USER: <image>\nDescribe this image and its style in a very detailed manner. ASSISTANT:"
-    custom = TransformersCaptioner(cfg.model, PromptConfig(template="{image} {instruction} ->", system=None),
+    custom = TransformersCaptioner(cfg.model, CaptionPromptConfig(template="{image} {instruction} ->", system=None),
                                    cfg.generation, model=backend.model, processor=backend.processor)
     assert custom.prompt_text == "<image> Describe this image and its style in a very detailed manner. ->"
 

@@ -189,9 +189,10 @@ def test_curate_as_a_separate_driver_joins_the_cluster_through_ray_address(sampl
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     # progress lines (no terminal): inputs and samples with rate, units done
-    score_line = next(x for x in proc.stderr.splitlines() if x.startswith("[curate: score]"))
+    lines = proc.stderr.splitlines()[::-1]  # the last line of each pass holds its totals
+    score_line = next(x for x in lines if x.startswith("[curate: score]"))
     assert "16/16 inputs (100%)" in score_line and "2/2 units" in score_line, proc.stderr
-    write_line = next(x for x in proc.stderr.splitlines() if x.startswith("[curate: write]"))
+    write_line = next(x for x in lines if x.startswith("[curate: write]"))
     assert "6 samples" in write_line and "1/1 units" in write_line, proc.stderr
     rows = _check_verdicts(out, truth)
     _check_shards(out, rows)

@@ -227,9 +227,9 @@ def test_bf16_autocast_with_bf16_unet_and_fp32_adaptor(tiny_sdxl_dir):
 
 # ----------------------------------------------------------------------------------------------- layouts
 def test_trimmed_trunk_keeps_the_first_blocks_of_the_unet(unet):
-    from supirkit.model.config import TrunkLayout
+    from supirkit.model.config import TrunkLayoutConfig
 
-    model = fresh_model(unet, TrunkLayout(transformer_depth=[1, 1, 2], mid_transformer_depth=1))
+    model = fresh_model(unet, TrunkLayoutConfig(transformer_depth=[1, 1, 2], mid_transformer_depth=1))
     trunk = model.adaptor.trunk
     assert [len(b.attentions[0].transformer_blocks) for b in trunk.down_blocks[1:]] == [1, 2]
     assert len(trunk.mid_block.attentions[0].transformer_blocks) == 1

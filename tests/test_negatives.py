@@ -170,7 +170,7 @@ def test_kill_and_resume_gives_the_uninterrupted_set(reference, input_shards, ti
 
 
 def test_txt2img_with_word_prompts(tiny_sdxl_dir, tmp_path):
-    from supirkit.negatives.config import NEGATIVE_WORDS, PromptOptions
+    from supirkit.negatives.config import NEGATIVE_WORDS, NegativesPromptConfig
     from supirkit.negatives.job import PromptSampler, sample_seed
 
     out = tmp_path / "t2i"
@@ -178,7 +178,7 @@ def test_txt2img_with_word_prompts(tiny_sdxl_dir, tmp_path):
                 "--set", "generate.mode=txt2img", "--set", "prompts.mode=words", "--set", "output.codec=jpg") == 0
     samples = _samples(out)
     assert len(samples) == 3
-    sampler = PromptSampler(PromptOptions(mode="words"))
+    sampler = PromptSampler(NegativesPromptConfig(mode="words"))
     prompts = set()
     for s in samples.values():
         meta = json.loads(s["json"])
@@ -207,7 +207,7 @@ def test_unreadable_source_is_recorded_and_replaced(tiny_sdxl_dir, tmp_path):
 
 def test_bad_config_is_one_line(tmp_path, capsys):
     from supirkit.datapipe.config import ConfigError, load_config
-    from supirkit.negatives.config import NegativesJobConfig
+    from supirkit.negatives.config import NegativesConfig
 
     cases = [
         (["--set", "generate.strength=1.5"], "generate.strength"),
@@ -224,18 +224,18 @@ def test_bad_config_is_one_line(tmp_path, capsys):
     assert _cli("negatives", "--out", tmp_path / "o", *FAST) == 2  # img2img needs SRC
     assert "txt2img" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="words_min .* larger than words_max"):
-        load_config(NegativesJobConfig, "negatives/default.yaml", ["prompts.words_min=5", "prompts.words_max=4"])
-    load_config(NegativesJobConfig, "negatives/default.yaml")  # the shipped configs validate
-    cfg = load_config(NegativesJobConfig, "negatives/demo.yaml")
+        load_config(NegativesConfig, "negatives/default.yaml", ["prompts.words_min=5", "prompts.words_max=4"])
+    load_config(NegativesConfig, "negatives/default.yaml")  # the shipped configs validate
+    cfg = load_config(NegativesConfig, "negatives/demo.yaml")
     assert (cfg.generate.width, cfg.runner.num_gpus_per_actor) == (64, 0)
 
 
 def test_a_prompt_list_is_sampled_per_sample_and_the_count_spread_over_shards():
-    from supirkit.negatives.config import PromptOptions
+    from supirkit.negatives.config import NegativesPromptConfig
     from supirkit.negatives.job import PromptSampler, n_partitions, partition_range, sample_seed
 
     prompts = ["oil painting, cartoon", "blurring, dirty, messy", "lowres, over-smooth"]
-    sampler = PromptSampler(PromptOptions(list=prompts))
+    sampler = PromptSampler(NegativesPromptConfig(list=prompts))
     chosen = [sampler.prompt(sample_seed(0, i)) for i in range(300)]
     assert chosen == [sampler.prompt(sample_seed(0, i)) for i in range(300)]  # a pure function of the seed
     counts = {p: chosen.count(p) for p in prompts}

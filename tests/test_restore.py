@@ -187,13 +187,13 @@ def test_working_size_follows_the_official_rule():
 def test_prompt_rule_joins_and_reports_truncation(tiny_sdxl_dir, caplog):
     from transformers import CLIPTokenizer
 
-    from supirkit.model.config import PromptConfig
+    from supirkit.model.config import PromptRuleConfig
     from supirkit.model.prompts import PromptAssembler, join_prompt
 
     assert join_prompt("a cat", "sharp", ", ") == "a cat, sharp"
     assert join_prompt("", "sharp") == "sharp" and join_prompt("a cat ", "") == "a cat"
     tok = CLIPTokenizer.from_pretrained(tiny_sdxl_dir / "tokenizer")
-    asm = PromptAssembler.from_config(PromptConfig(positive="high quality photo"), tok)
+    asm = PromptAssembler.from_config(PromptRuleConfig(positive="high quality photo"), tok)
     short = asm("a cat")
     assert short.text == "a cat, high quality photo" and not short.truncated and short.positive_kept == 1.0
     caplog.set_level(logging.INFO, logger="supirkit.model.prompts")

@@ -172,10 +172,12 @@ def test_degrade_preview_decodes_through_the_shared_limit(tmp_path, capsys, monk
 
     src = tmp_path / "a.png"
     src.write_bytes(png_bytes(4, h=300, w=300))
-    monkeypatch.setattr(cmd, "_MAX_PIXELS", 300 * 300 - 1)
+    from supirkit.datapipe.config import DecodeConfig
+
+    monkeypatch.setattr(cmd, "decode_guards", lambda: DecodeConfig(max_pixels=300 * 300 - 1))
     assert main(["degrade", "preview", str(src), "--out", str(tmp_path / "g.png"), "--n", "1"]) == 2
     assert "too large to preview" in capsys.readouterr().err
-    monkeypatch.setattr(cmd, "_MAX_BYTES", 100)
+    monkeypatch.setattr(cmd, "decode_guards", lambda: DecodeConfig(max_file_bytes=100))
     assert main(["degrade", "preview", str(src), "--out", str(tmp_path / "g.png"), "--n", "1"]) == 2
     assert "larger than 100 bytes" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()

@@ -71,14 +71,14 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 
 def data_section(mixture: list[dict], **over):
-    """A validated DataSection for stream tests (64 px crops, the supir profile at crop size)."""
-    from supirkit.train.config import DataSection
+    """A validated TrainDataConfig for stream tests (64 px crops, the supir profile at crop size)."""
+    from supirkit.train.config import TrainDataConfig
 
     values = {"mixture": mixture, "crop": {"size": 64, "hflip_prob": 0.5}, "degrade": "supir",
               "degrade_overrides": ["hq_size=null", "output.size=hq"], "caption_drop_prob": 0.1,
               "num_workers": 0}
     values.update(over)
-    return DataSection.model_validate(values)
+    return TrainDataConfig.model_validate(values)
 
 
 def read_trace(run: Path) -> dict[int, list[dict]]:

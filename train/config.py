@@ -11,11 +11,12 @@ from typing import Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 from supirkit.datapipe.config import Schema, load_config
+from supirkit.datapipe.decode import DEFAULT_MAX_PIXELS
 
 DEFAULT_CONFIG = "train/supir.yaml"
 
 
-class ModelSection(Schema):
+class TrainModelConfig(Schema):
     """Which SDXL to build on, which SUPIR layout (the model developer's ``configs/model`` file), which LQ encoder."""
 
     pretrained: str = Field(..., description="SDXL pipeline folder in diffusers layout (unet/, vae/, text_encoder*/, ...).")
@@ -29,7 +30,7 @@ class ModelSection(Schema):
     vae_sample: bool = Field(True, description="HQ latent: sample the VAE posterior (sgm) instead of its mode.")
 
 
-class MixtureMember(Schema):
+class MixtureMemberConfig(Schema):
     """One shard set of the training mixture (HQ corpus, faces, negatives, ...)."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_\-]+$")
@@ -40,7 +41,7 @@ class MixtureMember(Schema):
                                 "caption: the caption alone (negatives: their caption is the negative prompt).")
 
 
-class CropSection(Schema):
+class TrainCropConfig(Schema):
     size: int = Field(512, ge=8, le=4096, description="Square crop side in pixels (multiple of 8: the VAE factor).")
     hflip_prob: float = Field(0.5, ge=0.0, le=1.0)
     resize_short_side: Optional[int] = Field(
@@ -56,9 +57,9 @@ class CropSection(Schema):
         return v
 
 
-class DataSection(Schema):
-    mixture: list[MixtureMember] = Field(..., min_length=1)
-    crop: CropSection = Field(default_factory=CropSection)
+class TrainDataConfig(Schema):
+    mixture: list[MixtureMemberConfig] = Field(..., min_length=1)
+    crop: TrainCropConfig = Field(default_factory=TrainCropConfig)
     degrade: str = Field("supir", description="Degradation profile name (configs/degrade/<name>.yaml) or a config path.")
     degrade_overrides: list[str] = Field(default_factory=list, description="--set style overrides of the profile, "
                                                                            "e.g. hq_size=null, output.size=hq for small crops.")
@@ -76,7 +77,7 @@ class DataSection(Schema):
     num_workers: int = Field(4, ge=0, le=64, description="Loader processes per rank.")
     prefetch_factor: int = Field(2, ge=1)
     max_redraws: int = Field(8, ge=0, description="Unreadable/too-small samples are replaced by a new draw, this often.")
-    max_pixels: int = Field(178_956_970, ge=1, description="Decompression-bomb guard.")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Decompression-bomb guard.")
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -86,21 +87,21 @@ class DataSection(Schema):
         return self
 
 
-class EMASection(Schema):
+class EMAConfig(Schema):
     enabled: bool = False
     decay: float = Field(0.9999, gt=0.0, lt=1.0)
     update_every: int = Field(1, ge=1, description="Optimizer steps between EMA updates.")
     start_step: int = Field(0, ge=0, description="Copy the weights (no averaging) until this step.")
 
 
-class OptimSection(Schema):
+class OptimConfig(Schema):
     lr: float = Field(1e-5, gt=0, le=1.0)
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(1e-2, ge=0.0, description="torch AdamW default (sgm used it as is).")
     eps: float = Field(1e-8, gt=0)
     use_8bit_adam: bool = Field(False, description="bitsandbytes AdamW8bit (CUDA only).")
     max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Gradient clipping; None: off.")
-    ema: EMASection = Field(default_factory=EMASection)
+    ema: EMAConfig = Field(default_factory=EMAConfig)
 
     @field_validator("betas")
     @classmethod
@@ -110,7 +111,7 @@ class OptimSection(Schema):
         return v
 
 
-class ScheduleSection(Schema):
+class ScheduleConfig(Schema):
     max_steps: int = Field(..., ge=1, description="Optimizer steps of the whole run.")
     batch_size: int = Field(4, ge=1, description="Samples per micro-batch per process.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
@@ -131,21 +132,21 @@ class ScheduleSection(Schema):
         return self
 
 
-class CheckpointSection(Schema):
+class CheckpointConfig(Schema):
     every_steps: int = Field(1000, ge=1)
     keep_last: int = Field(3, ge=1, description="Checkpoints kept (rotation); exports are kept apart.")
     export_every_steps: Optional[int] = Field(None, ge=1, description="Also export a restore-ready adaptor this often (None: at the end only).")
     export_ema: bool = Field(True, description="Export the EMA weights when EMA is on.")
 
 
-class LoggingSection(Schema):
+class LoggingConfig(Schema):
     backend: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     project: str = Field("supirkit", description="TensorBoard run folder / wandb project.")
     every_steps: int = Field(10, ge=1)
     trace: bool = Field(False, description="Per-rank JSONL of sample keys and a parameter checksum each step (debugging determinism).")
 
 
-class ValidationSection(Schema):
+class ValidationConfig(Schema):
     every_steps: int = Field(0, ge=0, description="0: off. Runs on the main process.")
     num_images: int = Field(4, ge=1, le=64, description="Fixed pairs drawn (and degraded) once from the mixture.")
     lq_folder: Optional[str] = Field(None, description="Restore these LQ images instead (no full-reference metrics unless hq_folder).")
@@ -158,7 +159,7 @@ class ValidationSection(Schema):
     at_start: bool = Field(True, description="Also validate before the first step (a baseline).")
 
 
-class EncoderStageSection(Schema):
+class EncoderStageConfig(Schema):
     """``--stage encoder``: the degradation-robust encoder on the same data."""
 
     loss_target: Literal["clean_reconstruction", "pixels", "literal_stopgrad"] = "clean_reconstruction"
@@ -167,18 +168,18 @@ class EncoderStageSection(Schema):
 class TrainConfig(Schema):
     stage: Literal["adaptor", "encoder"] = "adaptor"
     output_dir: str = Field("runs/supir", description="Checkpoints, logs and exports (the CLI's --out overrides).")
-    model: ModelSection
-    data: DataSection
-    optim: OptimSection = Field(default_factory=OptimSection)
-    schedule: ScheduleSection
-    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
-    logging: LoggingSection = Field(default_factory=LoggingSection)
-    validation: ValidationSection = Field(default_factory=ValidationSection)
-    encoder: EncoderStageSection = Field(default_factory=EncoderStageSection)
+    model: TrainModelConfig
+    data: TrainDataConfig
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    encoder: EncoderStageConfig = Field(default_factory=EncoderStageConfig)
 
 
 def load_train_config(path=None, overrides=()) -> TrainConfig:
     return load_config(TrainConfig, path, overrides, default=DEFAULT_CONFIG)
 
 
-__all__ = ["TrainConfig", "DataSection", "MixtureMember", "load_train_config", "DEFAULT_CONFIG"]
+__all__ = ["TrainConfig", "TrainDataConfig", "MixtureMemberConfig", "load_train_config", "DEFAULT_CONFIG"]

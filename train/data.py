@@ -33,7 +33,7 @@ from supirkit.datapipe.decode import DEFAULT_MAX_FILE_BYTES
 from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS
 from supirkit.datapipe.sources import open_binary
 from supirkit.datapipe.tario import LRU, TarReader, find_index, image_keys, scan_members
-from supirkit.train.config import DataSection, MixtureMember
+from supirkit.train.config import MixtureMemberConfig, TrainDataConfig
 from supirkit.train.seeds import VALIDATION_STREAM
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def load_restore_config(spec: str, overrides=()):
 class MixtureStream(IterableDataset):
     """The sample/batch source of one rank (see module docstring). Picklable; iterable as micro-batches."""
 
-    def __init__(self, data: DataSection, *, seed: int, rank: int = 0, world: int = 1, batch_size: int = 1,
+    def __init__(self, data: TrainDataConfig, *, seed: int, rank: int = 0, world: int = 1, batch_size: int = 1,
                  start_micro_batch: int = 0, stream: Optional[int] = None, prompt_rule: Optional[PromptRule] = None,
                  fixed_time_ids: Optional[list[float]] = None, degrader_factory: Optional[Callable] = None,
                  indexes: Optional[list[ShardSetIndex]] = None):
@@ -219,7 +219,7 @@ class MixtureStream(IterableDataset):
         self.data, self.seed, self.rank, self.world = data, int(seed), int(rank), int(world)
         self.stream = self.rank if stream is None else int(stream)
         self.batch_size, self.start_micro_batch = int(batch_size), int(start_micro_batch)
-        self.members: list[MixtureMember] = list(data.mixture)
+        self.members: list[MixtureMemberConfig] = list(data.mixture)
         if indexes is None:
             indexes = []
             for m in self.members:
@@ -415,7 +415,7 @@ def build_loader(stream: MixtureStream, num_workers: int, prefetch_factor: int =
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
 
 
-def build_stream(data: DataSection, *, seed: int, rank: int, world: int, batch_size: int, start_micro_batch: int = 0,
+def build_stream(data: TrainDataConfig, *, seed: int, rank: int, world: int, batch_size: int, start_micro_batch: int = 0,
                  stream: Optional[int] = None, indexes: Optional[list[ShardSetIndex]] = None) -> MixtureStream:
     return MixtureStream(data, seed=seed, rank=rank, world=world, batch_size=batch_size,
                          start_micro_batch=start_micro_batch, stream=stream, indexes=indexes)

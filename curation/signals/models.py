@@ -10,15 +10,8 @@ from typing import Optional
 import numpy as np
 
 from supirkit.curation.signals.base import ImageView, Scorer
+from supirkit.datapipe.devices import resolve_device
 from supirkit.datapipe.errors import MissingWeights
-
-
-def _device(pref: str) -> str:
-    import torch
-
-    if pref == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return pref
 
 
 def _missing_from_traceback(exc: BaseException) -> Optional[str]:
@@ -150,7 +143,7 @@ class IQAScorer(Scorer):
     def setup(self, device: str = "") -> None:
         import pyiqa
 
-        self.device = _device(device or self.device_pref)
+        self.device = resolve_device(device or self.device_pref)
         kwargs = {}
         if not self.pretrained:
             kwargs["pretrained"] = False
@@ -249,7 +242,7 @@ class ClipScorer(Scorer):
     def setup(self, device: str = "") -> None:
         import open_clip
 
-        self.device = _device(device or self.device_pref)
+        self.device = resolve_device(device or self.device_pref)
         name, weights = _resolve_clip(self.clip_model, self.clip_weights)
         try:
             with no_downloads():

@@ -30,18 +30,18 @@ def add_arguments(p):
 
 def run(args) -> int:
     from supirkit.captioning.backends import BackendError
-    from supirkit.captioning.config import CaptionJobConfig
+    from supirkit.captioning.config import CaptionConfig
     from supirkit.captioning.job import run_caption_job
     from supirkit.cli import UserError
 
-    cfg = load(args, CaptionJobConfig)
+    cfg = load(args, CaptionConfig)
     if args.model or args.source:
         data = cfg.model_dump()
         if args.model:
             data["model"]["name"] = args.model
         if args.source:
             data["image"]["use"] = {"curated": "curated", "original": "source"}[args.source]
-        cfg = CaptionJobConfig.model_validate(data)
+        cfg = CaptionConfig.model_validate(data)
     check_output_folder(args.out)
     check_model_ref("model.name", cfg.model.name)
     try:

@@ -1,17 +1,19 @@
 """supirkit degrade"""
 from __future__ import annotations
 
-import posixpath
-
 from supirkit.commands._common import add_config_args
 
 HELP = "look at the on-the-fly degradation (Real-ESRGAN second order) of a profile"
 DESCRIPTION = (HELP + ". The degradation itself runs in the training data loader (degrade.Degrader); "
                "'preview' renders a contact sheet of LQ variants of one image with their parameters.")
 
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-_MAX_PIXELS = 178_956_970
-_MAX_BYTES = 512 * 1024 * 1024  # the pipeline's decode.max_file_bytes default: checked before reading
+
+
+def decode_guards():
+    """The decode guards of the preview: the pipeline's ``decode`` defaults (checked before reading)."""
+    from supirkit.datapipe.config import DecodeConfig
+
+    return DecodeConfig()
 
 
 def add_arguments(p):
@@ -45,7 +47,7 @@ def run(args) -> int:
 
     check_output_file(args.out, "--out")
     degrader = Degrader(load(args, DegradeConfig))
-    rgb, name = _read_source(args.source, UserError)
+    rgb, name = _read_source(args.source, UserError, decode_guards())
     hq = fit_crop(rgb, degrader.config.hq_size)
     contact_sheet(degrader, hq, n=args.n, seed=args.seed, epoch=args.epoch, key=name, tile=args.tile,
                   path=args.out)
@@ -54,51 +56,54 @@ def run(args) -> int:
     return 0
 
 
-def _decode(data: bytes, what: str, UserError):
+def _decode(data: bytes, what: str, UserError, guards):
     """The shared decoder (pixel limit checked from the header, the conversion rule every stage uses)."""
-    from supirkit.datapipe.decode import DecodeError, decode_rgb
+    from supirkit.datapipe.decode import decode_rgb
+    from supirkit.datapipe.errors import DecodeError
 
     try:
-        return decode_rgb(data, _MAX_PIXELS)[0]
+        return decode_rgb(data, guards.max_pixels)[0]
     except DecodeError as exc:
         if exc.reason == "too_many_pixels":
             raise UserError(f"{what}: too large to preview ({exc.detail} pixels)") from None
         raise UserError(f"{what}: cannot decode image ({exc})") from None
 
 
-def _safe_member(name: str) -> bool:
-    if not name or name.startswith("/") or "\\" in name:
-        return False
-    return ".." not in posixpath.normpath(name).split("/") and ".." not in name.split("/")
+def _first_image_sample(source: str, UserError, guards):
+    """(image bytes, key) of the first image sample of a shard, through the shared reader (unsafe names
+    refused, sizes checked from the headers)."""
+    from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS
+    from supirkit.datapipe.tario import image_too_large, read_shard, sample_image
+
+    def unsafe(name: str) -> None:
+        raise UserError(f"{source}: refusing member {name!r} (absolute path or '..')")
+
+    try:
+        for sample in read_shard(source, on_unsafe=unsafe, max_member_bytes=guards.max_file_bytes):
+            ext, data = sample_image(sample)
+            if data is None and image_too_large(sample):
+                raise UserError(f"{source}: member {sample['__key__']} is larger than {guards.max_file_bytes} bytes")
+            if data is not None:
+                return data, sample["__key__"]
+    except CORRUPT_INPUT_ERRORS as exc:
+        raise UserError(f"{source}: not a readable tar ({exc})") from None
+    raise UserError(f"{source}: no image sample in this shard")
 
 
-def _read_source(source: str, UserError):
+def _read_source(source: str, UserError, guards):
     """(RGB uint8 array, a name) from an image file or the first image sample of a .tar shard."""
     import os
-    import tarfile
+
+    from supirkit.datapipe.errors import FileTooLarge
+    from supirkit.datapipe.sources import read_bytes
 
     if not os.path.isfile(source):
         raise UserError(f"{source}: no such file")
     if source.lower().endswith(".tar"):
-        try:
-            with tarfile.open(source, "r:") as tar:
-                for member in tar:
-                    if not member.isfile() or not member.name.lower().endswith(_IMAGE_EXTS):
-                        continue
-                    if not _safe_member(member.name):
-                        raise UserError(f"{source}: refusing member {member.name!r} (absolute path or '..')")
-                    if member.size > _MAX_BYTES:
-                        raise UserError(f"{source}: member {member.name!r} is larger than {_MAX_BYTES} bytes")
-                    f = tar.extractfile(member)
-                    data = f.read() if f is not None else b""
-                    key = member.name.rsplit(".", 1)[0]
-                    return _decode(data, f"{source}:{member.name}", UserError), key
-        except tarfile.TarError as exc:
-            raise UserError(f"{source}: not a readable tar ({exc})") from None
-        raise UserError(f"{source}: no image sample in this shard")
-    if os.path.getsize(source) > _MAX_BYTES:
-        raise UserError(f"{source}: larger than {_MAX_BYTES} bytes")
-    with open(source, "rb") as fh:
-        data = fh.read()
-    return _decode(data, source, UserError), os.path.splitext(os.path.basename(source))[0]
-
+        data, key = _first_image_sample(source, UserError, guards)
+        return _decode(data, f"{source}#{key}", UserError, guards), key
+    try:
+        data = read_bytes(source, max_bytes=guards.max_file_bytes)
+    except FileTooLarge:
+        raise UserError(f"{source}: larger than {guards.max_file_bytes} bytes") from None
+    return _decode(data, source, UserError, guards), os.path.splitext(os.path.basename(source))[0]

@@ -18,9 +18,9 @@ def add_arguments(p):
 def run(args) -> int:
     from supirkit.cli import UserError
     from supirkit.commands._common import load
-    from supirkit.model.config import ModelConfig
+    from supirkit.model.config import SupirModelConfig
 
-    cfg = load(args, ModelConfig)
+    cfg = load(args, SupirModelConfig)
     names = args.layout or list(cfg.trunk.layouts)
     unknown = [n for n in names if n not in cfg.trunk.layouts]
     if unknown:

@@ -30,17 +30,17 @@ def add_arguments(p):
 def run(args) -> int:
     from supirkit.cli import UserError
     from supirkit.datapipe.config import validate
-    from supirkit.negatives.config import NegativesJobConfig
+    from supirkit.negatives.config import NegativesConfig
     from supirkit.negatives.job import ModelLoadError, run_negatives_job
 
-    cfg = load(args, NegativesJobConfig)
+    cfg = load(args, NegativesConfig)
     if args.count is not None or args.model is not None:
         data = cfg.model_dump()
         if args.count is not None:
             data["generate"]["count"] = args.count
         if args.model is not None:
             data["model"]["id"] = args.model
-        cfg = validate(NegativesJobConfig, data, "--count/--model")
+        cfg = validate(NegativesConfig, data, "--count/--model")
     check_output_folder(args.out)
     if args.sources or cfg.generate.mode == "txt2img":  # else the job's own "needs SRC" line comes first
         # before the output folder is bound to this config: a model that cannot load would leave a job
