@@ -58,7 +58,7 @@ class ScoreStage(PartitionStage):
         return TableSink(out_dir, prefix, index, cfg_hash)
 
     def process(self, partition: Partition, sink: TableSink, stats: ShardStats) -> None:
-        from supirkit.curation.signals import ImageView, score_views
+        from supirkit.curation.signals import ImageView, decode_for, score_views
 
         cfg = self.cfg
         first_rejection = len(stats.rejections)
@@ -76,7 +76,7 @@ class ScoreStage(PartitionStage):
                     stats.count("prefiltered")
                     continue
                 with stats.timer("decode"):
-                    rgb, header = decode_rgb(item.data, cfg.decode.max_pixels)
+                    rgb, header = decode_for(self.scorers, item.data, cfg.decode.max_pixels, self.view_options)
             except DecodeError as exc:
                 sink.write({**row, "status": "rejected", "stage": "decode", "reason": exc.reason,
                             "detail": exc.detail[:300]})
@@ -141,7 +141,7 @@ class ModelStage(PartitionStage):
     def process(self, partition: Partition, sink: TableSink, stats: ShardStats) -> None:
         import pyarrow.parquet as pq
 
-        from supirkit.curation.signals import ImageView, score_views
+        from supirkit.curation.signals import ImageView, decode_for, score_views
 
         part = Path(self.out_dir) / SIGNALS_DIR / f"signals-{partition.index:06d}.parquet"
         t = pq.read_table(part, columns=["order", "status"]).to_pydict()
@@ -164,7 +164,7 @@ class ModelStage(PartitionStage):
             if item.order not in wanted:
                 continue
             with stats.timer("decode"):
-                rgb, header = decode_rgb(item.data, self.cfg.decode.max_pixels)
+                rgb, header = decode_for(self.scorers, item.data, self.cfg.decode.max_pixels, self.view_options)
             batch.append((item.order, ImageView(rgb, header, item.data, self.view_options)))
             if len(batch) >= batch_size:
                 flush()
