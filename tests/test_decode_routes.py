@@ -182,3 +182,23 @@ def test_fast_route_keeps_the_pixel_limit_and_rejection_reasons():
     assert err.value.reason == "truncated"
     with pytest.raises(ValueError):
         decode_rgb_reduced(data, 16, side="both")
+
+
+@pytest.mark.parametrize("quality", [75, 90, 95, 100])
+def test_jpeg_encoding_through_opencv_is_byte_identical_to_pillows(quality):
+    from supirkit.datapipe.decode import _encode_pillow, encode_image
+
+    rgb = _photo(12, 96, 136)
+    assert encode_image(rgb, "jpg", quality) == _encode_pillow(rgb, "jpg", quality)
+
+
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+def test_png_encoding_through_opencv_keeps_the_pixels(level):
+    from supirkit.datapipe.decode import _encode_pillow, decode_rgb, encode_image, probe
+
+    rgb = _photo(13, 64, 96)
+    data = encode_image(rgb, "png", level)
+    assert probe(data).format == "PNG" and np.array_equal(decode_rgb(data)[0], rgb)
+    assert np.array_equal(decode_rgb(_encode_pillow(rgb, "png", level))[0], rgb)
+    with pytest.raises(ValueError):
+        encode_image(rgb, "gif")
