@@ -39,6 +39,7 @@ def _corpus() -> dict[str, bytes]:
     from PIL import Image, ImageCms
 
     rgb = Image.fromarray(_photo(7, 97, 131))  # odd sizes: partial MCUs at the right and bottom
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     big = Image.fromarray(_photo(8, 120, 176))
     out = {f"q{q}_{name}": _save(rgb, quality=q, subsampling=sub)
            for q in (75, 95) for name, sub in (("444", 0), ("422", 1), ("420", 2))}
@@ -49,7 +50,7 @@ def _corpus() -> dict[str, bytes]:
         "restart_blocks": _save(big, quality=90, restart_marker_blocks=3),
         "restart_rows_progressive": _save(big, quality=90, restart_marker_rows=1, progressive=True),
         "optimized_huffman": _save(big, quality=85, optimize=True),
-        "icc_srgb": _save(rgb, quality=90, icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()),
+        "icc_srgb": _save(rgb, quality=90, icc_profile=srgb),
         "adobe_rgb_colorspace": _save(rgb, quality=90, keep_rgb=True, subsampling=0),
         "tiny_1x1": _save(Image.fromarray(_photo(9, 16, 16)[:1, :1]), quality=90),
         "tiny_7x9": _save(Image.fromarray(_photo(10, 16, 16)[:7, :9]), quality=90),
