@@ -8,8 +8,9 @@ benchmarks comes from (``_floor.fastest``: the fastest full decoder here). Decod
 Pillow (``Image.open`` + ``convert`` + ``np.asarray``), ``decode_rgb`` on its Pillow route (the floor before),
 OpenCV ``imdecode``, ``simplejpeg`` (libjpeg-turbo into NumPy), PyTurboJPEG when it imports and finds its
 library, and ``decode_rgb`` / ``decode_rgb_reduced`` as the stages call them. Each candidate's pixels are
-compared with the Pillow route's (max absolute difference over the set). Encoders: the curated 1024-px JPEG
-(q95, 4:4:4) and the negatives' 1024-px PNG (zlib levels 1 and 6) through Pillow, OpenCV and simplejpeg.
+compared with the Pillow route's (max absolute difference over the set). PNG: the negatives' 1024-px RGB PNGs
+through the Pillow route, OpenCV and ``decode_rgb``. Encoders: the curated 1024-px JPEG (q95, 4:4:4) and the
+negatives' 1024-px PNG (zlib levels 1 and 6) through Pillow, OpenCV and simplejpeg.
 
 Rounds alternate the candidates; the least disturbed round (lowest CPU time) counts. Rates are megapixels of
 the image (native size, also for reduced decodes) per CPU-second of this process. Prints markdown, writes
@@ -110,6 +111,25 @@ def measure_decoders(datas: list[bytes], rounds: int) -> list[dict]:
     return rows
 
 
+def measure_pngs(pngs: list[bytes], rounds: int) -> list[dict]:
+    """8-bit RGB PNGs (the negatives' output): the Pillow route against OpenCV, and decode_rgb's choice."""
+    from supirkit.datapipe.decode import decode_rgb
+
+    cands = {"decode_rgb, Pillow route (before)": _floor.pillow,
+             "OpenCV imdecode (RGB)": lambda d: cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR_RGB),
+             "decode_rgb (stages)": lambda d: decode_rgb(d)[0]}
+    ref = [_floor.pillow(d) for d in pngs]
+    mp = sum(r.shape[0] * r.shape[1] for r in ref) / 1e6
+    cpu = {k: [] for k in cands}
+    for _ in range(rounds):
+        for name, fn in cands.items():
+            cpu[name].append(_floor.decode_all(fn, pngs)[0])
+    return [{"decoder": name, "mp_per_cpu_s": mp / min(cpu[name]), "images_per_cpu_s": len(pngs) / min(cpu[name]),
+             "vs_pillow_route": min(cpu["decode_rgb, Pillow route (before)"]) / min(cpu[name]),
+             "max_diff_vs_pillow_route": max(int(np.abs(fn(d).astype(np.int16) - r).max())
+                                             for d, r in zip(pngs, ref))} for name, fn in cands.items()]
+
+
 def encoders() -> dict:
     import simplejpeg
 
@@ -180,6 +200,9 @@ def main(argv=None) -> int:
     curated = [np.ascontiguousarray(cv2.resize(a[: min(a.shape[:2]), : min(a.shape[:2])], (1024, 1024),
                                                interpolation=cv2.INTER_AREA)) for a in curated][:6]
     res["encode"] = measure_encoders(curated, rounds)
+    pngs = [cv2.imencode(".png", cv2.cvtColor(a, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 6])[1].tobytes()
+            for a in curated]
+    res["png"] = measure_pngs(pngs, rounds)
     out = ROOT / "bench_out" / "decode.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
@@ -191,6 +214,12 @@ def main(argv=None) -> int:
             diff = "-" if r["max_diff_vs_pillow_route"] is None else r["max_diff_vs_pillow_route"]
             print(f"| {r['decoder']} | {r['mp_per_cpu_s']:.0f} | {r['images_per_cpu_s']:.1f} | "
                   f"{r['vs_floor']:.2f} | {diff} |")
+    print("\n### decode: 1024x1024 RGB PNGs (zlib level 6, as the negatives write them)\n")
+    print("| decoder | MP per CPU-s | images per CPU-s | vs Pillow route | max diff vs Pillow route |")
+    print("|---|---:|---:|---:|---:|")
+    for r in res["png"]:
+        print(f"| {r['decoder']} | {r['mp_per_cpu_s']:.0f} | {r['images_per_cpu_s']:.1f} | "
+              f"{r['vs_pillow_route']:.2f} | {r['max_diff_vs_pillow_route']} |")
     print("\n### encode: 1024x1024 crops of the first set\n")
     print("| format | encoder | ms per image (CPU) | MP per CPU-s | KB per image | bytes = Pillow's | max pixel diff |")
     print("|---|---|---:|---:|---:|---|---:|")

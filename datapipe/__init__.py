@@ -17,8 +17,9 @@ from supirkit.datapipe.sources import InputRef, list_inputs
 
 __all__ = [
     "Condition", "ConditionError", "filter_table", "CONFIG_ROOT", "ConfigError", "DecodeConfig", "RunnerConfig",
-    "Schema", "ShardingConfig", "config_hash", "load_config", "DecodeError", "ImageHeader", "decode_rgb", "decode_rgb_reduced",
-    "decode_thumbnail", "encode_image", "probe", "content_key", "display_source", "sub_key", "JobResult", "Partition",
+    "Schema", "ShardingConfig", "config_hash", "load_config", "DecodeError", "ImageHeader", "decode_rgb",
+    "decode_rgb_reduced", "decode_thumbnail", "encode_image", "probe", "content_key", "display_source", "sub_key",
+    "JobResult", "Partition",
     "PartitionStage", "iter_rejections", "load_partition", "plan_partitions", "prepare_output", "run_stage",
     "write_job_summary", "ShardSink", "ShardStats", "TableSink", "list_shards", "read_shard", "sample_image",
     "sample_meta", "InputRef", "list_inputs",

@@ -21,10 +21,12 @@ headers and rejection reasons do not depend on the route). The pixels then come 
 that applies, and ``header.decoder`` says which one decoded them:
 - ``libjpeg-turbo`` (``datapipe.jpeg_turbo``): 8-bit YCbCr and gray JPEGs, decoded straight into a NumPy
   array, with the same pixels as the Pillow route;
-- ``pillow``: everything else (PNG, WebP, TIFF, ..., CMYK/YCCK JPEGs) and any JPEG libjpeg-turbo refuses or
-  warns about (truncated or corrupt data), which the Pillow route decodes or rejects with the usual reason.
-OpenCV's ``imdecode`` was measured too (``benchmarks/bench_decode.py``): slower than libjpeg-turbo direct for
-JPEG, and for PNG it would need its own 16-bit, alpha and palette rules to give this module's pixels.
+- ``opencv`` (``datapipe.opencv_png``): 8-bit RGB and gray PNGs without transparency, same pixels;
+- ``pillow``: everything else (WebP, TIFF, 16-bit, alpha and palette PNGs, CMYK/YCCK JPEGs, ...) and any
+  file a fast route refuses or warns about (truncated or corrupt data), which the Pillow route decodes or
+  rejects with the usual reason.
+The routes were chosen by measurement (``benchmarks/bench_decode.py``; OpenCV's ``imdecode`` is slower than
+libjpeg-turbo direct for JPEG).
 ``decode_rgb_reduced`` decodes JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain for consumers that do
 not need native resolution (thumbnails, caption inputs, resized training crops, the curation copies).
 """
@@ -37,7 +39,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from supirkit.datapipe import jpeg_turbo
+from supirkit.datapipe import jpeg_turbo, opencv_png
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own warning threshold
 #: Memory reuse between decodes. Decoding a 1.2 MP JPEG and dropping the result (what a scoring loop
@@ -55,6 +57,8 @@ _GLIBC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PA
 _allocator_tuned = False
 PILLOW = "pillow"
 _JPEG_FORMATS = ("JPEG", "MPO")
+#: the fast routes, tried in order before the Pillow route: each has NAME, applies(img), decode(data, reduction)
+FAST_ROUTES = (jpeg_turbo, opencv_png)
 
 
 class DecodeError(Exception):
@@ -206,6 +210,28 @@ def _decode_pillow(img, header: ImageHeader, reduction: int) -> tuple[np.ndarray
         Image.MAX_IMAGE_PIXELS = previous
 
 
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation on a fast route: the transposition ``ImageOps.exif_transpose`` makes on the
+    Pillow route, done by OpenCV (lossless, so the pixels are the same)."""
+    if orientation not in (2, 3, 4, 5, 6, 7, 8):
+        return arr
+    import cv2
+
+    if orientation == 2:
+        return cv2.flip(arr, 1)  # mirror left-right
+    if orientation == 3:
+        return cv2.rotate(arr, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(arr, 0)  # mirror top-bottom
+    if orientation == 5:
+        return cv2.transpose(arr)
+    if orientation == 6:
+        return cv2.rotate(arr, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.rotate(cv2.transpose(arr), cv2.ROTATE_180)  # transverse
+    return cv2.rotate(arr, cv2.ROTATE_90_COUNTERCLOCKWISE)
+
+
 def _decode(data: bytes, max_pixels: int, min_side: int = 0, side: str = "short",
             fast: bool = True) -> tuple[np.ndarray, ImageHeader]:
     """Header, pixel limit, then the fastest route that applies (see the module docstring)."""
@@ -217,11 +243,11 @@ def _decode(data: bytes, max_pixels: int, min_side: int = 0, side: str = "short"
     if min_side > 0 and img.format in _JPEG_FORMATS:  # other formats have no cheaper reduced decode
         reduction = jpeg_turbo.reduction_for(img.size[0], img.size[1], min_side, side)
     try:
-        if fast and jpeg_turbo.applies(img):
-            arr = jpeg_turbo.decode(data, reduction)
-            if arr is not None:
-                arr = jpeg_turbo.orient(arr, header.orientation)
-                return np.ascontiguousarray(arr), replace(header, decoder=jpeg_turbo.NAME, reduction=reduction)
+        route = next((r for r in FAST_ROUTES if r.applies(img)), None) if fast else None
+        arr = route.decode(data, reduction) if route is not None else None
+        if arr is not None:
+            arr = _orient(arr, header.orientation)
+            return np.ascontiguousarray(arr), replace(header, decoder=route.NAME, reduction=reduction)
         arr, reduction = _decode_pillow(img, header, reduction)
     except DecodeError:
         raise

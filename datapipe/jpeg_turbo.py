@@ -5,14 +5,15 @@ Pillow image object, no ``tobytes`` copy into ``np.asarray``. It was chosen by m
 (``benchmarks/bench_decode.py``): on the Debian wallpaper photographs it decodes about 1.7x as many
 megapixels per CPU-second as the Pillow route and 1.1x as many as OpenCV's ``imdecode``; PyTurboJPEG, the
 other binding, is as fast but loads the system's TurboJPEG library (version 2 for PyTurboJPEG 1.x, version 3
-for 2.x, which Debian 13 does not ship), so a pip install alone does not give it.
+for 2.x; Debian 12 and 13 ship 2.1.5), so a pip install alone does not give it.
 
 Pixels are the Pillow route's: both run libjpeg-turbo's accurate integer IDCT (``JDCT_ISLOW``) with fancy
-upsampling, gray is replicated into three channels by the library as by ``Image.convert("RGB")``, and
-the EXIF orientation is applied by the same lossless transpositions as ``ImageOps.exif_transpose``
-(``tests/test_decode_routes.py`` decodes a corpus of ordinary and odd JPEGs both ways). Only 8-bit baseline
-and progressive YCbCr or gray JPEGs take this route; CMYK/YCCK and anything libjpeg-turbo warns about
-(truncated or corrupt data) go to the Pillow route, which decodes them or gives the usual rejection reason.
+upsampling, and gray is replicated into three channels by the library as by ``Image.convert("RGB")``; the
+EXIF orientation is then applied by the same lossless transpositions as ``ImageOps.exif_transpose``
+(``datapipe.decode``; ``tests/test_decode_routes.py`` decodes a corpus of ordinary and odd JPEGs both ways).
+Only 8-bit baseline and progressive YCbCr or gray JPEGs take this route; CMYK/YCCK and anything
+libjpeg-turbo warns about (truncated or corrupt data) go to the Pillow route, which decodes them or gives the
+usual rejection reason.
 """
 from __future__ import annotations
 
@@ -58,24 +59,3 @@ def decode(data: bytes, reduction: int = 1) -> Optional[np.ndarray]:
     except (ValueError, RuntimeError):  # libjpeg-turbo's errors and, strict, its warnings (truncated data)
         return None
     return arr if arr.shape[:2] == (th, tw) else None  # another scale than asked: let Pillow decode
-
-
-def orient(arr: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation: the transposition ``ImageOps.exif_transpose`` makes, done by OpenCV."""
-    if orientation not in (2, 3, 4, 5, 6, 7, 8):
-        return arr
-    import cv2
-
-    if orientation == 2:
-        return cv2.flip(arr, 1)  # mirror left-right
-    if orientation == 3:
-        return cv2.rotate(arr, cv2.ROTATE_180)
-    if orientation == 4:
-        return cv2.flip(arr, 0)  # mirror top-bottom
-    if orientation == 5:
-        return cv2.transpose(arr)
-    if orientation == 6:
-        return cv2.rotate(arr, cv2.ROTATE_90_CLOCKWISE)
-    if orientation == 7:
-        return cv2.rotate(cv2.transpose(arr), cv2.ROTATE_180)  # transverse
-    return cv2.rotate(arr, cv2.ROTATE_90_COUNTERCLOCKWISE)

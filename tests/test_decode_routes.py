@@ -203,3 +203,47 @@ def test_png_encoding_through_opencv_keeps_the_pixels(level):
     assert np.array_equal(decode_rgb(_encode_pillow(rgb, "png", level))[0], rgb)
     with pytest.raises(ValueError):
         encode_image(rgb, "gif")
+
+
+def _png_corpus() -> dict[str, bytes]:
+    """name -> PNG bytes; ``fast_`` ones are expected on the OpenCV route, the others on Pillow's."""
+    import cv2
+    from PIL import Image
+
+    rgb = _photo(14, 61, 83)
+    img = Image.fromarray(rgb)
+    plain = _save(img, format="PNG")
+    idat = plain.index(b"IDAT")
+    crc_broken = bytearray(plain)
+    crc_broken[idat + 20] ^= 0xFF  # damaged compressed data, chunk CRC no longer matches
+    return {
+        "fast_rgb": plain,
+        "fast_rgb_level_9": _save(img, format="PNG", compress_level=9),
+        "fast_gray": _save(img.convert("L"), format="PNG"),
+        "fast_opencv_written": cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes(),
+        "fast_exif_orientation_6": _save(img, format="PNG", exif=_exif(6)),
+        "rgb_16_bit": cv2.imencode(".png", (rgb.astype(np.uint16) * 257 + 3)[..., ::-1].copy())[1].tobytes(),
+        "rgba": _save(img.convert("RGBA"), format="PNG"),
+        "palette": _save(img.convert("P"), format="PNG"),
+        "rgb_trns": _save(img, format="PNG", transparency=tuple(int(v) for v in rgb[0, 0])),
+        "animated": _save(img, format="PNG", save_all=True, append_images=[img.convert("L").convert("RGB")]),
+        "truncated": plain[: len(plain) // 2],
+        "corrupt_idat": bytes(crc_broken),
+    }
+
+
+PNGS = _png_corpus()
+
+
+@pytest.mark.parametrize("name", sorted(PNGS))
+def test_png_route_decodes_like_the_pillow_route(name):
+    from supirkit.datapipe.decode import decode_rgb
+
+    data = PNGS[name]
+    fast, route = _outcome(lambda: decode_rgb(data))
+    slow, _ = _outcome(lambda: decode_rgb(data, fast=False))
+    _assert_same(fast, slow, name)
+    if name.startswith("fast_"):
+        assert route == "opencv", f"{name} took the {route} route"
+    elif fast[0] == "ok":
+        assert route == "pillow", f"{name} took the {route} route"
