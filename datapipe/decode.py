@@ -78,7 +78,7 @@ class ImageHeader:
     mode: str  # Pillow mode before conversion
     n_frames: int = 1
     orientation: int = 1
-    decoder: str = ""  # the route that decoded the pixels (libjpeg-turbo or pillow); "" from probe()
+    decoder: str = ""  # the route that decoded the pixels (libjpeg-turbo, opencv, pillow); "" from probe()
     reduction: int = 1  # the pixels are 1/reduction of width x height (decode_rgb_reduced); 1 = native
 
     def to_dict(self) -> dict:
