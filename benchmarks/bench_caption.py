@@ -16,6 +16,7 @@ the real one (char-level pieces), so prefill is slightly overstated.
 
     .venv/bin/python benchmarks/bench_caption.py                 # CPU, tiny model
     .venv/bin/python benchmarks/bench_caption.py --gpu           # GPU, full-size 13B, random weights
+    .venv/bin/python benchmarks/bench_caption.py --input-path    # only decode + resize + pad vs the decode floors
 Markdown table on stdout; JSON in bench_out/bench_caption.json (bench_caption_gpu.json for --gpu).
 """
 from __future__ import annotations
@@ -288,8 +289,58 @@ COLUMNS = [("backend", "backend"), ("batch", "batch"), ("captions", "captions"),
            ("x vs batch 1", "speedup_vs_batch1"), ("x vs ShareGPT4V 0.32/s", "ratio_vs_sharegpt4v")]
 
 
+def input_path(photos: str | None, rounds: int, max_side: int = 672) -> list[dict]:
+    """The caption input path alone (``captioning.images.prepare_image``: decode, Lanczos to ``max_side``, pad),
+    per CPU-second, against decoding the same bytes with the fastest decoder and with the old Pillow route
+    (``_floor``), alternating in rounds. Sets: curated 1024x1024 q95 4:4:4 JPEGs (``caption.use: curated``)
+    and larger originals (``use: original``: the JPEGs of ``photos``, else generated 2048x1536 q95)."""
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _floor
+
+    from supirkit.captioning.images import prepare_image
+    from supirkit.demo.samples import textured_photo
+
+    def jpeg(seed, h, w):
+        buf = io.BytesIO()
+        Image.fromarray(textured_photo(seed, h, w)).save(buf, format="JPEG", quality=95, subsampling=0)
+        return buf.getvalue()
+
+    sets = [("curated 1024x1024 q95 4:4:4", [jpeg(100 + i, 1024, 1024) for i in range(8)])]
+    if photos:
+        files = sorted(p for p in Path(photos).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+        sets.append((f"originals: {len(files)} JPEGs of {photos}", [f.read_bytes() for f in files]))
+    else:
+        sets.append(("originals 2048x1536 q95 4:4:4", [jpeg(200 + i, 1536, 2048) for i in range(6)]))
+    cands = {"fastest decoder (floor)": _floor.fastest, "decode_rgb Pillow route (old floor)": _floor.pillow,
+             f"prepare_image (decode, Lanczos to {max_side}, pad)":
+                 lambda d: np.asarray(prepare_image(d, "pad", max_side, (122, 116, 104), 10 ** 10))}
+    rows = []
+    for label, datas in sets:
+        mp = sum(a.shape[0] * a.shape[1] for a in map(_floor.fastest, datas)) / 1e6
+        cpu = {k: [] for k in cands}
+        for fn in cands.values():
+            fn(datas[0])  # imports and first-call costs outside the timings
+        for _ in range(rounds):
+            for name, fn in cands.items():
+                cpu[name].append(_floor.decode_all(fn, datas)[0])
+        best = {k: min(v) for k, v in cpu.items()}
+        floor, pillow = best["fastest decoder (floor)"], best["decode_rgb Pillow route (old floor)"]
+        for name in cands:
+            rows.append({"set": label, "path": name, "images_per_cpu_s": len(datas) / best[name],
+                         "mp_per_cpu_s": mp / best[name], "vs_floor": floor / best[name],
+                         "vs_pillow_floor": pillow / best[name]})
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--input-path", action="store_true",
+                   help="only the caption input path (decode, resize, pad) against the decode floors, no job")
+    p.add_argument("--photos", default=None, help="--input-path: folder of original JPEGs to use")
+    p.add_argument("--rounds", type=int, default=5, help="--input-path: rounds")
     p.add_argument("--gpu", action="store_true", help="full-size LLaVA-1.5-13B (random weights) on the GPU")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16], help="CPU batch sizes")
     p.add_argument("--samples", type=int, default=32, help="CPU: images per batch size (at least 2 batches)")
@@ -304,6 +355,16 @@ def main(argv=None) -> int:
     if args.new_tokens is None:
         args.new_tokens = 200 if args.gpu else 32
     OUT.mkdir(exist_ok=True)
+    if args.input_path:
+        rows = input_path(args.photos, args.rounds)
+        (OUT / "bench_caption_input.json").write_text(json.dumps(rows, indent=1))
+        print("\n### caption input path, one thread, CPU time, best of", args.rounds, "rounds\n")
+        print("| inputs | path | images per CPU-s | MP per CPU-s | vs floor | vs old Pillow floor |")
+        print("|---|---|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['set']} | {r['path']} | {r['images_per_cpu_s']:.1f} | {r['mp_per_cpu_s']:.0f} | "
+                  f"{r['vs_floor']:.2f} | {r['vs_pillow_floor']:.2f} |")
+        return 0
     result = bench_gpu(args) if args.gpu else bench_cpu(args)
     result.update(machine=f"{platform.machine()}, {os.cpu_count()} CPUs", python=platform.python_version(),
                   anchor={"name": "ShareGPT4V Share-Captioner", "images_per_s_per_gpu": ANCHOR_IMAGES_PER_S,

@@ -7,7 +7,9 @@ Inputs: generated photo-like 2048x1536 JPEGs (quality 95, 4:4:4), or ``--photos 
 One core: OpenCV, BLAS and torch limited to one thread, the job on the local executor (one process),
 so images/s is per core. Each round runs, one after the other on the same files:
 
-  * anchor: read + ``datapipe.decode.decode_rgb`` of every file (the floor any curation must pay);
+  * anchor: read + decode of every file with the fastest decoder on this machine (``_floor.fastest``,
+    libjpeg-turbo through simplejpeg: the floor any curation must pay), and, for continuity with the
+    earlier tables, read + ``decode_rgb`` on its Pillow route (``_floor.pillow``, the anchor before);
   * the scoring pass every input goes through (``curation.stages.ScoreStage`` as the runner calls it,
     configs/curate/default.yaml): header prefilter, decode, content hash, cheap signals;
   * the whole ``run_curate_job`` (executor=local, report off, --fresh): the scoring pass, duplicate
@@ -15,9 +17,11 @@ so images/s is per core. Each round runs, one after the other on the same files:
     for the accepted images (all of them here: the worst case for the write pass).
 
 Reported: images/s per wall second and per CPU second of this process (the latter is less sensitive to
-other load on a shared machine), each path's ratio to the anchor, and where the scoring pass spends its
-time (the stage's own timers). Goal (issue 4): scoring pass >= 50% of the decode-only rate. Prints a
-markdown block and writes bench_out/curate.json.
+other load on a shared machine), megapixels per CPU second, each path's ratio to both anchors, and where the
+scoring pass spends its time (the stage's own timers). Goals: scoring pass >= 50% of the decode-only rate
+(issue 4, against the Pillow anchor); scoring pass >= 1.4x its images per CPU-second before the decode
+routes (issue 20: run this script at the older commit with ``run_at.py`` and compare). Prints a markdown
+block and writes bench_out/curate.json.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def make_inputs(folder: Path, n: int, width: int, height: int) -> list[Path]:
@@ -58,13 +63,13 @@ def timed(fn):
     return out, time.perf_counter() - w, time.process_time() - c
 
 
-def decode_only(files: list[Path]) -> int:
-    from supirkit.datapipe.decode import decode_rgb
+def decode_only(files: list[Path], decode=None) -> int:
+    import _floor
 
+    decode = decode or _floor.fastest
     n = 0
     for p in files:
-        rgb, _ = decode_rgb(p.read_bytes())
-        n += rgb.shape[0] > 0
+        n += decode(p.read_bytes()).shape[0] > 0
     return n
 
 
@@ -107,6 +112,61 @@ def curate(src: Path, out: Path):
     return result
 
 
+def decode_once(files: list[Path], rounds: int) -> dict | None:
+    """ms per image (CPU, best round) of the ways to get the native pixels and the downscaled copy: one full
+    decode and the copy area-averaged from it (what the scoring pass does), or a second, DCT-reduced decode
+    for the copy; and, for scorer sets that read only the copy, the reduced decode alone plus its copy."""
+    from supirkit.curation.signals import ImageView, ViewOptions
+    from supirkit.datapipe import decode
+
+    if not hasattr(decode, "decode_rgb_reduced"):
+        return None  # code from before the decode routes
+    opt, datas = ViewOptions(), [p.read_bytes() for p in files]
+
+    def full_and_copy(d):
+        rgb, header = decode.decode_rgb(d)
+        return ImageView(rgb, header, d, opt).small
+
+    def reduced_and_copy(d):
+        rgb, header = decode.decode_rgb_reduced(d, opt.small_side)
+        return ImageView(rgb, header, d, opt).small
+
+    ways = {"full decode": lambda d: decode.decode_rgb(d),
+            "full decode + copy from it (scoring pass)": full_and_copy,
+            "full decode + a reduced decode for the copy": lambda d: (decode.decode_rgb(d),
+                                                                      reduced_and_copy(d)),
+            "reduced decode + copy (scorers reading only the copy)": reduced_and_copy}
+    best = {k: float("inf") for k in ways}
+    for _ in range(rounds):
+        for name, fn in ways.items():
+            c = time.process_time()
+            for d in datas:
+                fn(d)
+            best[name] = min(best[name], time.process_time() - c)
+    return {k: round(1000 * v / len(datas), 2) for k, v in best.items()}
+
+
+def report(res: dict, n: int, rounds: int, out: Path) -> None:
+    print(f"\n### curate: default CPU path vs decode-only, {n} JPEGs {res['size']}, one core, best of {rounds}\n")
+    print("| path | images/s (wall) | images/s (CPU s) | MP per CPU-s | vs decode-only (wall) | vs decode-only (CPU) "
+          "| vs old Pillow anchor (CPU) |")
+    print("|---|---|---|---|---|---|---|")
+    for what, label in (("decode", "decode only, fastest decoder (anchor)"),
+                        ("pillow", "decode only, decode_rgb Pillow route (old anchor)"),
+                        ("score", "scoring pass: read, header prefilter, decode, hash, cheap signals"),
+                        ("job", f"whole job: scoring, dedup, rules, scores parquet, write "
+                                f"{res['training_samples']} 1024 crops (re-read, decode, resize, JPEG q95)")):
+        print(f"| {label} | {res[what + '_ips_wall']:.2f} | {res[what + '_ips_cpu']:.2f} | "
+              f"{res[what + '_mp_per_cpu_s']:.0f} | {res[what + '_vs_decode_wall']:.2f} | "
+              f"{res[what + '_vs_decode_cpu']:.2f} | {res[what + '_vs_pillow_cpu']:.2f} |")
+    print("\nScoring pass, ms per image (stage timers): "
+          + ", ".join(f"{k} {v}" for k, v in res["ms_per_image"].items()))
+    if res.get("decode_once"):
+        print("Decoding once, ms per image (CPU): " + ", ".join(f"{k} {v}" for k, v in res["decode_once"].items()))
+    print(f"Accepted {res['accepted']} of {n}. Load average {res['load_average'][0]:.1f}. "
+          f"Goal: scoring pass >= 0.50 of the Pillow decode-only rate. JSON: {out}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=24)
@@ -143,45 +203,41 @@ def main(argv=None) -> int:
         src = work / "src"
         files = make_inputs(src, args.images, args.width, args.height)
     n = len(files)
-    decode_only(files[:2])  # warm the file cache and imports alike for both sides
+    import _floor
+
+    decode_only(files[:2])  # warm the file cache and imports alike for every side
+    decode_only(files[:2], _floor.pillow)
+    megapixels = sum(a.shape[0] * a.shape[1] for a in (_floor.fastest(p.read_bytes()) for p in files)) / 1e6
     rows = []
     for r in range(args.rounds):
         _, dw, dc = timed(lambda: decode_only(files))
+        _, pw, pc = timed(lambda: decode_only(files, _floor.pillow))
         timers, sw, sc = timed(lambda: scoring_pass(files, work / "score"))
         result, jw, jc = timed(lambda: curate(src, work / "out"))
-        rows.append({"round": r, "decode_wall": dw, "decode_cpu": dc, "score_wall": sw, "score_cpu": sc,
-                     "job_wall": jw, "job_cpu": jc, "timers": timers, "accepted": result.funnel.get("accepted"),
-                     "samples": result.funnel.get("training_samples")})
+        rows.append({"round": r, "decode_wall": dw, "decode_cpu": dc, "pillow_wall": pw, "pillow_cpu": pc,
+                     "score_wall": sw, "score_cpu": sc, "job_wall": jw, "job_cpu": jc, "timers": timers,
+                     "accepted": result.funnel.get("accepted"), "samples": result.funnel.get("training_samples")})
     best = lambda key: min(x[key] for x in rows)  # noqa: E731  (least disturbed round)
     res = {
         "images": n, "size": f"{args.width}x{args.height}" if not args.photos else "real photos",
         "accepted": rows[-1]["accepted"], "training_samples": rows[-1]["samples"],
         "ms_per_image": {k: round(1000 * v / n, 1) for k, v in sorted(rows[-1]["timers"].items())},
         "rounds": rows, "machine": f"{platform.machine()}, {os.cpu_count()} cores visible",
-        "load_average": os.getloadavg(),
+        "load_average": os.getloadavg(), "megapixels": megapixels,
     }
-    for what in ("decode", "score", "job"):
+    for what in ("decode", "pillow", "score", "job"):
         for clock in ("wall", "cpu"):
             res[f"{what}_ips_{clock}"] = n / best(f"{what}_{clock}")
-    for what in ("score", "job"):
+        res[f"{what}_mp_per_cpu_s"] = megapixels / best(f"{what}_cpu")
+    for what in ("decode", "pillow", "score", "job"):
         for clock in ("wall", "cpu"):
             res[f"{what}_vs_decode_{clock}"] = res[f"{what}_ips_{clock}"] / res[f"decode_ips_{clock}"]
+        res[f"{what}_vs_pillow_cpu"] = res[f"{what}_ips_cpu"] / res["pillow_ips_cpu"]
+    res["decode_once"] = decode_once(files, args.rounds)
     out = ROOT / "bench_out" / "curate.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1, default=str))
-    print(f"\n### curate: default CPU path vs decode-only, {n} JPEGs {res['size']}, one core, best of {len(rows)}\n")
-    print("| path | images/s (wall) | images/s (CPU s) | vs decode-only (wall) | vs decode-only (CPU) |")
-    print("|---|---|---|---|---|")
-    print(f"| decode only (anchor) | {res['decode_ips_wall']:.2f} | {res['decode_ips_cpu']:.2f} | 1.00 | 1.00 |")
-    for what, label in (("score", "scoring pass: read, header prefilter, decode, hash, cheap signals"),
-                        ("job", f"whole job: scoring, dedup, rules, scores parquet, write "
-                                f"{res['training_samples']} 1024 crops (re-read, decode, resize, JPEG q95)")):
-        print(f"| {label} | {res[what + '_ips_wall']:.2f} | {res[what + '_ips_cpu']:.2f} | "
-              f"{res[what + '_vs_decode_wall']:.2f} | {res[what + '_vs_decode_cpu']:.2f} |")
-    print("\nScoring pass, ms per image (stage timers): "
-          + ", ".join(f"{k} {v}" for k, v in res["ms_per_image"].items()))
-    print(f"Accepted {res['accepted']} of {n}. Load average {res['load_average'][0]:.1f}. "
-          f"Goal: scoring pass >= 0.50 of decode-only. JSON: {out}")
+    report(res, n, len(rows), out)
     return 0
 
 

@@ -10,9 +10,12 @@ The floor (issue 3) is what any tool must do at least: read the same bytes and d
   ``tarfile`` and decoding;
 - planning: the driver's peak RSS while cutting a listing of 1,000,000 entries (a parquet path list)
   into partitions, next to the RSS of just importing the modules and of holding the listing in a list.
-All decoding is the same call (``datapipe.decode.decode_rgb``), one process, one thread; rounds
-alternate floor and candidate so that load from other processes hits both alike; medians are reported,
-of wall-clock rates and of rates per CPU-second of the process (immune to CPU stolen by other processes).
+Two floors are measured in every round (``_floor.py``): the fastest decoder on this machine (libjpeg-turbo
+through simplejpeg, the floor since the decode routes) and ``decode_rgb`` on its Pillow route (the floor
+before, kept for continuity). Candidates decode the way the stages do (``datapipe.decode.decode_rgb``). One
+process, one thread; rounds alternate floors and candidates so that load from other processes hits all
+alike; medians are reported, of wall-clock rates and of rates per CPU-second of the process (immune to CPU
+stolen by other processes), with megapixels decoded per CPU-second beside each ratio.
 
 Prints a markdown table and writes bench_out/datapipe.json.
 """
@@ -41,6 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench_out"
 WORK = OUT / "datapipe"
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _floor  # noqa: E402
 
 from supirkit.datapipe.decode import decode_rgb  # noqa: E402
 
@@ -103,10 +109,10 @@ class Clock:
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def floor_write(files: list[Path]) -> tuple[float, float]:
+def floor_write(files: list[Path], decode=_floor.fastest) -> tuple[float, float]:
     with Clock() as clock:
         for f in files:
-            decode_rgb(f.read_bytes())
+            decode(f.read_bytes())
     return clock.rates(len(files))
 
 
@@ -144,7 +150,7 @@ def _decode_file(path: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def floor_read(urls: list[str]) -> tuple[float, float]:
+def floor_read(urls: list[str], decode=_floor.fastest) -> tuple[float, float]:
     n = 0
     with Clock() as clock:
         for url in urls:
@@ -152,7 +158,7 @@ def floor_read(urls: list[str]) -> tuple[float, float]:
                 for info in tar:
                     data = tar.extractfile(info).read()
                     if info.name.endswith(".jpg"):
-                        decode_rgb(data)
+                        decode(data)
                         n += 1
     return clock.rates(n)
 
@@ -233,6 +239,27 @@ def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def ratio_rows(mp, floor_w, pil_w, job_w, floor_r, pil_r, wds_r, dp_r, wds_own_r) -> list[tuple]:
+    """Table rows: medians, ratios to the fastest-decoder floor (wall, paired, CPU) and to the old Pillow floor."""
+    def row(case, xs, floor, pillow):
+        wall, cpu = median([x[0] for x in xs]), median([x[1] for x in xs])
+        fwall, fcpu = median([x[0] for x in floor]), median([x[1] for x in floor])
+        # per-round ratios too: each pairs a candidate with the floor measured next to it
+        paired = median([x[0] / f[0] for x, f in zip(xs, floor)])
+        return (case, wall, wall / fwall, paired, cpu, cpu / fcpu, cpu * mp, cpu / median([x[1] for x in pillow]))
+
+    return [
+        row("write: floor (read file + fastest decoder)", floor_w, floor_w, pil_w),
+        row("write: old floor (read file + decode_rgb, Pillow route)", pil_w, floor_w, pil_w),
+        row("write: supirkit shard, local executor", job_w, floor_w, pil_w),
+        row("read: floor (tarfile + fastest decoder)", floor_r, floor_r, pil_r),
+        row("read: old floor (tarfile + decode_rgb, Pillow route)", pil_r, floor_r, pil_r),
+        row("read: webdataset + decode_rgb", wds_r, floor_r, pil_r),
+        row("read: datapipe.read_shard + decode_rgb", dp_r, floor_r, pil_r),
+        row("read: webdataset .decode('rgb8')", wds_own_r, floor_r, pil_r),
+    ]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer, smaller images and one round")
@@ -254,43 +281,32 @@ def main() -> int:
     per_shard = max(8, n // 4)
     print(f"inputs: {n} JPEGs {w}x{h}, mean {mean_kb:.0f} KB, {per_shard} per shard; {rounds} round(s)", flush=True)
 
-    floor_w, job_w, timings = [], [], {}
+    floor_w, pil_w, job_w, timings = [], [], [], {}
     floor_write(files[:8])  # warm the page cache and imports
+    floor_write(files[:8], _floor.pillow)
     job_write(src, WORK / "out_local", n, "local", per_shard)
-    for _ in range(rounds):  # floor and candidate alternate, so that load from elsewhere hits both alike
+    for _ in range(rounds):  # floors and candidate alternate, so that load from elsewhere hits all alike
         floor_w.append(floor_write(files))
+        pil_w.append(floor_write(files, _floor.pillow))
         rate, timings = job_write(src, WORK / "out_local", n, "local", per_shard)
         job_w.append(rate)
     urls = sorted(str(p) for p in (WORK / "out_local").glob("shard-*.tar"))
-    floor_r, wds_r, wds_own_r, dp_r = [], [], [], []
+    floor_r, pil_r, wds_r, wds_own_r, dp_r = [], [], [], [], []
     wds_read(urls[:1], False)  # import webdataset (and torch) outside the timings
     for _ in range(rounds):
         floor_r.append(floor_read(urls))
+        pil_r.append(floor_read(urls, _floor.pillow))
         wds_r.append(wds_read(urls, False))
         dp_r.append(datapipe_read(urls))
         wds_own_r.append(wds_read(urls, True))
-
-    def row(case, xs, floor):
-        wall, cpu = median([x[0] for x in xs]), median([x[1] for x in xs])
-        fwall, fcpu = median([x[0] for x in floor]), median([x[1] for x in floor])
-        # per-round ratios too: each pairs a candidate with the floor measured next to it
-        paired = median([x[0] / f[0] for x, f in zip(xs, floor)])
-        return (case, wall, wall / fwall, paired, cpu, cpu / fcpu)
-
-    rows = [
-        row("write: floor (read file + decode)", floor_w, floor_w),
-        row("write: supirkit shard, local executor", job_w, floor_w),
-        row("read: floor (tarfile + decode)", floor_r, floor_r),
-        row("read: webdataset + decode_rgb", wds_r, floor_r),
-        row("read: datapipe.read_shard + decode_rgb", dp_r, floor_r),
-        row("read: webdataset .decode('rgb8')", wds_own_r, floor_r),
-    ]
+    rows = ratio_rows(h * w / 1e6, floor_w, pil_w, job_w, floor_r, pil_r, wds_r, dp_r, wds_own_r)
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                           "loadavg_at_end": os.getloadavg()},
               "inputs": {"n": n, "height": h, "width": w, "mean_kb": round(mean_kb, 1), "samples_per_shard": per_shard},
               "rounds": rounds,
-              "write_images_per_s_wall_cpu": {"floor": floor_w, "job_local": job_w},
-              "read_images_per_s_wall_cpu": {"floor": floor_r, "webdataset": wds_r, "datapipe": dp_r,
+              "write_images_per_s_wall_cpu": {"floor": floor_w, "pillow_floor": pil_w, "job_local": job_w},
+              "read_images_per_s_wall_cpu": {"floor": floor_r, "pillow_floor": pil_r, "webdataset": wds_r,
+                                             "datapipe": dp_r,
                                              "webdataset_rgb8": wds_own_r},
               "job_stage_timings_s_last_round": {k: round(v, 3) for k, v in sorted(timings.items())}}
 
@@ -313,15 +329,18 @@ def main() -> int:
     result["planning"] = plan
     result["rows"] = [{"case": c, "images_per_s_wall": round(r, 2), "wall_ratio_to_floor": round(q, 3),
                        "paired_wall_ratio": round(pq, 3), "images_per_s_cpu": round(rc, 2),
-                       "cpu_ratio_to_floor": round(qc, 3)} for c, r, q, pq, rc, qc in rows]
+                       "cpu_ratio_to_floor": round(qc, 3), "mp_per_cpu_s": round(m, 1),
+                       "cpu_ratio_to_pillow_floor": round(qp, 3)} for c, r, q, pq, rc, qc, m, qp in rows]
 
     print()
-    print("| case | images/s (wall) | vs floor (wall) | vs floor, paired rounds | images/s per CPU-second | vs floor (CPU) |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for c, r, q, pq, rc, qc in rows:
-        print(f"| {c} | {r:.1f} | {100 * q:.0f}% | {100 * pq:.0f}% | {rc:.1f} | {100 * qc:.0f}% |")
+    print("| case | images/s (wall) | vs floor (wall) | vs floor, paired rounds | images per CPU-s | MP per CPU-s "
+          "| vs floor (CPU) | vs old Pillow floor (CPU) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for c, r, q, pq, rc, qc, m, qp in rows:
+        print(f"| {c} | {r:.1f} | {100 * q:.0f}% | {100 * pq:.0f}% | {rc:.1f} | {m:.0f} | {100 * qc:.0f}% | "
+              f"{100 * qp:.0f}% |")
     for c, r, q in ray_rows:
-        print(f"| {c} | {r:.1f} | {100 * q:.0f}% | | | |")
+        print(f"| {c} | {r:.1f} | {100 * q:.0f}% | | | | | |")
     print()
     print(f"| planning {plan['entries']:,} listed paths (parquet list) | peak RSS (VmHWM) | wall |")
     print("|---|---:|---:|")

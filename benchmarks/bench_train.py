@@ -55,7 +55,23 @@ ESTIMATED_GPU_SAMPLES_PER_S = 10.0
 GOAL_CORES_PER_GPU = 4.0
 
 
-def write_set(folder: Path, prefix: str, shards: int, per_shard: int, side: int, seed: int) -> None:
+def curated_crops(folder: str, side: int) -> list[np.ndarray]:
+    """Curated-style training images from real photographs: short side to ``side`` (area), centre crop."""
+    import _floor
+
+    out = []
+    for p in sorted(q for q in Path(folder).iterdir() if q.suffix.lower() in (".jpg", ".jpeg")):
+        rgb = _floor.fastest(p.read_bytes())
+        k = side / min(rgb.shape[:2])
+        h, w = max(side, round(rgb.shape[0] * k)), max(side, round(rgb.shape[1] * k))
+        rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+        top, left = (h - side) // 2, (w - side) // 2
+        out.append(np.ascontiguousarray(rgb[top:top + side, left:left + side]))
+    return out
+
+
+def write_set(folder: Path, prefix: str, shards: int, per_shard: int, side: int, seed: int,
+              photos: list | None = None) -> None:
     from supirkit.datapipe.decode import encode_image
     from supirkit.datapipe.sinks import ShardSink
     from supirkit.datapipe.stats import UnitStats
@@ -63,7 +79,8 @@ def write_set(folder: Path, prefix: str, shards: int, per_shard: int, side: int,
     for s in range(shards):
         sink = ShardSink(folder, prefix, s)
         for i in range(per_shard):
-            img = _images.photo_like(seed * 1000 + s * 100 + i, side)
+            j = seed * 1000 + s * 100 + i
+            img = photos[j % len(photos)] if photos else _images.photo_like(j, side)
             sink.write({"__key__": f"{prefix}{s:02d}x{i:03d}", "jpg": encode_image(img, "jpg", 95),
                         "json": {"width": side, "height": side}, "txt": f"a detailed photo number {i}"})
         sink.commit(UnitStats())
@@ -142,10 +159,14 @@ def loader_rates(root: Path, rounds: int, batch: int) -> dict:
         c_anchor.run(lambda: next(anchor), batch)
         c_ours.run(lambda m=m: ours.micro_batch(m), batch)
         m += 1
-    # where our loader's time goes, per sample (one core)
+    # where our loader's time goes, per sample (one core); the decode floors (``_floor``) on the same bytes
+    import _floor
+
     parts = {"read": 0.0, "decode": 0.0, "crop": 0.0, "degrade": 0.0, "collate": 0.0}
+    floors = {"fastest": 0.0, "pillow": 0.0}
     n = rounds * batch
     samples = []
+    megapixels = 0.0
     for i in range(n):
         d = ours.plan(i)
         ix = ours.indexes[d.member]
@@ -154,6 +175,10 @@ def loader_rates(root: Path, rounds: int, batch: int) -> dict:
         t1 = time.process_time()
         img, _ = decode_rgb(sample_image(raw)[1], 10 ** 9)
         t2 = time.process_time()
+        megapixels += img.shape[0] * img.shape[1] / 1e6
+        for name, fn in _floor.FLOORS.items():
+            floors[name] += _floor.decode_all(fn, [sample_image(raw)[1]])[0]
+        t2c = time.process_time()  # the floors are not the loader's time
         top = int(d.u_top * (img.shape[0] - 511))
         left = int(d.u_left * (img.shape[1] - 511))
         hq = np.ascontiguousarray(img[top:top + 512, left:left + 512][:, ::-1] if d.flip else img[top:top + 512, left:left + 512])
@@ -164,7 +189,7 @@ def loader_rates(root: Path, rounds: int, batch: int) -> dict:
                         "member": 0, "index": i})
         parts["read"] += t1 - t
         parts["decode"] += t2 - t1
-        parts["crop"] += t3 - t2
+        parts["crop"] += t3 - t2c
         parts["degrade"] += t4 - t3
     from supirkit.train.data import collate
 
@@ -177,7 +202,10 @@ def loader_rates(root: Path, rounds: int, batch: int) -> dict:
             "ratio_wall": c_ours.rates()["per_s_wall"] / c_anchor.rates()["per_s_wall"],
             "ratio_cpu": c_ours.rates()["per_cpu_s"] / c_anchor.rates()["per_cpu_s"],
             "parts_ms_per_sample": {k: 1000 * v / n for k, v in parts.items()},
-            "parts_share": {k: v / total for k, v in parts.items()}}
+            "parts_share": {k: v / total for k, v in parts.items()},
+            "decode_mp_per_cpu_s": megapixels / parts["decode"],
+            "floor_ms_per_sample": {k: 1000 * v / n for k, v in floors.items()},
+            "floor_mp_per_cpu_s": {k: megapixels / v for k, v in floors.items()}}
 
 
 def worker_rates(root: Path, batches: int, batch: int, workers: int) -> dict:
@@ -371,6 +399,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "train.json"))
     ap.add_argument("--gpu-steps", type=int, default=None, help="timed full-size steps on CUDA (default 10, --quick 4)")
+    ap.add_argument("--photos", default=None,
+                    help="make the shards' 1024-px images from the JPEGs of this folder (real photographs)")
+    ap.add_argument("--loader-only", action="store_true",
+                    help="only the loader against its anchor and the decode floors (no workers, no training step)")
     args = ap.parse_args()
     if args.gpu_steps is None:
         args.gpu_steps = 4 if args.quick else 10
@@ -381,10 +413,18 @@ def main() -> int:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         root = Path(tmp)
-        write_set(root / "hq", "hq", 2, 8, 1024, seed=1)
-        write_set(root / "faces", "fc", 1, 4, 1024, seed=2)
-        write_set(root / "neg", "ng", 1, 4, 1024, seed=3)
+        photos = curated_crops(args.photos, 1024) if args.photos else None
+        write_set(root / "hq", "hq", 2, 8, 1024, seed=1, photos=photos)
+        write_set(root / "faces", "fc", 1, 4, 1024, seed=2, photos=photos)
+        write_set(root / "neg", "ng", 1, 4, 1024, seed=3, photos=photos)
         loader = loader_rates(root, rounds, batch)
+        if args.loader_only:
+            parts = loader["parts_ms_per_sample"]
+            print(json.dumps({k: loader[k] for k in ("ours", "anchor", "ratio_cpu", "decode_mp_per_cpu_s",
+                                                     "floor_ms_per_sample", "floor_mp_per_cpu_s")}, indent=1))
+            print("per sample: " + ", ".join(f"{k} {v:.2f} ms ({100 * loader['parts_share'][k]:.1f} %)"
+                                             for k, v in parts.items()))
+            return 0
         workers = [worker_rates(root, rounds, batch, w) for w in (1, 2)]
         tiny = tiny_step_vs_loader(root, 4 if args.quick else 8)
     per_core = loader["ours"]["per_cpu_s"]
@@ -416,6 +456,11 @@ def main() -> int:
         print(f"| DataLoader, {w['workers']} worker(s) | {w['per_s_wall']:.2f} | | |")
     parts = loader["parts_ms_per_sample"]
     print("\nper sample: " + ", ".join(f"{k} {v:.1f} ms ({100 * loader['parts_share'][k]:.0f} %)" for k, v in parts.items()))
+    fl, fmp = loader["floor_ms_per_sample"], loader["floor_mp_per_cpu_s"]
+    print(f"decode: {parts['decode']:.2f} ms per sample, {loader['decode_mp_per_cpu_s']:.0f} MP per CPU-s; "
+          f"floor (fastest decoder) {fl['fastest']:.2f} ms, {fmp['fastest']:.0f} MP per CPU-s (decode / floor "
+          f"{parts['decode'] / fl['fastest']:.2f}); old Pillow floor {fl['pillow']:.2f} ms, {fmp['pillow']:.0f} "
+          f"MP per CPU-s (decode / old floor {parts['decode'] / fl['pillow']:.2f})")
     print(f"\n| tiny SDXL step on CPU (64 px, batch {tiny['batch']}) | value |\n|---|---|")
     print(f"| step: steps/s (wall) | {tiny['steps_per_s_wall']:.2f} |")
     print(f"| step consumes: samples per CPU-s | {tiny['step_samples_per_cpu_s']:.2f} |")

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from supirkit.datapipe.decode import decode_rgb
+from supirkit.datapipe.decode import decode_rgb, decode_rgb_reduced
 from supirkit.datapipe.errors import DecodeError
 from supirkit.datapipe.inputs import read_source
 from supirkit.datapipe.tario import image_too_large, sample_image
@@ -56,22 +56,33 @@ def fit_image(rgb: np.ndarray, fit: str, background: Sequence[int] = (0, 0, 0)) 
     raise ValueError(f"unknown fit {fit!r} (expected pad, crop or none)")
 
 
-def limit_side(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
-    """Downscale with Lanczos (antialiased) so the long side is at most ``max_side``."""
-    h, w = rgb.shape[:2]
+def limit_side(rgb: np.ndarray, max_side: int | None, full_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Downscale with Lanczos (antialiased) so the long side is at most ``max_side``. ``full_size`` (height,
+    width): the image's own size when ``rgb`` is a reduced decode of it, so the result's size is the same."""
+    h, w = full_size or rgb.shape[:2]
     if not max_side or max(h, w) <= max_side:
         return rgb
     from PIL import Image
 
     scale = max_side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (rgb.shape[1], rgb.shape[0]):
+        return rgb
     return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
 
 
 def prepare_image(data: bytes, fit: str, max_side: int | None, background: Sequence[int], max_pixels: int):
-    """Encoded bytes -> the PIL image handed to the captioner; raises ``DecodeError`` for a bad image."""
+    """Encoded bytes -> the PIL image handed to the captioner; raises ``DecodeError`` for a bad image.
+
+    With ``max_side`` a JPEG is decoded at the smallest DCT reduction whose long side is still at least
+    ``max_side`` (a 4000x3000 original at 1/4, then Lanczos to 672), so the Lanczos filter starts from
+    DCT-reduced pixels rather than the full decode: the captioner's input differs by a few gray levels,
+    its size does not. A 1024-px curated image is not reduced for 672 (1/2 would be 512)."""
     from PIL import Image
 
-    rgb, _ = decode_rgb(data, max_pixels)
-    rgb = limit_side(rgb, max_side)  # before padding: the pad colour stays exact
+    if max_side:
+        rgb, header = decode_rgb_reduced(data, max_side, max_pixels, side="long")
+    else:
+        rgb, header = decode_rgb(data, max_pixels)
+    rgb = limit_side(rgb, max_side, (header.height, header.width))  # before padding: the pad colour stays exact
     return Image.fromarray(np.ascontiguousarray(fit_image(rgb, fit, background)))

@@ -71,7 +71,7 @@ class ScoreStage(Stage[Partition]):
         self.view_options = _view_options(self.cfg)
 
     def process(self, partition: Partition, sink: TableSink, stats: UnitStats) -> None:
-        from supirkit.curation.signals import ImageView, score_views
+        from supirkit.curation.signals import ImageView, decode_for, score_views
 
         cfg = self.cfg
         first_rejection = len(stats.rejections)
@@ -89,7 +89,7 @@ class ScoreStage(Stage[Partition]):
                     stats.count("prefiltered")
                     continue
                 with stats.timer("decode"):
-                    rgb, header = decode_rgb(item.data, cfg.decode.max_pixels)
+                    rgb, header = decode_for(self.scorers, item.data, cfg.decode.max_pixels, self.view_options)
             except DecodeError as exc:
                 sink.write({**row, "status": "rejected", "stage": "decode", "reason": exc.reason,
                             "detail": exc.detail[:300]})
@@ -140,7 +140,7 @@ class ModelStage(Stage[Partition]):
     def process(self, partition: Partition, sink: TableSink, stats: UnitStats) -> None:
         import pyarrow.parquet as pq
 
-        from supirkit.curation.signals import ImageView, score_views
+        from supirkit.curation.signals import ImageView, decode_for, score_views
 
         part = self.signals.part(partition.index)
         t = pq.read_table(part, columns=["order", "status"]).to_pydict()
@@ -163,7 +163,7 @@ class ModelStage(Stage[Partition]):
             if item.order not in wanted:
                 continue
             with stats.timer("decode"):
-                rgb, header = decode_rgb(item.data, self.cfg.decode.max_pixels)
+                rgb, header = decode_for(self.scorers, item.data, self.cfg.decode.max_pixels, self.view_options)
             batch.append((item.order, ImageView(rgb, header, item.data, self.view_options)))
             if len(batch) >= batch_size:
                 flush()

@@ -24,7 +24,7 @@ from supirkit.datapipe.config import (
                                       config_hash,
                                       load_config,
 )
-from supirkit.datapipe.decode import ImageHeader, decode_rgb, decode_thumbnail, encode_image, probe
+from supirkit.datapipe.decode import ImageHeader, decode_rgb, decode_rgb_reduced, decode_thumbnail, encode_image, probe
 from supirkit.datapipe.errors import (
                                       CORRUPT_INPUT_ERRORS,
                                       ConfigError,
@@ -48,7 +48,7 @@ from supirkit.datapipe.tario import TarReader, list_shards, read_shard, sample_i
 
 __all__ = [
     "Condition", "ConditionError", "filter_table", "CONFIG_ROOT", "DecodeConfig", "RunnerConfig", "Schema",
-    "ShardingConfig", "config_hash", "load_config", "ImageHeader", "decode_rgb", "decode_thumbnail", "encode_image",
+    "ShardingConfig", "config_hash", "load_config", "ImageHeader", "decode_rgb", "decode_rgb_reduced", "decode_thumbnail", "encode_image",
     "probe", "CORRUPT_INPUT_ERRORS", "ConfigError", "DecodeError", "FileTooLarge", "MissingWeights", "PreflightError",
     "TransientIOError", "rejection_reason", "atomic_write", "atomic_write_json", "atomic_write_parquet",
     "content_key", "display_source", "sub_key", "Partition", "load_partition", "plan_partitions", "Pass",

@@ -15,16 +15,31 @@ Rule for turning any input into 8-bit RGB (documented here because every score d
 The pixel limit is checked from the header, before any pixel is decoded, so a decompression bomb
 costs a few kilobytes of reading, not gigabytes of memory. Pillow's own bomb check is replaced by
 that limit (it would refuse legitimate images above 2 x 89 MP whatever ``max_pixels`` says).
+
+Routes. Pillow reads every header (format, mode, EXIF orientation, frames: one parser for every format, so
+headers and rejection reasons do not depend on the route). The pixels then come from the fastest route
+that applies, and ``header.decoder`` says which one decoded them:
+- ``libjpeg-turbo`` (``datapipe.jpeg_turbo``): 8-bit YCbCr and gray JPEGs, decoded straight into a NumPy
+  array, with the same pixels as the Pillow route;
+- ``opencv`` (``datapipe.opencv_png``): 8-bit RGB and gray PNGs without transparency, same pixels;
+- ``pillow``: everything else (WebP, TIFF, 16-bit, alpha and palette PNGs, CMYK/YCCK JPEGs, ...) and any
+  file a fast route refuses or warns about (truncated or corrupt data), which the Pillow route decodes or
+  rejects with the usual reason.
+The routes were chosen by measurement (``benchmarks/bench_decode.py``; OpenCV's ``imdecode`` is slower than
+libjpeg-turbo direct for JPEG).
+``decode_rgb_reduced`` decodes JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain for consumers that do
+not need native resolution (thumbnails, caption inputs, resized training crops, the curation copies).
 """
 from __future__ import annotations
 
 import io
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from supirkit.datapipe import jpeg_turbo, opencv_png
 from supirkit.datapipe.errors import DecodeError
 
 #: the decode guards' defaults (``decode.max_pixels``, ``decode.max_file_bytes`` in every stage's config)
@@ -43,6 +58,10 @@ MALLOC_MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit
 MALLOC_TRIM_THRESHOLD = 128 << 20
 _GLIBC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 _allocator_tuned = False
+PILLOW = "pillow"
+_JPEG_FORMATS = ("JPEG", "MPO")
+#: the fast routes, tried in order before the Pillow route: each has NAME, applies(img), decode(data, reduction)
+FAST_ROUTES = (jpeg_turbo, opencv_png)
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,8 @@ class ImageHeader:
     mode: str  # Pillow mode before conversion
     n_frames: int = 1
     orientation: int = 1
+    decoder: str = ""  # the route that decoded the pixels (libjpeg-turbo, opencv, pillow); "" from probe()
+    reduction: int = 1  # the pixels are 1/reduction of width x height (decode_rgb_reduced); 1 = native
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,14 +143,17 @@ def _orientation(img) -> int:
         return 1
 
 
-def probe(data: bytes) -> ImageHeader:
-    """Read only the header: size, format, mode, frames, orientation."""
-    img = _open(data)
+def _header_of(img) -> ImageHeader:
     w, h = img.size
     orient = _orientation(img)
     if orient in (5, 6, 7, 8):
         w, h = h, w
     return ImageHeader(w, h, img.format or "unknown", img.mode, int(getattr(img, "n_frames", 1) or 1), orient)
+
+
+def probe(data: bytes) -> ImageHeader:
+    """Read only the header: size, format, mode, frames, orientation."""
+    return _header_of(_open(data))
 
 
 def _to_rgb(img) -> np.ndarray:
@@ -157,22 +181,68 @@ def _to_rgb(img) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageHeader]:
-    """Decode to an HxWx3 uint8 RGB array (see the module docstring for the conversion rule)."""
+def _decode_pillow(img, header: ImageHeader, reduction: int) -> tuple[np.ndarray, int]:
+    """The Pillow route (every format; the reference for the fast one): RGB array and the reduction made."""
     from PIL import Image, ImageOps
 
-    header = probe(data)
-    if header.width * header.height > max_pixels:
-        raise DecodeError("too_many_pixels", f"{header.width}x{header.height} > {max_pixels}")
-    img = _open(data)
     previous = Image.MAX_IMAGE_PIXELS
     try:
-        Image.MAX_IMAGE_PIXELS = None  # our own limit was checked above
+        Image.MAX_IMAGE_PIXELS = None  # our own limit was checked from the header
+        if reduction > 1 and img.format in _JPEG_FORMATS and img.mode in ("RGB", "L", "CMYK"):
+            stored = img.size
+            # asked for floor(size / reduction), draft picks exactly this power-of-two scale
+            img.draft(img.mode, (stored[0] // reduction, stored[1] // reduction))
+            reduction = reduction if img.size != stored else 1
+        else:
+            reduction = 1
         img.seek(0)
         img.load()
         if header.orientation != 1:
             img = ImageOps.exif_transpose(img)
-        arr = _to_rgb(img)
+        return _to_rgb(img), reduction
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation on a fast route: the transposition ``ImageOps.exif_transpose`` makes on the
+    Pillow route, done by OpenCV (lossless, so the pixels are the same)."""
+    if orientation not in (2, 3, 4, 5, 6, 7, 8):
+        return arr
+    import cv2
+
+    if orientation == 2:
+        return cv2.flip(arr, 1)  # mirror left-right
+    if orientation == 3:
+        return cv2.rotate(arr, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(arr, 0)  # mirror top-bottom
+    if orientation == 5:
+        return cv2.transpose(arr)
+    if orientation == 6:
+        return cv2.rotate(arr, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.rotate(cv2.transpose(arr), cv2.ROTATE_180)  # transverse
+    return cv2.rotate(arr, cv2.ROTATE_90_COUNTERCLOCKWISE)
+
+
+def _decode(data: bytes, max_pixels: int, min_side: int = 0, side: str = "short",
+            fast: bool = True) -> tuple[np.ndarray, ImageHeader]:
+    """Header, pixel limit, then the fastest route that applies (see the module docstring)."""
+    img = _open(data)
+    header = _header_of(img)
+    if header.width * header.height > max_pixels:
+        raise DecodeError("too_many_pixels", f"{header.width}x{header.height} > {max_pixels}")
+    reduction = 1
+    if min_side > 0 and img.format in _JPEG_FORMATS:  # other formats have no cheaper reduced decode
+        reduction = jpeg_turbo.reduction_for(img.size[0], img.size[1], min_side, side)
+    try:
+        route = next((r for r in FAST_ROUTES if r.applies(img)), None) if fast else None
+        arr = route.decode(data, reduction) if route is not None else None
+        if arr is not None:
+            arr = _orient(arr, header.orientation)
+            return np.ascontiguousarray(arr), replace(header, decoder=route.NAME, reduction=reduction)
+        arr, reduction = _decode_pillow(img, header, reduction)
     except DecodeError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -181,32 +251,43 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.nd
         raise DecodeError(reason, f"{type(exc).__name__}: {exc}") from None
     except MemoryError:
         raise DecodeError("out_of_memory", "decoding needed more memory than available") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-    return np.ascontiguousarray(arr), header
+    return np.ascontiguousarray(arr), replace(header, decoder=PILLOW, reduction=reduction)
+
+
+def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+               fast: bool = True) -> tuple[np.ndarray, ImageHeader]:
+    """Decode to an HxWx3 uint8 RGB array (see the module docstring for the conversion rule).
+
+    ``header.decoder`` names the route that decoded; ``fast=False`` takes the Pillow route for every
+    format (the reference the fast route is tested against)."""
+    return _decode(data, max_pixels, fast=fast)
+
+
+def decode_rgb_reduced(data: bytes, min_side: int, max_pixels: int = DEFAULT_MAX_PIXELS, *, side: str = "short",
+                       fast: bool = True) -> tuple[np.ndarray, ImageHeader]:
+    """Decode a JPEG at 1/2, 1/4 or 1/8 of its size when the result's shorter side (``side="short"``) or
+    longer side (``side="long"``) stays at least ``min_side``; for consumers that resize down anyway.
+
+    The reduction is made in the DCT domain by libjpeg-turbo (Pillow's ``draft`` on the Pillow route, same
+    pixels): a 4x smaller image costs the entropy decoding plus a sixteenth of the inverse DCT and colour
+    work. ``header`` keeps the full image's width and height; ``header.reduction`` is the factor made (1 for
+    other formats and for images too small to reduce). These pixels are not those of a full decode followed
+    by the consumer's resize: each output pixel comes from the low-frequency DCT coefficients of its block
+    (close to a box average), so a consumer's result changes by a few gray levels; its size does not."""
+    if side not in ("short", "long"):
+        raise ValueError(f"side must be 'short' or 'long', not {side!r}")
+    return _decode(data, max_pixels, min_side=int(min_side), side=side, fast=fast)
 
 
 def decode_thumbnail(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageHeader]:
     """An RGB thumbnail whose longer side is at most ``size``, by the same rule as ``decode_rgb``.
 
-    JPEGs are decoded at a reduced scale (libjpeg's DCT scaling), so previewing a 50 MP photo costs a
-    fraction of a full decode. The pixel limit applies to the full image, as in ``decode_rgb``."""
-    from PIL import Image, ImageOps
+    JPEGs are decoded at a reduced scale (``decode_rgb_reduced``: the shorter side stays at least ``size``),
+    so previewing a 50 MP photo costs a fraction of a full decode, then resized with Lanczos. The pixel limit
+    applies to the full image, as in ``decode_rgb``."""
+    from PIL import Image
 
-    header = probe(data)
-    if header.width * header.height > max_pixels:
-        raise DecodeError("too_many_pixels", f"{header.width}x{header.height} > {max_pixels}")
-    img = _open(data)
-    try:
-        if img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
-            img.draft(img.mode, (size, size))
-        img.seek(0)
-        img.load()
-        if header.orientation != 1:
-            img = ImageOps.exif_transpose(img)
-        arr = _to_rgb(img)
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise DecodeError("corrupt_data", f"{type(exc).__name__}: {exc}") from None
+    arr, header = decode_rgb_reduced(data, size, max_pixels)
     thumb = Image.fromarray(arr)
     thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
     return np.asarray(thumb, dtype=np.uint8), header
@@ -216,7 +297,28 @@ def encode_image(rgb: np.ndarray, codec: str = "jpg", quality: int = 95) -> byte
     """Encode 8-bit RGB once, for stages that re-encode (their codec and quality are recorded).
 
     JPEG is written without chroma subsampling (4:4:4), which keeps fine colour texture for training.
+    JPEG and PNG go through OpenCV, measured fastest for both (``benchmarks/bench_decode.py``): its JPEG
+    is byte-identical to Pillow's with the same settings (both libjpeg-turbo, accurate DCT, no Huffman
+    optimisation), its PNG is a standard zlib PNG with the same pixels. ``simplejpeg`` encodes faster still
+    but with libjpeg-turbo's fast forward DCT below quality 96 (other pixels), so it is not used. WebP, and
+    arrays other than HxWx3 uint8, go through Pillow.
     """
+    if codec in ("jpg", "jpeg", "png") and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3:
+        import cv2
+
+        if codec == "png":
+            ext, params = ".png", [cv2.IMWRITE_PNG_COMPRESSION, int(quality) if 0 <= quality <= 9 else 6]
+        else:
+            ext, params = ".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(quality),
+                                   cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+        ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+        if not ok:
+            raise ValueError(f"OpenCV could not encode a {rgb.shape} image as {codec}")
+        return buf.tobytes()
+    return _encode_pillow(rgb, codec, quality)
+
+
+def _encode_pillow(rgb: np.ndarray, codec: str, quality: int) -> bytes:
     from PIL import Image
 
     img = Image.fromarray(rgb)

@@ -292,7 +292,7 @@ class MixtureStream(IterableDataset):
                         + "; ".join(reasons[-3:]))
 
     def _make(self, draw: Draw) -> dict:
-        from supirkit.datapipe.decode import decode_rgb
+        from supirkit.datapipe.decode import decode_rgb, decode_rgb_reduced
         from supirkit.datapipe.tario import sample_image, sample_meta
 
         member = self.members[draw.member]
@@ -304,10 +304,13 @@ class MixtureStream(IterableDataset):
         _, data = sample_image(raw)
         if data is None:
             raise _Skip(f"{key}: no image member")
-        img, _ = decode_rgb(data, self.data.max_pixels)
+        if self.data.crop.resize_short_side:  # resized below: decoded at the DCT reduction that keeps the size
+            img, header = decode_rgb_reduced(data, self.data.crop.resize_short_side, self.data.max_pixels)
+        else:
+            img, header = decode_rgb(data, self.data.max_pixels)
         meta = sample_meta(raw)
         crop = self.data.crop
-        h0, w0 = img.shape[:2]
+        h0, w0 = header.height, header.width  # the image's own size, whatever the decode's reduction
         if crop.resize_short_side:
             s = crop.resize_short_side / min(h0, w0)
             img = _resize(img, max(1, round(h0 * s)), max(1, round(w0 * s)))

@@ -6,7 +6,7 @@ a LAION-style head on open_clip embeddings (also the embeddings for semantic ded
 """
 from __future__ import annotations
 
-from supirkit.curation.signals.base import ImageView, Scorer, ViewOptions
+from supirkit.curation.signals.base import ImageView, Scorer, ViewOptions, decode_for
 from supirkit.curation.signals.cheap import CHEAP_SCORERS
 
 
@@ -30,5 +30,5 @@ def cheap_signal_columns(names) -> list[str]:
     return [c for n in names for c in CHEAP_SCORERS[n].columns]
 
 
-__all__ = ["ImageView", "Scorer", "ViewOptions", "CHEAP_SCORERS", "build_cheap_scorers", "score_views",
+__all__ = ["ImageView", "Scorer", "ViewOptions", "decode_for", "CHEAP_SCORERS", "build_cheap_scorers", "score_views",
            "cheap_signal_columns"]

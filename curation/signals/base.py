@@ -3,6 +3,14 @@
 A scorer takes a batch of ``ImageView``s and returns one dict of signal values per image. Views cache
 what several scorers need (native-resolution gray tiles, a downscaled copy), so each is computed once
 per image whatever the set of scorers.
+
+Decoding once (``decode_for``): when any scorer reads native-resolution pixels (the default cheap set:
+sharpness, noise, blockiness on native tiles), the image is decoded once at full size and the downscaled
+copy is made from it; a second, DCT-reduced decode just for the copy would cost more than the area
+averaging it replaces (benchmarks/README.md, "decode"). When every scorer reads only the downscaled copy
+(texture, colour, borders, phash, CLIP/aesthetics), JPEGs are decoded at the smallest DCT reduction that
+keeps the copy's size (``decode_rgb_reduced``); the copy then comes from those pixels, which differ from
+an area average of the full decode by a few gray levels.
 """
 from __future__ import annotations
 
@@ -12,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from supirkit.datapipe.decode import ImageHeader
+from supirkit.datapipe.decode import DEFAULT_MAX_PIXELS, ImageHeader, decode_rgb, decode_rgb_reduced
 
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -27,7 +35,10 @@ class ViewOptions:
 
 
 class ImageView:
-    """One decoded image (HxWx3 uint8 RGB) plus its source bytes and header."""
+    """One decoded image (HxWx3 uint8 RGB) plus its source bytes and header.
+
+    ``rgb`` is at native resolution, or DCT-reduced when ``header.reduction`` > 1 (``decode_for``); a
+    reduced view serves the downscaled copy only, and ``height``/``width`` stay the native ones."""
 
     def __init__(self, rgb: np.ndarray, header: Optional[ImageHeader] = None, data: bytes = b"",
                  options: ViewOptions = ViewOptions()) -> None:
@@ -35,24 +46,32 @@ class ImageView:
         self.header = header
         self.data = data
         self.opt = options
+        self.reduction = header.reduction if header is not None else 1
 
     @property
     def height(self) -> int:
-        return int(self.rgb.shape[0])
+        return int(self.header.height if self.reduction > 1 else self.rgb.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.rgb.shape[1])
+        return int(self.header.width if self.reduction > 1 else self.rgb.shape[1])
+
+    @property
+    def native(self) -> np.ndarray:
+        """The pixels at native resolution (for tiles): only a full decode has them."""
+        if self.reduction > 1:
+            raise ValueError("native-resolution pixels asked of a reduced decode: decode with decode_for()")
+        return self.rgb
 
     @cached_property
     def small(self) -> np.ndarray:
         """RGB copy whose short side is ``small_side`` (area-averaged); the image itself if smaller."""
         import cv2
 
-        h, w = self.rgb.shape[:2]
+        h, w = self.height, self.width
         s = self.opt.small_side / min(h, w)
         if s >= 1.0:
-            return self.rgb
+            return self.native
         src = self.rgb
         # exact 2x2 box averages first (OpenCV's fast path: ~10x cheaper per pixel than a fractional
         # area resize of the full image), then the remaining factor (< 2) bilinearly on the small copy
@@ -78,7 +97,7 @@ class ImageView:
     @cached_property
     def tile_boxes(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Top-left corners (y, x) of the detail tiles and of the flat tiles, on the 8-pixel JPEG grid."""
-        h, w = self.rgb.shape[:2]
+        h, w = self.native.shape[:2]
         t = min(self.opt.tile_size, h, w)
         g = self.opt.grid
         ys = np.linspace(0, h - t, g).astype(int) // 8 * 8
@@ -98,7 +117,7 @@ class ImageView:
 
     def _gray_tile(self, y: int, x: int) -> np.ndarray:
         t = min(self.opt.tile_size, self.height, self.width)
-        return self.rgb[y:y + t, x:x + t].astype(np.float32) @ GRAY_WEIGHTS
+        return self.native[y:y + t, x:x + t].astype(np.float32) @ GRAY_WEIGHTS
 
     @cached_property
     def detail_tiles(self) -> list[np.ndarray]:
@@ -119,6 +138,10 @@ class Scorer:
     name = "scorer"
     needs_gpu = False
     columns: tuple[str, ...] = ()
+    #: reads native-resolution pixels (tiles); False: only the downscaled copy, so a reduced decode serves
+    needs_native = True
+    #: the shorter side a scorer that does not need native pixels reads beyond the copy (a model's input)
+    input_side = 0
 
     def setup(self, device: str = "cpu") -> None:
         pass
@@ -128,3 +151,13 @@ class Scorer:
 
     def score(self, view: ImageView) -> dict:
         raise NotImplementedError
+
+
+def decode_for(scorers: list[Scorer], data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+               options: ViewOptions = ViewOptions()):
+    """Decode ``data`` once for these scorers: at full size when one of them reads native pixels, else at
+    the smallest DCT reduction that keeps the downscaled copy's (and every model input's) size."""
+    if any(s.needs_native for s in scorers):
+        return decode_rgb(data, max_pixels)
+    side = max([options.small_side] + [int(s.input_side) for s in scorers])
+    return decode_rgb_reduced(data, side, max_pixels)

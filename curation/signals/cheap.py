@@ -277,6 +277,7 @@ class JpegScorer(Scorer):
 class TextureScorer(Scorer):
     name = "texture"
     columns = ("flat_fraction", "texture_fraction", "texture")
+    needs_native = False
 
     def score(self, view: ImageView) -> dict:
         flat, tex, med = texture_stats(view.small_detail)
@@ -286,6 +287,7 @@ class TextureScorer(Scorer):
 class ColourScorer(Scorer):
     name = "colour"
     columns = ("colourfulness", "chroma", "is_grayscale")
+    needs_native = False
 
     def score(self, view: ImageView) -> dict:
         # every other pixel of the small copy: these are global statistics, a quarter of the pixels
@@ -297,6 +299,7 @@ class ColourScorer(Scorer):
 class BorderScorer(Scorer):
     name = "borders"
     columns = ("border_fraction",)
+    needs_native = False
 
     def score(self, view: ImageView) -> dict:
         return {"border_fraction": round(border_fraction(view.small), 4)}
@@ -305,6 +308,7 @@ class BorderScorer(Scorer):
 class PHashScorer(Scorer):
     name = "phash"
     columns = ("phash",)
+    needs_native = False
 
     def score(self, view: ImageView) -> dict:
         return {"phash": phash(view.small_gray)}

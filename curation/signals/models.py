@@ -172,7 +172,7 @@ class IQAScorer(Scorer):
         if not boxes:  # tiles of another size: a centred row of positions
             xs = np.linspace(0, w - t, self.tiles + 2)[1:-1].astype(int)
             boxes = [((h - t) // 2, int(x)) for x in xs]
-        return [view.rgb[y:y + t, x:x + t] for y, x in boxes]
+        return [view.native[y:y + t, x:x + t] for y, x in boxes]
 
     def score_batch(self, views: list[ImageView]) -> list[dict]:
         import torch
@@ -231,6 +231,11 @@ class ClipScorer(Scorer):
 
     needs_gpu = True
     name = "clip"
+    needs_native = False  # the centre crop is resized from the downscaled copy (or a reduced decode)
+
+    @property
+    def input_side(self) -> int:
+        return int(getattr(self, "image_size", 0))  # known once setup() has built the model
 
     def __init__(self, clip_model: str, clip_weights: Optional[str], head_weights: Optional[str],
                  aesthetic: bool, embeddings: bool, batch_size: int = 32, device: str = "auto") -> None:
