@@ -11,6 +11,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from supirkit.datapipe.config import CONFIG_ROOT, ConfigError, Schema, resolve_config_path
+from supirkit.model.runtime import RuntimeOptions
 
 DEFAULT_CONFIG = "model/supir.yaml"
 
@@ -169,7 +170,9 @@ class MicroConditioning(Schema):
         return [*self.original_size, *self.crop_top_left, *self.target_size]
 
 
-class RuntimeConfig(Schema):
+class RuntimeConfig(RuntimeOptions):
+    """Device, precision and seed of a restore, plus the attention and memory options (``model/runtime.py``)."""
+
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="UNet + adaptor; auto = float16 on CUDA (official), float32 on CPU")

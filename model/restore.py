@@ -111,10 +111,13 @@ class SUPIRRestorer:
     def __init__(self, vae, text_encoders, model, schedule, config, captioner=None, device=None):
         import torch
 
+        from .runtime import apply_runtime_options
+
         self.vae, self.text, self.model, self.schedule = vae, text_encoders, model, schedule
         self.config = config
         self.captioner = captioner
         self.device = device or torch.device("cpu")
+        apply_runtime_options(config.runtime, model, vae, self.device)
         from .prompts import PromptAssembler
 
         self.assembler = PromptAssembler.from_config(config.prompt, text_encoders.tokenizer, logger=log)
@@ -128,8 +131,11 @@ class SUPIRRestorer:
         from .supir import SUPIRModel, move_to
         from .text import SDXLTextEncoders
 
+        from .runtime import check_runtime_options
+
         rt = config.runtime
         device = _resolve_device(rt.device)
+        check_runtime_options(rt, device)  # before loading gigabytes of weights
         dtype = _resolve_dtype(rt.dtype, device, "float16")
         vae_dtype = _resolve_dtype(rt.vae_dtype, device, "bfloat16")
         unet = UNet2DConditionModel.from_pretrained(sdxl, subfolder="unet", torch_dtype=dtype).to(device).eval()

@@ -11,6 +11,7 @@ from typing import Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 from supirkit.datapipe.config import Schema, load_config
+from supirkit.model.runtime import RuntimeOptions
 
 DEFAULT_CONFIG = "train/supir.yaml"
 
@@ -175,6 +176,8 @@ class TrainConfig(Schema):
     logging: LoggingSection = Field(default_factory=LoggingSection)
     validation: ValidationSection = Field(default_factory=ValidationSection)
     encoder: EncoderStageSection = Field(default_factory=EncoderStageSection)
+    runtime: RuntimeOptions = Field(default_factory=RuntimeOptions,
+                                    description="Attention kernel, torch.compile, channels-last, VAE slicing (model/runtime.py).")
 
 
 def load_train_config(path=None, overrides=()) -> TrainConfig:

@@ -394,7 +394,7 @@ def training_hash(cfg: TrainConfig) -> str:
     """What must not change when a run is resumed: model, data, optimiser and the schedule."""
     from supirkit.datapipe.config import config_hash
 
-    return config_hash(cfg, exclude=("output_dir", "checkpoint", "logging", "validation"))
+    return config_hash(cfg, exclude=("output_dir", "checkpoint", "logging", "validation", "runtime"))
 
 
 def param_digest(params) -> str:
@@ -490,6 +490,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, stop_at_step: Optional
     from accelerate.utils import DistributedType, ProjectConfiguration
 
     from supirkit.datapipe import faults
+    from supirkit.model.runtime import apply_runtime_options
     from supirkit.train.checkpoint import export_folder, read_state, resolve_resume, save_checkpoint
     from supirkit.train.data import build_loader, build_stream
 
@@ -516,6 +517,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, stop_at_step: Optional
         raise SetupError("optim.ema with FSDP is not supported (sharded parameters); disable EMA or use DDP/ZeRO-2")
     frozen = FrozenSDXL(cfg.model.pretrained, device, dtype, need_text=cfg.stage == "adaptor")
     objective = (AdaptorObjective if cfg.stage == "adaptor" else EncoderObjective)(cfg, frozen, device, dtype)
+    apply_runtime_options(cfg.runtime, objective.module(), frozen.vae, device)
     plain = objective.module()
     params = objective.trainable(plain)
     optimizer = build_optimizer(cfg, params, device.type == "cuda")
