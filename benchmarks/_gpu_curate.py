@@ -91,12 +91,16 @@ def run(rec: Recorder, sizes: Sizes, work) -> None:
         if not rec.fits(name, 8):
             continue
         t = time.perf_counter()
-        scorer.setup(str(device))
-        setup_s = time.perf_counter() - t
         batch = getattr(scorer, "batch_size", 8)
-        scorer.score_batch(views[:batch])  # warm-up
-        with Timed(device) as timed:
-            rows = scorer.score_batch(views)
+        try:
+            scorer.setup(str(device))
+            setup_s = time.perf_counter() - t
+            scorer.score_batch(views[:batch])  # warm-up
+            with Timed(device) as timed:
+                rows = scorer.score_batch(views)
+        except Exception as exc:  # one scorer's failure (a library version, a missing file) is its own row
+            rec.case(name, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            continue
         assert len(rows) == len(views)
         together += timed.s
         rec.case(f"{name}", input=_input(scorer), batch=batch, images_per_s=round(len(views) / timed.s, 2),

@@ -125,6 +125,6 @@ def run(rec: Recorder, sizes: Sizes, work) -> None:
     restorer.vae.disable_tiling()
     compile_options = RuntimeOptions(compile_unet=True, compile_backend="eager" if sizes.dry else "inductor")
     first = options_case(compile_options, f"{small} px, compile_unet (first image: compiles)",
-                         60 if not sizes.dry else 10)
+                         90 if not sizes.dry else 10)
     if first is not None and "seconds" in first:
         options_case(None, f"{small} px, compile_unet (compiled)", 1.5 * base["seconds"] + 5)

@@ -120,6 +120,7 @@ def option_cases(rec, step, sizes: Sizes, base: dict) -> None:
         try:
             r = step.measure(b, sizes.train_steps, sizes.train_warmup, sizes.train_px)
         except RuntimeError as exc:  # a pinned kernel that cannot run these shapes says so
+            step.optimizer.zero_grad(set_to_none=True)
             rec.case(name, error=str(exc).splitlines()[0][:200])
             continue
         if not r.get("oom"):

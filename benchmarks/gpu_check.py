@@ -124,7 +124,11 @@ def part_process(part: str, sizes, path: Path, deadline: float, work: Path) -> N
 
 def run_parts(parts, sizes, total_s: float, work: Path, report) -> dict:
     """Each part in a forked process with its budget; unused time carries over to the parts after it."""
-    context = multiprocessing.get_context("fork")
+    import torch
+
+    # fork shares the imported libraries (seconds per part); a CUDA context made here by some import would not
+    # survive it, and spawn re-imports instead
+    context = multiprocessing.get_context("spawn" if torch.cuda.is_initialized() else "fork")
     end = time.time() + total_s
     scale = min(1.0, total_s / sum(sizes.budgets_s[p] for p in parts))  # a shorter total shrinks every budget
     results = {}
