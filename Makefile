@@ -14,7 +14,7 @@ export HF_HOME := $(CURDIR)/.cache/hf
 export TORCH_HOME := $(CURDIR)/.cache/torch
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench gpu-check gpu-wheels clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# Every GPU figure in one run (benchmarks/README.md "GPU check"); without CUDA it runs --dry (tiny, CPU) and says so.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out bench_out/gpu_check
+
+# The wheels a GPU machine without our dependencies needs for the check, into .whl/ (sizes printed).
+gpu-wheels: $(STAMP)
+	$(PY) benchmarks/fetch_gpu_wheels.py
 
 clean:
 	rm -rf demo_out bench_out .pytest_cache

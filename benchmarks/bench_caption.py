@@ -42,6 +42,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ANCHOR_IMAGES_PER_S = 0.32  # ShareGPT4V Share-Captioner: 1.2M captions in 44 A100 GPU-days
 GOAL_RATIO = 10.0
 OUT = ROOT / "bench_out"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared full-size builders beside this script
+from _full_size import LLAVA_15_13B, build_llava, llava_folder  # noqa: E402
 
 
 def make_shards(folder: Path, n: int, size: int, per_shard: int) -> Path:
@@ -79,7 +81,7 @@ def job_figures(out_dir: Path, wall: float) -> dict:
     """Throughput and the time split from the shards' stats (``timings_s``) of one job."""
     timings: dict = {}
     captions = new_tokens = 0
-    for sp in sorted(out_dir.glob("shard-*.stats.json")):
+    for sp in sorted((out_dir / "__supirkit__" / "stats").glob("shard-*.json")):
         st = json.loads(sp.read_text())
         for k, v in st.get("timings_s", {}).items():
             timings[k] = timings.get(k, 0.0) + v
@@ -152,46 +154,32 @@ def bench_cpu(args) -> dict:
 
 # ----------------------------------------------------------------------------------------------- GPU
 
-def llava15_13b_config(image_token_id: int, pad_token_id: int, bos: int, eos: int):
-    """llava-hf/llava-1.5-13b-hf's architecture: CLIP ViT-L/14-336 tower, 2-layer GELU projector, Llama-13B."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
-    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                              image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
-                              layer_norm_eps=1e-5)
-    text = LlamaConfig(vocab_size=32064, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                       num_attention_heads=40, num_key_value_heads=40, max_position_embeddings=4096,
-                       rms_norm_eps=1e-5, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
-                         image_seq_length=576, projector_hidden_act="gelu", vision_feature_layer=-2,
-                         vision_feature_select_strategy="default")
-    config.pad_token_id = pad_token_id
-    return config
+def common_overrides(folder: Path, new_tokens: int, device: str = "auto", dtype: str = "auto") -> list[str]:
+    return [f"model.name={folder}", f"model.device={device}", f"model.dtype={dtype}", "runner.executor=local",
+            "runner.progress=none", f"generation.max_new_tokens={new_tokens}",
+            f"generation.min_new_tokens={new_tokens}", "tokens.tokenizer=null", "model.attn_implementation=sdpa"]
 
 
-def full_size_folder(folder: Path):
-    """config.json + processor (336 px CLIP image processor, tiny tokenizer, llava-1.5 chat template), no
-    weights: vLLM loads it with load_format='dummy'; transformers builds the model from the config."""
-    from transformers import CLIPImageProcessor, GenerationConfig, LlavaProcessor
+def measure_transformers(model, processor, folder: Path, batch: int, batches: int, size: int, new_tokens: int,
+                         work: Path, device: str = "auto", dtype: str = "auto") -> dict:
+    """The whole caption job on ``batches`` batches of ``batch`` images with an already built model (one model
+    shared by every batch size): captions/s, new tokens/s and the time split, against ShareGPT4V's rate."""
+    from supirkit.captioning.backends import TransformersCaptioner
+    from supirkit.captioning.config import CaptionConfig
+    from supirkit.datapipe.config import load_config
 
-    from supirkit.tiny.llava import CLIP_MEAN, CLIP_STD, LLAVA_15_CHAT_TEMPLATE, build_tiny_tokenizer
+    n = batch * batches
+    shards = make_shards(work / f"in_{n}_{size}", n, size, per_shard=n)
+    overrides = common_overrides(folder, new_tokens, device, dtype) + [f"caption.batch_size={batch}"]
+    cfg = load_config(CaptionConfig, "caption/default.yaml", overrides)
 
-    tok = build_tiny_tokenizer()
-    config = llava15_13b_config(tok.convert_tokens_to_ids("<image>"), tok.pad_token_id, tok.bos_token_id,
-                                tok.eos_token_id)
-    config.architectures = ["LlavaForConditionalGeneration"]
-    config.dtype = "bfloat16"
-    folder.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(folder)
-    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.pad_token_id).save_pretrained(folder)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                                         resample=3, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=LLAVA_15_CHAT_TEMPLATE)
-    processor.save_pretrained(folder)
-    return config, processor
+    def factory(cfg=cfg):
+        return TransformersCaptioner(cfg.model, cfg.prompt, cfg.generation, model=model, processor=processor)
+
+    row = {"backend": "transformers", "batch": batch, **run_job(shards, work / f"out_hf_{batch}", overrides, factory)}
+    row["ratio_vs_sharegpt4v"] = round(row["captions_per_s"] / ANCHOR_IMAGES_PER_S, 2)
+    row["meets_10x"] = row["ratio_vs_sharegpt4v"] >= GOAL_RATIO
+    return row
 
 
 def bench_gpu(args) -> dict:
@@ -199,40 +187,24 @@ def bench_gpu(args) -> dict:
 
     if not torch.cuda.is_available():
         raise SystemExit("--gpu: no CUDA device visible")
-    from transformers import LlavaForConditionalGeneration
-
-    from supirkit.captioning.backends import TransformersCaptioner, VLLMCaptioner
+    from supirkit.captioning.backends import VLLMCaptioner
     from supirkit.captioning.config import CaptionConfig
     from supirkit.datapipe.config import load_config
 
     work = OUT / "caption_gpu"
     folder = work / "llava-1.5-13b-random"
-    config, processor = full_size_folder(folder)
+    config, processor = llava_folder(folder, LLAVA_15_13B)
     n_tokens = args.new_tokens
-    common = [f"model.name={folder}", "runner.executor=local", "runner.progress=none",
-              f"generation.max_new_tokens={n_tokens}", f"generation.min_new_tokens={n_tokens}", "tokens.tokenizer=null"]
+    common = common_overrides(folder, n_tokens)
     rows = []
 
     t = time.perf_counter()
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = LlavaForConditionalGeneration(config).eval()  # random weights, built on the GPU in bf16
-    torch.set_default_dtype(previous)
+    model = build_llava(config, "cuda", torch.bfloat16)  # random weights, built on the GPU in bf16
     build_s = time.perf_counter() - t
     params = sum(p.numel() for p in model.parameters())
     print(f"  13B built in {build_s:.0f}s: {params / 1e9:.2f}B parameters", file=sys.stderr, flush=True)
     for bs in args.gpu_batch_sizes:
-        n = bs * args.gpu_batches
-        shards = make_shards(work / f"in_{n}", n, args.size, per_shard=n)
-        cfg = load_config(CaptionConfig, "caption/default.yaml", common + [f"caption.batch_size={bs}"])
-
-        def factory(cfg=cfg, model=model):  # one 13B model shared by every batch size
-            return TransformersCaptioner(cfg.model, cfg.prompt, cfg.generation, model=model, processor=processor)
-
-        row = {"backend": "transformers", "batch": bs, **run_job(shards, work / f"out_hf_{bs}",
-                                                                  common + [f"caption.batch_size={bs}"], factory)}
+        row = measure_transformers(model, processor, folder, bs, args.gpu_batches, args.size, n_tokens, work)
         row["load_model_s"] = round(build_s, 1)
         rows.append(row)
         print(f"  transformers batch {bs}: {row['captions_per_s']} captions/s", file=sys.stderr, flush=True)

@@ -6,7 +6,7 @@ The floor (issue 3) is what any tool must do at least: read the same bytes and d
 - writing: ``supirkit shard`` (hash pass: read + header + full decode + sha256; dedup; write pass: read
   again + sha256 + tar/parquet/stats) against reading each input file and decoding it;
 - reading: iterating the written shards the way a training loader does (plain ``webdataset``, and
-  ``datapipe.shards.read_shard``) and decoding every image, against reading the same tar bytes with
+  ``datapipe.tario.read_shard``) and decoding every image, against reading the same tar bytes with
   ``tarfile`` and decoding;
 - planning: the driver's peak RSS while cutting a listing of 1,000,000 entries (a parquet path list)
   into partitions, next to the RSS of just importing the modules and of holding the listing in a list.
@@ -129,7 +129,7 @@ def job_write(src: Path, out: Path, n: int, executor: str, per_shard: int) -> tu
         result = run_shard_job([str(src)], str(out), cfg)
     assert result.ok and result.samples == n, result
     timings: dict[str, float] = {}
-    for p in out.glob("shard-*.stats.json"):
+    for p in (out / "__supirkit__" / "stats").glob("shard-*.json"):
         for k, v in json.loads(p.read_text())["timings_s"].items():
             timings[k] = timings.get(k, 0.0) + v
     return clock.rates(n), timings

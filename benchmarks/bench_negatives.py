@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared full-size builders beside this script
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "hf"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -58,13 +59,13 @@ def write_input_shard(folder: Path, n: int, size: int, seed: int = 0) -> None:
 
 
 def run_stage_bench(model: str, inputs: Path, out: Path, count: int, batch: int, size: int, device: str,
-                    dtype: str, threads) -> dict:
+                    dtype: str, threads, steps: int = 50) -> dict:
     from supirkit.negatives.config import NegativesConfig
     from supirkit.negatives.job import run_negatives_job
 
     cfg = NegativesConfig.model_validate({
         "model": {"id": model, "device": device, "dtype": dtype, "cpu_threads": threads},
-        "generate": {"count": count, "batch_size": batch, "width": size, "height": size},
+        "generate": {"count": count, "batch_size": batch, "width": size, "height": size, "steps": steps},
         "output": {"samples_per_shard": batch},
         "runner": {"executor": "local", "progress": "none"},
     })
@@ -72,7 +73,7 @@ def run_stage_bench(model: str, inputs: Path, out: Path, count: int, batch: int,
     result = run_negatives_job([str(inputs)], out, cfg, fresh=True)
     wall = time.perf_counter() - t0
     assert result.ok and result.samples == count, (result.failed, result.samples)
-    shards = [json.loads(p.read_text()) for p in sorted(out.glob("negatives-*.stats.json"))]
+    shards = [json.loads(p.read_text()) for p in sorted((out / "__supirkit__" / "stats").glob("negatives-*.json"))]
     timed = shards[1:] or shards  # the first shard carries the warm-up
     n = sum(s["counts"]["samples"] for s in timed)
     shard_wall = sum(s["wall_s"] for s in timed)
@@ -129,44 +130,17 @@ def run_anchor(model: str, inputs: Path, count: int, batch: int, size: int, devi
 
 
 def build_full_sdxl(out_dir: Path | None, tokenizers_from: Path, device: str) -> dict:
-    """Full-size SDXL with random weights from its configs; saved in fp16 to ``out_dir`` unless on meta."""
+    """Full-size SDXL with random weights from its configs (``_full_size.build_sdxl``); saved in fp16 to
+    ``out_dir`` unless on meta. Returns the parameter counts."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from _full_size import build_sdxl, release, save_sdxl_pipeline, tokenizer_ids
 
-    from supirkit.tiny.sdxl import SDXL_SCHEDULER_CONFIG
-
-    def load_cfg(name):
-        return {k: v for k, v in json.loads((ROOT / "configs" / "model" / name).read_text()).items()
-                if not k.startswith("_")}
-
-    tok = CLIPTokenizer.from_pretrained(str(tokenizers_from / "tokenizer"))
-    tok2 = CLIPTokenizer.from_pretrained(str(tokenizers_from / "tokenizer_2"))
-
-    def text_cfg(hidden, layers, heads, proj, act):
-        return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
-                              num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
-                              projection_dim=proj, hidden_act=act, bos_token_id=tok.bos_token_id,
-                              eos_token_id=tok.eos_token_id, pad_token_id=1)
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        unet = UNet2DConditionModel.from_config(load_cfg("sdxl_unet.json"))
-        vae = AutoencoderKL.from_config(load_cfg("sdxl_vae.json"))
-        te1 = CLIPTextModel(text_cfg(768, 12, 12, 768, "quick_gelu"))  # CLIP ViT-L/14 text tower
-        te2 = CLIPTextModelWithProjection(text_cfg(1280, 32, 20, 1280, "gelu"))  # OpenCLIP bigG text tower
-    assert unet.config.cross_attention_dim == te1.config.hidden_size + te2.config.hidden_size
-    assert unet.config.projection_class_embeddings_input_dim == 6 * unet.config.addition_time_embed_dim + 1280
-    params = {name: sum(p.numel() for p in m.parameters()) for name, m in
-              (("unet", unet), ("vae", vae), ("text_encoder", te1), ("text_encoder_2", te2))}
+    parts = build_sdxl(device, token_ids=tokenizer_ids(tokenizers_from))
+    params = parts.parameters()
     if out_dir is not None:
-        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok,
-                                         tokenizer_2=tok2, unet=unet,
-                                         scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG))
-        pipe.to(torch.float16).save_pretrained(str(out_dir), safe_serialization=True)
-        del pipe
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        save_sdxl_pipeline(parts, tokenizers_from, out_dir, torch.float16)
+    del parts
+    release(torch.device(device))
     return params
 
 

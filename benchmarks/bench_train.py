@@ -15,7 +15,7 @@ On a machine with CUDA the script also measures the full-size training step (``f
 UNet/VAE/text encoders frozen in bf16, the adaptor of the config's selected trunk layout in fp32 under bf16
 autocast, gradient checkpointing, 512 px, batch 4: VAE encode of the HQ, DR-encoder latent of the LQ, both
 text encoders, the controlled UNet forward + backward, gradient clipping, AdamW and the EMA update, as
-``train.loop`` does. Its samples/s and peak memory are reported, and the cores-per-GPU figure uses that
+the trainer does. Its samples/s and peak memory are reported, and the cores-per-GPU figure uses that
 measured rate. Without CUDA the figure uses an estimated GPU rate (``ESTIMATED_GPU_SAMPLES_PER_S``) and is
 labelled as an estimate.
 
@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared inputs beside this script
 import _images  # noqa: E402
+from _full_size import SDXL_TEXT_ENCODERS, SDXLConfigs, TrainingStep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -208,6 +209,18 @@ def loader_rates(root: Path, rounds: int, batch: int) -> dict:
             "floor_mp_per_cpu_s": {k: megapixels / v for k, v in floors.items()}}
 
 
+def loader_per_core(root: Path, rounds: int, batch: int) -> dict:
+    """Our loader alone (no anchor), samples per wall second and per CPU second of this process (one thread)."""
+    from supirkit.train.data import MixtureStream
+
+    ours = MixtureStream(data_section(root, 512), seed=0, batch_size=batch)
+    ours.micro_batch(10_000)  # warm-up: imports, tar header scans, profile load
+    clock = Clock()
+    for m in range(rounds):
+        clock.run(lambda m=m: ours.micro_batch(m), batch)
+    return clock.rates()
+
+
 def worker_rates(root: Path, batches: int, batch: int, workers: int) -> dict:
     from supirkit.train.data import MixtureStream, build_loader
 
@@ -270,128 +283,27 @@ def tiny_step_vs_loader(root: Path, steps: int) -> dict:
             "loader_over_step_cpu": load["per_cpu_s"] / step["per_cpu_s"]}
 
 
-#: SDXL base 1.0's two text encoders (text_encoder/, text_encoder_2/ config.json): CLIP ViT-L/14 and OpenCLIP
-#: ViT-bigG/14 text towers. Only their sizes matter here (random weights); checked by parameter count below.
-SDXL_TEXT_ENCODERS = (
-    dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-         max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768),
-    dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-         max_position_embeddings=77, hidden_act="gelu", projection_dim=1280),
-)
-SDXL_TEXT_ENCODER_PARAMS = (123_060_480, 694_659_840)
-
-
 def full_size_step(device, steps: int, warmup: int, batch: int = 4, px: int = 512, unet_config=None, vae_config=None,
                    text_configs=SDXL_TEXT_ENCODERS, layout="selected") -> dict:
-    """Samples/s and peak memory of the adaptor training step at full size (random weights).
-
-    The step is ``train.loop.AdaptorObjective.loss`` plus the optimizer part of the loop, on models built from
-    configs instead of ``from_pretrained`` (no download): frozen VAE, DR encoder and text encoders in bf16 under
-    ``no_grad``, the SUPIR model with the UNet in bf16 and the adaptor in fp32 under bf16 autocast, gradient
-    checkpointing, MSE on the epsilon prediction, clipping at 1.0, AdamW, EMA. Inputs are uint8 images moved to
-    the device each step, as the loader delivers them. ``unet_config``/``vae_config``/``text_configs`` default
-    to the full-size ones (other sizes only to smoke-test this function).
-    """
-    import torch
-    import torch.nn.functional as F
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from supirkit.model.config import load_model_config, read_json_config
-    from supirkit.model.dr_encoder import DegradationRobustEncoder
-    from supirkit.model.supir import SUPIRModel, move_to
-    from supirkit.train.data import to_model_range
-    from supirkit.train.ema import EMAModel
-
-    mcfg = load_model_config()
-    unet_config = unet_config or read_json_config(mcfg.sdxl.unet_config)
-    vae_config = vae_config or read_json_config(mcfg.sdxl.vae_config)
-    trunk = mcfg.trunk.selected() if layout == "selected" else layout
-    bf16 = torch.bfloat16
-    torch.manual_seed(0)
-    with torch.device(device):
-        unet = UNet2DConditionModel.from_config(unet_config).to(bf16)
-        vae = AutoencoderKL.from_config(vae_config).to(bf16)
-        text = [CLIPTextModel(CLIPTextConfig(**text_configs[0])).to(bf16),
-                CLIPTextModelWithProjection(CLIPTextConfig(**text_configs[1])).to(bf16)]
-    counts = [sum(p.numel() for p in m.parameters()) for m in text]
-    if text_configs is SDXL_TEXT_ENCODERS and tuple(counts) != SDXL_TEXT_ENCODER_PARAMS:
-        raise RuntimeError(f"text encoder sizes {counts} differ from SDXL's {SDXL_TEXT_ENCODER_PARAMS}")
-    for m in (vae, *text):
-        m.requires_grad_(False).eval()
-    dr = DegradationRobustEncoder.from_vae(vae).requires_grad_(False).eval()
-    model = SUPIRModel.from_unet(unet, trunk, sft_hidden_channels=mcfg.connectors.sft_hidden_channels,
-                                 cross_attn_head_dim=mcfg.connectors.cross_attn_head_dim, dr_encoder=dr,
-                                 control_scale=mcfg.control_scale)
-    model.unet.eval()
-    move_to(model.adaptor, device, torch.float32).train().requires_grad_(True)
-    model.enable_gradient_checkpointing()
-    params = list(model.trainable_parameters())
-    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=1e-2)
-    ema = EMAModel(params, 0.9999)
-    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                   num_train_timesteps=1000)  # SDXL's scheduler/scheduler_config.json
-    alphas = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
-    scaling = float(vae.config.scaling_factor)
-    g = torch.Generator().manual_seed(0)
-    hq_u8 = torch.randint(0, 256, (batch, 3, px, px), generator=g, dtype=torch.uint8)
-    lq_u8 = torch.randint(0, 256, (batch, 3, px, px), generator=g, dtype=torch.uint8)
-    ids = torch.randint(0, text_configs[0]["vocab_size"], (batch, 77), generator=g)
-    time_ids = torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch)
-    n_step = [0]
-
-    def step():
-        n_step[0] += 1
-        with torch.no_grad():
-            hq = to_model_range(hq_u8, device, bf16)
-            lq = to_model_range(lq_u8, device, bf16)
-            post = vae.encode(hq).latent_dist
-            z0 = (post.mean + post.std * torch.randn_like(post.mean)).float() * scaling
-            zlq = dr.latent(lq, vae).float()
-            tok = ids.to(device)
-            h1 = text[0](tok, output_hidden_states=True).hidden_states[-2]
-            out2 = text[1](tok, output_hidden_states=True)
-            embeds, pooled = torch.cat([h1, out2.hidden_states[-2]], dim=-1), out2.text_embeds
-        t = torch.randint(0, 1000, (batch,), device=device)
-        eps = torch.randn_like(z0)
-        a = alphas[t].view(batch, 1, 1, 1)
-        x_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        with torch.autocast(device.type, dtype=bf16):
-            eps_hat = model(x_t, t, embeds, {"text_embeds": pooled, "time_ids": time_ids.to(device)}, zlq)
-        loss = F.mse_loss(eps_hat.float(), eps)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(n_step[0])
-        return loss
-
-    cuda = device.type == "cuda"
-    for _ in range(warmup):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        loss = step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    if not torch.isfinite(loss):
-        raise RuntimeError(f"non-finite loss {float(loss)} in the full-size step")
-    times.sort()
-    median = times[len(times) // 2]
-    result = {"device": torch.cuda.get_device_name(device) if cuda else str(device), "batch": batch, "px": px,
-              "layout": mcfg.trunk.layout if layout == "selected" else str(layout), "steps": steps,
-              "median_s_per_step": median, "min_s_per_step": times[0], "samples_per_s": batch / median,
-              "peak_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if cuda else None,
-              "trainable": sum(p.numel() for p in params)}
-    del model, unet, vae, dr, text, optimizer, ema
-    if cuda:
-        torch.cuda.empty_cache()
+    """Samples/s and peak memory of the adaptor training step at full size (random weights), as
+    ``_full_size.TrainingStep`` runs it (frozen VAE, DR encoder and text encoders in bf16, the UNet in bf16 and
+    the adaptor in fp32 under bf16 autocast, gradient checkpointing, AdamW, EMA). ``unet_config``/
+    ``vae_config``/``text_configs`` default to the full-size ones (other sizes only to smoke-test this path)."""
+    full = SDXLConfigs.full()
+    configs = SDXLConfigs(unet_config or full.unet, vae_config or full.vae, text_configs)
+    step = TrainingStep(device, layout, configs)
+    result = step.measure(batch, steps, warmup, px)
+    if result.get("oom"):
+        raise RuntimeError(f"batch {batch} at {px} px does not fit on {device}")
+    result.update(device=torch_device_name(device), layout=step.layout, trainable=step.trainable())
+    step.close()
     return result
+
+
+def torch_device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
 
 
 def main() -> int:

@@ -11,6 +11,8 @@ Public API (resolved lazily, so ``import supirkit.model`` stays free of torch an
 * sampling: ``SigmaSchedule``, ``RestoreEDMSampler``, ``SamplerSettings``, ``Conditioning``, ``supir_eps_fn``,
   ``sliding_windows``, ``gaussian_weights``, ``color_fix``;
 * text: ``SDXLTextEncoders``, ``time_ids``;
+* runtime options (attention kernel, torch.compile, channels-last, VAE slicing/tiling): ``RuntimeOptions``,
+  ``apply_runtime_options``;
 * conversion and counts: ``convert_official_checkpoint``, ``write_adaptor_folder``, ``describe``.
 """
 from __future__ import annotations
@@ -30,14 +32,16 @@ _EXPORTS = {
     "text": ("SDXLTextEncoders", "time_ids"),
     "convert": ("convert_official_checkpoint", "write_adaptor_folder"),
     "counts": ("describe",),
+    "runtime": ("RuntimeOptions", "apply_runtime_options"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "Conditioning", "ControlTrunk", "DEFAULT_NEGATIVE", "DEFAULT_POSITIVE", "DR_ENCODER_SUBFOLDER",
     "DegradationRobustEncoder", "SupirModelConfig", "PromptRuleConfig", "RestoreConfig", "RestoreEDMSampler",
-    "SDXLTextEncoders", "SUPIRAdaptor", "SUPIRModel", "SamplerConfig", "SamplerSettings", "SigmaSchedule",
-    "TrunkLayoutConfig", "ZeroCrossAttn", "ZeroSFT", "color_fix", "convert_official_checkpoint", "describe",
+    "RuntimeOptions", "SDXLTextEncoders", "SUPIRAdaptor", "SUPIRModel", "SamplerConfig", "SamplerSettings",
+    "SigmaSchedule", "TrunkLayoutConfig", "ZeroCrossAttn", "ZeroSFT", "apply_runtime_options", "color_fix",
+    "convert_official_checkpoint", "describe",
     "dr_encoder_loss", "gaussian_weights", "load_adaptor", "load_dr_encoder_if_present", "load_model_config",
     "read_json_config", "sliding_windows", "supir_eps_fn", "time_ids", "write_adaptor_folder",
 ]

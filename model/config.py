@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from supirkit.datapipe.config import CONFIG_ROOT, ConfigError, Schema, resolve_config_path
 from supirkit.datapipe.devices import Device, DType
+from supirkit.model.runtime import RuntimeOptions
 
 DEFAULT_CONFIG = "model/supir.yaml"
 
@@ -170,7 +171,9 @@ class MicroConditioningConfig(Schema):
         return [*self.original_size, *self.crop_top_left, *self.target_size]
 
 
-class RuntimeConfig(Schema):
+class RuntimeConfig(RuntimeOptions):
+    """Device, precision and seed of a restore, plus the attention and memory options (``model/runtime.py``)."""
+
     device: Device = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: DType = Field(
         "auto", description="UNet + adaptor; auto = float16 on CUDA (official), float32 on CPU")

@@ -75,10 +75,13 @@ class SUPIRRestorer:
     def __init__(self, vae, text_encoders, model, schedule, config, captioner=None, device=None):
         import torch
 
+        from .runtime import apply_runtime_options
+
         self.vae, self.text, self.model, self.schedule = vae, text_encoders, model, schedule
         self.config = config
         self.captioner = captioner
         self.device = device or torch.device("cpu")
+        apply_runtime_options(config.runtime, model, vae, self.device)
         from supirkit.model.prompts import PromptAssembler
 
         self.assembler = PromptAssembler.from_config(config.prompt, text_encoders.tokenizer, logger=log)
@@ -92,12 +95,15 @@ class SUPIRRestorer:
         from supirkit.model.supir import SUPIRModel, move_to
         from supirkit.model.text import SDXLTextEncoders
 
+        from .runtime import check_runtime_options
+
         rt = config.runtime
         import torch
 
         from supirkit.datapipe.devices import resolve_device, resolve_dtype
 
         device = torch.device(resolve_device(rt.device))
+        check_runtime_options(rt, device)  # before loading gigabytes of weights
         dtype = resolve_dtype(rt.dtype, device.type, "float16")  # the official code's precisions
         vae_dtype = resolve_dtype(rt.vae_dtype, device.type, "bfloat16")
         unet = UNet2DConditionModel.from_pretrained(sdxl, subfolder="unet", torch_dtype=dtype).to(device).eval()

@@ -47,6 +47,8 @@ class SUPIRAdaptor(ModelMixin, ConfigMixin):
     """The trainable part of SUPIR: control trunk + connectors (official ``project_modules`` order)."""
 
     _supports_gradient_checkpointing = True
+    #: what diffusers' regional compilation compiles (``compile_repeated_blocks``), as in the SDXL UNet
+    _repeated_blocks = ["BasicTransformerBlock"]
     config_name = "config.json"
 
     @register_to_config

@@ -112,7 +112,7 @@ def training_hash(cfg) -> str:
     """What must not change when a run is resumed: model, data, optimiser and the schedule."""
     from supirkit.datapipe.config import config_hash
 
-    return config_hash(cfg, exclude=("output_dir", "checkpoint", "logging", "validation"))
+    return config_hash(cfg, exclude=("output_dir", "checkpoint", "logging", "validation", "runtime"))
 
 
 # ------------------------------------------------------------------------------------- partial checkpoints

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from supirkit.datapipe.config import Schema, load_config
 from supirkit.datapipe.decode import DEFAULT_MAX_PIXELS
+from supirkit.model.runtime import RuntimeOptions
 
 DEFAULT_CONFIG = "train/supir.yaml"
 
@@ -176,6 +177,9 @@ class TrainConfig(Schema):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     encoder: EncoderStageConfig = Field(default_factory=EncoderStageConfig)
+    runtime: RuntimeOptions = Field(default_factory=RuntimeOptions,
+                                    description="Attention kernel, torch.compile, channels-last, VAE slicing "
+                                                "(model/runtime.py).")
 
 
 def load_train_config(path=None, overrides=()) -> TrainConfig:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from supirkit.datapipe import faults
+from supirkit.model.runtime import apply_runtime_options
 from supirkit.train.checkpoint import (
     export_folder,
     keep_only,
@@ -94,6 +95,7 @@ class Trainer:
         if self.fsdp and cfg.optim.ema.enabled:
             raise SetupError("optim.ema with FSDP is not supported (sharded parameters); disable EMA or use DDP/ZeRO-2")
         self.objective = build_objective(cfg, self.device, dtype)
+        apply_runtime_options(cfg.runtime, self.objective.module(), self.objective.frozen.vae, self.device)
         plain = self.objective.module()
         params = self.objective.trainable(plain)
         optimizer = build_optimizer(cfg, params, on_cuda)

@@ -133,8 +133,9 @@ class IQAScorer(Scorer):
     needs_gpu = True
 
     def __init__(self, metric: str, pretrained: bool = True, tiles: int = 2, tile_size: int = 384,
-                 batch_size: int = 8, device: str = "auto") -> None:
+                 batch_size: int = 8, device: str = "auto", options: Optional[dict] = None) -> None:
         self.metric, self.pretrained = metric, pretrained
+        self.options = dict(options or {})  # further pyiqa.create_metric arguments (e.g. clipiqa's backbone file)
         self.tiles, self.tile_size, self.batch_size, self.device_pref = tiles, tile_size, batch_size, device
         self.name = f"iqa.{metric}"
         self.columns = (self.name,)
@@ -149,6 +150,7 @@ class IQAScorer(Scorer):
             kwargs["pretrained"] = False
             if self.metric.startswith("topiq"):
                 kwargs["backbone_pretrain"] = False
+        kwargs.update(self.options)
         try:
             guard = contextlib.nullcontext() if self.metric.startswith("qalign") else transformers_llama_untouched()
             with no_downloads(), guard:
