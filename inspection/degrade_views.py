@@ -43,6 +43,8 @@ def _kernel(tag: str, k: Optional[Params]) -> str:
 
 
 def _noise(tag: str, n: Params) -> str:
+    if n["kind"] == "none":
+        return f"{tag} -"
     gray = " gray" if n["gray"] else ""
     if n["kind"] == "gaussian":
         return f"{tag} gauss {n['sigma']:.1f}{gray}"
@@ -60,8 +62,13 @@ def describe(params: Params) -> list[str]:
     if params.get("pipeline") == "codeformer":
         return [_kernel("b", params["blur"]), f"down /{params['downsample']:.2f}",
                 _noise("n", params["noise"]), f"jpeg q{params['jpeg']['quality_int']}"]
+    if params.get("pipeline") == "classical":
+        return [_kernel("k", params["blur"]), f"down {params['downsampler']}", _noise("n", params["noise"])]
     lines = []
     for i, stage in (("1", params["first"]), ("2", params["second"])):
+        if stage is None:
+            lines.append("second order skipped")
+            continue
         lines.append(f"{_kernel('b' + i, stage['blur'])}")
         lines.append(f"{_resize('r' + i, stage['resize'])}")
         lines.append(f"{_noise('n' + i, stage['noise'])}  j{i} q{stage['jpeg']['quality_int']}")
