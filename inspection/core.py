@@ -540,6 +540,7 @@ class Sample:
     ext: Optional[str] = None
     fields: list = field(default_factory=list)
     error: str = ""  # why the image could not be read (manifests re-read their sources)
+    extra_images: dict = field(default_factory=dict)  # other image members, e.g. a test set's ``lq.png``
 
 
 def _sample_from_tar(sample: dict, url: str) -> Sample:
@@ -552,7 +553,9 @@ def _sample_from_tar(sample: dict, url: str) -> Sample:
         caption = meta["caption"]
     fields = sorted(k for k in sample if not k.startswith("__"))
     error = "image member larger than max_file_bytes" if data is None and image_too_large(sample) else ""
-    return Sample(sample["__key__"], url, meta, caption, data, ext, fields, error)
+    extra = {k: v for k, v in sample.items() if k != ext and not k.startswith("__") and "." in k
+             and k.rsplit(".", 1)[1] in IMAGE_EXTS}
+    return Sample(sample["__key__"], url, meta, caption, data, ext, fields, error, extra)
 
 
 def _bottom_k(items: Iterable, n: int, seed: int) -> list:
@@ -784,6 +787,28 @@ def make_pair_tiles(samples: Iterable[Sample], thumb: int, make_pair: PairFn,
         images = [(f"HQ {hq.shape[1]}x{hq.shape[0]}", hq_thumb), (f"LQ {lq.shape[1]}x{lq.shape[0]}", lq_thumb)]
         tiles.append(Tile(s, images, (header.width, header.height)))
     return tiles
+
+
+def make_stored_pair_tiles(samples: Iterable[Sample], thumb: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+                           lq_field: str = "lq.png") -> list[Tile]:
+    """Tiles of the HQ/LQ pairs the samples hold themselves (a test set: the image and ``lq.png``), shown
+    like ``make_pair_tiles``; a sample without that member gets a tile saying so."""
+    from supirkit.datapipe.decode import decode_rgb
+
+    lq_of: dict = {}
+
+    def remembered(items):
+        for s in items:
+            lq_of[s.key] = s.extra_images.get(lq_field)
+            yield s
+
+    def stored_pair(rgb, key):
+        data = lq_of.pop(key, None)
+        if data is None:
+            raise ValueError(f"no {lq_field} member: not a test set sample")
+        return rgb, decode_rgb(data, max_pixels)[0]
+
+    return make_pair_tiles(remembered(samples), thumb, stored_pair, max_pixels)
 
 
 def _font(size: int):

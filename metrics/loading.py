@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 from typing import Any, Optional
@@ -166,8 +167,8 @@ def build_pyiqa(name: str, device: str = "auto", pretrained: bool = True, option
     kwargs = _pyiqa_kwargs(name, pretrained, options)
     guard = contextlib.nullcontext() if name.startswith("qalign") else transformers_llama_untouched()
     randomize = contextlib.nullcontext() if pretrained else random_backbones()
-    try:
-        with no_downloads(), guard, randomize:
+    try:  # pyiqa prints "Downloading: ..." before every fetch, even the ones refused here: kept off stdout
+        with no_downloads(), guard, randomize, contextlib.redirect_stdout(io.StringIO()):
             model = pyiqa.create_metric(name, device=device, as_loss=False, **kwargs)
     except NotLocal as exc:
         raise MissingWeightsError(
