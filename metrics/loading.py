@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+from pathlib import Path
 from typing import Any, Optional
 
 
@@ -185,6 +186,54 @@ def build_pyiqa(name: str, device: str = "auto", pretrained: bool = True, option
         raise
     model.eval()
     return model
+
+
+def resolve_open_clip(model: str, weights: Optional[str]) -> tuple[str, Optional[str]]:
+    """(open_clip model name, pretrained path or tag); a config .json (or a folder holding one) is
+    registered with open_clip first, so custom/tiny models load through the ordinary create_model."""
+    import open_clip
+
+    p = Path(os.path.expandvars(os.path.expanduser(model)))
+    if p.is_dir():
+        configs = sorted(p.glob("*.json"))
+        if len(configs) != 1:
+            raise MissingWeightsError(f"{p}: expected exactly one open_clip model config (.json), found {len(configs)}")
+        if weights is None:
+            found = sorted(p.glob("*.safetensors"))
+            weights = str(found[0]) if found else None
+        p = configs[0]
+    if p.suffix == ".json" and p.is_file():
+        open_clip.add_model_config(p)
+        model = p.stem
+    if weights is not None:
+        w = Path(os.path.expandvars(os.path.expanduser(weights)))
+        if w.suffix in (".safetensors", ".bin", ".pt", ".pth") or os.sep in weights:
+            if not w.is_file():
+                raise MissingWeightsError(f"open_clip weights for {model!r} not found: place the file at {w}")
+            weights = str(w)
+    return model, weights
+
+
+def build_open_clip(model: str, weights: Optional[str], device: str = "auto", hint: str = "") -> tuple:
+    """(model in eval mode, its open_clip name): ``open_clip.create_model`` from local files only
+    (``resolve_open_clip`` names). A missing file raises ``MissingWeightsError``; ``hint`` says which
+    setting gives a local file."""
+    import open_clip
+
+    name, weights = resolve_open_clip(model, weights)
+    try:
+        with no_downloads():
+            built = open_clip.create_model(name, pretrained=weights, device=resolve_device(device))
+    except NotLocal as exc:
+        raise MissingWeightsError(f"open_clip model {name!r} needs the weight file {os.path.basename(exc.dst)!r}, "
+                                  f"which is not on this machine: place it at {exc.dst} (published at {exc.url})"
+                                  ) from None
+    except Exception as exc:
+        if not is_download_error(exc):
+            raise
+        where = missing_from_traceback(exc) or hint or "give the weights as a local file"
+        raise MissingWeightsError(f"open_clip model {name!r} ({weights}) is not on this machine: {where}") from None
+    return built.eval(), name
 
 
 def options_key(options: Optional[dict[str, Any]]) -> str:

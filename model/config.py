@@ -10,6 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
+from supirkit.captioning.config import TaggerConfig
 from supirkit.datapipe.config import CONFIG_ROOT, ConfigError, Schema, resolve_config_path
 
 DEFAULT_CONFIG = "model/supir.yaml"
@@ -114,6 +115,9 @@ class PromptConfig(Schema):
     negative: str = DEFAULT_NEGATIVE
     separator: str = Field(", ", description="Between caption and positive prompt [I: official uses none].")
     max_tokens: int = Field(77, ge=2, le=77, description="Text encoder context, BOS and EOS included.")
+    source: Literal["caption", "tags", "both"] = Field(
+        "caption", description="What describes the image before the positive prompt: the caption (SUPIR), the "
+                               "tag list (SeeSR), or the caption then the tags.")
 
 
 class CaptionerConfig(Schema):
@@ -181,6 +185,7 @@ class RuntimeConfig(Schema):
 class RestoreConfig(Schema):
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     captioner: CaptionerConfig = Field(default_factory=CaptionerConfig)
+    tagger: TaggerConfig = Field(default_factory=TaggerConfig, description="tag prompts (--tagger), on the stage-1 image")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)

@@ -9,9 +9,8 @@ from typing import Optional
 import numpy as np
 
 from supirkit.curation.signals.base import ImageView, Scorer
-from supirkit.metrics.loading import (MissingWeightsError, NotLocal, build_pyiqa, is_download_error,
-                                      missing_from_traceback, no_downloads, resolve_device,
-                                      transformers_llama_untouched)
+from supirkit.metrics.loading import (MissingWeightsError, build_open_clip, build_pyiqa, no_downloads,
+                                      resolve_device, transformers_llama_untouched)
 
 
 # The guarded pyiqa loading (no downloads, the Llama guard, MissingWeightsError) lives in supirkit.metrics:
@@ -71,32 +70,6 @@ class IQAScorer(Scorer):
         return [{self.name: round(float(np.mean(s)), 5) if s else None} for s in scores]
 
 
-def _resolve_clip(model: str, weights: Optional[str]) -> tuple[str, Optional[str]]:
-    """(open_clip model name, pretrained path or tag); a config .json (or a folder holding one) is
-    registered with open_clip first, so custom/tiny models load through the ordinary create_model."""
-    import open_clip
-
-    p = Path(os.path.expandvars(os.path.expanduser(model)))
-    if p.is_dir():
-        configs = sorted(p.glob("*.json"))
-        if len(configs) != 1:
-            raise MissingWeightsError(f"{p}: expected exactly one open_clip model config (.json), found {len(configs)}")
-        if weights is None:
-            found = sorted(p.glob("*.safetensors"))
-            weights = str(found[0]) if found else None
-        p = configs[0]
-    if p.suffix == ".json" and p.is_file():
-        open_clip.add_model_config(p)
-        model = p.stem
-    if weights is not None:
-        w = Path(os.path.expandvars(os.path.expanduser(weights)))
-        if w.suffix in (".safetensors", ".bin", ".pt", ".pth") or os.sep in weights:
-            if not w.is_file():
-                raise MissingWeightsError(f"open_clip weights for {model!r} not found: place the file at {w}")
-            weights = str(w)
-    return model, weights
-
-
 class ClipScorer(Scorer):
     """L2-normalised open_clip image embeddings (``clip_embedding``) and, with a head, the LAION-style
     aesthetic score (``aesthetic``) of the centre-cropped, resized image."""
@@ -115,19 +88,8 @@ class ClipScorer(Scorer):
         import open_clip
 
         self.device = resolve_device(device or self.device_pref)
-        name, weights = _resolve_clip(self.clip_model, self.clip_weights)
-        try:
-            with no_downloads():
-                model = open_clip.create_model(name, pretrained=weights, device=self.device)
-        except NotLocal as exc:
-            raise MissingWeightsError(f"open_clip model {name!r} needs the weight file {os.path.basename(exc.dst)!r}, "
-                                      f"which is not on this machine: place it at {exc.dst} (published at {exc.url})"
-                                      ) from None
-        except Exception as exc:
-            if not is_download_error(exc):
-                raise
-            where = missing_from_traceback(exc) or "give signals.aesthetic.clip_weights as a local file"
-            raise MissingWeightsError(f"open_clip model {name!r} ({weights}) is not on this machine: {where}") from None
+        model, _ = build_open_clip(self.clip_model, self.clip_weights, self.device,
+                                   hint="give signals.aesthetic.clip_weights as a local file")
         self.model = model.eval()
         cfg = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
         self.image_size = int(getattr(model.visual, "image_size", (224, 224))[0]
