@@ -80,7 +80,8 @@ class ClipTagger:
         if not self.vocabulary:
             raise TaggerError("tags.backend clip needs tags.vocabulary (a text file, one tag per line)")
         self.device = resolve_device(cfg.device)
-        self.model, name = build_open_clip(cfg.model, cfg.weights, self.device, hint="give tags.weights as a local file")
+        self.model, name = build_open_clip(cfg.model, cfg.weights, self.device,
+                                           hint="give tags.weights as a local file")
         tokenizer = open_clip.get_tokenizer(name)
         visual = self.model.visual
         size = getattr(visual, "image_size", 224)

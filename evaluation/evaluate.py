@@ -92,7 +92,8 @@ def _prepare(pred: str, ref: Optional[str], cfg: EvaluateConfig):
     return preds, refs, keys, missing_pred, missing_ref
 
 
-def _fit(restored: np.ndarray, reference: Optional[np.ndarray], mode: str) -> tuple[np.ndarray, str]:
+def fit_to_reference(restored: np.ndarray, reference: Optional[np.ndarray], mode: str) -> tuple[np.ndarray, str]:
+    """The restored image at the reference's size ('resize': bicubic), or an error text ('error')."""
     if reference is None or restored.shape == reference.shape:
         return restored, ""
     if mode == "resize":
@@ -121,7 +122,7 @@ class _Scorer:
             try:
                 img = self.reader.read(p)
                 ref_img = self.reader.read(r) if r is not None else None
-                img, row["error"] = _fit(img, ref_img, self.cfg.match.size_mismatch)
+                img, row["error"] = fit_to_reference(img, ref_img, self.cfg.match.size_mismatch)
             except Exception as exc:  # noqa: BLE001 - an unreadable image fails alone, recorded with its reason
                 row["error"] = f"unreadable: {type(exc).__name__}: {exc}"[:300]
             row["width"], row["height"] = (int(img.shape[1]), int(img.shape[0])) if not row["error"] else (None, None)

@@ -105,7 +105,8 @@ class ImageReader:
         if loc.uri != self._tar_url:
             from supirkit.datapipe.shards import read_shard, sample_image
 
-            self._tar = {s["__key__"]: sample_image(s)[1] for s in read_shard(loc.uri, max_member_bytes=self.max_file_bytes)}
+            samples = read_shard(loc.uri, max_member_bytes=self.max_file_bytes)
+            self._tar = {s["__key__"]: sample_image(s)[1] for s in samples}
             self._tar_url = loc.uri
         data = self._tar.get(loc.key)
         if data is None:

@@ -82,7 +82,8 @@ def _parquet(rows: list[dict], names: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def write_outputs(out_dir: Path, rows: list[dict], suite, method: str, cfg, extra: dict, reader, preds, refs) -> list[dict]:
+def write_outputs(out_dir: Path, rows: list[dict], suite, method: str, cfg, extra: dict, reader, preds,
+                  refs) -> list[dict]:
     summary = metric_summary(rows, suite)
     out_dir = Path(out_dir)
     _atomic_write(out_dir / "per_image.parquet", _parquet(rows, suite.names))
@@ -121,34 +122,39 @@ def _examples(rows: list[dict], name: str, lower_better: bool, k: int) -> list[t
     return best + worst
 
 
+def _crops(row: dict, reader, preds, refs, side: int) -> list[tuple[str, np.ndarray]]:
+    """Restored and reference side by side, the same window of both (where they differ most)."""
+    restored = reader.read(preds.by_key[row["key"]])
+    reference = reader.read(refs.by_key[row["key"]]) if refs is not None else None
+    if reference is not None and reference.shape != restored.shape:
+        from supirkit.evaluation.evaluate import fit_to_reference
+
+        restored, _ = fit_to_reference(restored, reference, "resize")
+    top, left, side = diff_window(restored, reference, side)
+    window = (slice(top, top + side), slice(left, left + side))
+    views = [(f"restored ({side}px crop)", restored[window])]
+    if reference is not None:
+        views.append((f"reference ({side}px crop)", reference[window]))
+    return views
+
+
 def write_report_page(path: Path, rows: list[dict], suite, opts, summary_md: str, reader, preds, refs) -> Path:
     """For each metric, its ``opts.examples`` best and worst images: restored and reference side by side,
-    cropped where they differ most, every metric's value under them."""
+    cropped where they differ most, every metric's value under them (``inspection``'s page renderer)."""
     from supirkit.inspection.core import Sample, Tile, write_html
 
     tiles = []
     for name in suite.names:
         info = suite.info(name)
+        better = "lower" if info.lower_better else "higher"
         for which, rank, row in _examples(rows, name, info.lower_better, opts.examples):
             try:
-                restored = reader.read(preds.by_key[row["key"]])
-                reference = reader.read(refs.by_key[row["key"]]) if refs is not None else None
-                if reference is not None and reference.shape != restored.shape:
-                    from supirkit.evaluation.evaluate import _fit
-
-                    restored, _ = _fit(restored, reference, "resize")
-                top, left, side = diff_window(restored, reference, opts.crop)
-                images = [("restored", restored[top:top + side, left:left + side])]
-                if reference is not None:
-                    images.append(("reference", reference[top:top + side, left:left + side]))
-                error = ""
+                views, error = _crops(row, reader, preds, refs, opts.crop), ""
             except Exception as exc:  # noqa: BLE001 - shown on its card
-                images, error = [], f"{type(exc).__name__}: {exc}"
+                views, error = [], f"{type(exc).__name__}: {exc}"
             scores = {n: row[n] for n in suite.names if not math.isnan(row.get(n, math.nan))}
-            caption = f"{info.label} {which} #{rank}: {_fmt(name, row[name])} ({'lower' if info.lower_better else 'higher'} is better)"
-            sample = Sample(row["key"], row["pred"], {"scores": scores, "source": row["pred"], "reference": row["ref"]},
-                            caption)
-            tiles.append(Tile(sample, [(f"{label} ({side}px crop)" if images else label, img) for label, img in images]
-                              if images else [], (row["width"], row["height"]) if row["width"] else None, error))
-    names = [f"scores.{n}" for n in suite.names]
-    return write_html(tiles, path, "supirkit evaluate", summary_md, names)
+            caption = f"{info.label} {which} #{rank}: {_fmt(name, row[name])} ({better} is better)"
+            meta = {"scores": scores, "source": row["pred"], "reference": row["ref"]}
+            size = (row["width"], row["height"]) if row["width"] else None
+            tiles.append(Tile(Sample(row["key"], row["pred"], meta, caption), views, size, error))
+    return write_html(tiles, path, "supirkit evaluate", summary_md, [f"scores.{n}" for n in suite.names])

@@ -107,7 +107,8 @@ class CropError(ValueError):
     pass
 
 
-def hq_crops(rgb: np.ndarray, keys: list[str], side: int, crop: CropOptions, seed: int) -> Iterator[tuple[np.ndarray, dict]]:
+def hq_crops(rgb: np.ndarray, keys: list[str], side: int, crop: CropOptions,
+             seed: int) -> Iterator[tuple[np.ndarray, dict]]:
     """The HQ crops of one image, one per key, with where each came from."""
     h0, w0 = rgb.shape[:2]
     if crop.resize_short_side:

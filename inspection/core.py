@@ -789,28 +789,6 @@ def make_pair_tiles(samples: Iterable[Sample], thumb: int, make_pair: PairFn,
     return tiles
 
 
-def make_stored_pair_tiles(samples: Iterable[Sample], thumb: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-                           lq_field: str = "lq.png") -> list[Tile]:
-    """Tiles of the HQ/LQ pairs the samples hold themselves (a test set: the image and ``lq.png``), shown
-    like ``make_pair_tiles``; a sample without that member gets a tile saying so."""
-    from supirkit.datapipe.decode import decode_rgb
-
-    lq_of: dict = {}
-
-    def remembered(items):
-        for s in items:
-            lq_of[s.key] = s.extra_images.get(lq_field)
-            yield s
-
-    def stored_pair(rgb, key):
-        data = lq_of.pop(key, None)
-        if data is None:
-            raise ValueError(f"no {lq_field} member: not a test set sample")
-        return rgb, decode_rgb(data, max_pixels)[0]
-
-    return make_pair_tiles(remembered(samples), thumb, stored_pair, max_pixels)
-
-
 def _font(size: int):
     from PIL import ImageFont
 

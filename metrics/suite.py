@@ -93,7 +93,8 @@ class PyiqaMetric:
         x = torch.from_numpy(np.stack([np.ascontiguousarray(i) for i in images]))
         return x.permute(0, 3, 1, 2).float().div_(255.0).to(self.model.device)
 
-    def __call__(self, restored: Sequence[np.ndarray], references: Optional[Sequence[np.ndarray]] = None) -> list[float]:
+    def __call__(self, restored: Sequence[np.ndarray],
+                 references: Optional[Sequence[np.ndarray]] = None) -> list[float]:
         import torch
 
         out: list[float] = [float("nan")] * len(restored)

@@ -50,7 +50,8 @@ def test_profiles_hold_the_values_of_their_source(name):
     r = RECIPES[name]
     cfg = Degrader.from_profile(name).config
     e = cfg.realesrgan
-    assert cfg.hq_size == r["hq"] and Degrader.from_profile(name).output_size(r["hq"], r["hq"]) == (r["lq"], r["lq"])
+    assert cfg.hq_size == r["hq"]
+    assert Degrader.from_profile(name).output_size(r["hq"], r["hq"]) == (r["lq"], r["lq"])
     assert (cfg.sharpen.lq_from_sharpened, cfg.sharpen.target_sharpened) == r["usm"]
     assert e.scale == 4
     assert e.first.blur.kernel_sizes == list(r["sizes1"]) and e.second.blur.kernel_sizes == list(r["sizes2"])
@@ -68,7 +69,8 @@ def test_profiles_hold_the_values_of_their_source(name):
     assert (tuple(e.first.jpeg.quality), tuple(e.final.jpeg.quality)) == r["jpeg"]
     assert (e.second_order_prob, e.second.blur_prob) == r["second"]
     assert e.first.blur.sinc_cutoff_small == pytest.approx((math.pi / 3, math.pi))
-    assert e.first.blur.sinc_cutoff_large == pytest.approx((math.pi / 5, math.pi)) and e.first.blur.sinc_large_from == 13
+    assert e.first.blur.sinc_cutoff_large == pytest.approx((math.pi / 5, math.pi))
+    assert e.first.blur.sinc_large_from == 13
 
 
 @pytest.fixture(scope="module")

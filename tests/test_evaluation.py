@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,8 +57,10 @@ def test_testset_pairs_are_a_function_of_profile_seed_and_key(photos, tmp_path, 
     samples = [s for url in list_shards(tmp_path / "a") for s in read_shard(url)]
     assert sorted(s["__key__"] for s in samples) == [p.stem for p in hq_a]
     meta = json.loads(samples[0]["json"])
-    assert meta["profile"] == "resshift" and meta["crop"]["size"] == 64 and meta["degradation"]["key"] == samples[0]["__key__"]
-    assert meta["source"].endswith(".png") and samples[0]["lq.png"] == (tmp_path / "a" / "lq" / f"{samples[0]['__key__']}.png").read_bytes()
+    key = samples[0]["__key__"]
+    assert meta["profile"] == "resshift" and meta["crop"]["size"] == 64 and meta["degradation"]["key"] == key
+    assert meta["source"].endswith(".png")
+    assert samples[0]["lq.png"] == (tmp_path / "a" / "lq" / f"{key}.png").read_bytes()
     # the two crops of one photo differ; rerunning resumes (nothing redone); another seed needs --fresh
     assert not np.array_equal(read(hq_a[0]), read(hq_a[1]))
     assert make_testset(photos, tmp_path / "a", "--set", "crop.per_image=2") == 0

@@ -4,7 +4,6 @@ random-weight models loaded through their real loaders, tags written next to cap
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -100,8 +100,9 @@ def run(args) -> int:
 def _show(args, cfg, coll, make_pair) -> int:
     import json
 
-    from supirkit.inspection.core import (format_sample, format_summary, iter_samples, make_pair_tiles,
-                                          make_stored_pair_tiles, make_tiles, summarize, write_grid, write_html)
+    from supirkit.inspection.core import (format_sample, format_summary, iter_samples, make_pair_tiles, make_tiles,
+                                          summarize, write_grid, write_html)
+    from supirkit.inspection.degrade_views import make_stored_pair_tiles
 
     summary_text = ""
     if not args.no_summary:
