@@ -13,7 +13,6 @@ every output). Metrics are built first, from local files only: weights that are 
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,8 +107,9 @@ def fit_to_reference(restored: np.ndarray, reference: Optional[np.ndarray], mode
 class _Scorer:
     """Reads pairs in batches and scores each batch with every metric, timing each metric."""
 
-    def __init__(self, suite, reader, cfg: EvaluateConfig):
-        self.suite, self.reader, self.cfg = suite, reader, cfg
+    def __init__(self, suite, readers, cfg: EvaluateConfig):
+        self.suite, self.cfg = suite, cfg
+        self.pred_reader, self.ref_reader = readers  # one each: a tar on either side is read once
         self.seconds = {n: 0.0 for n in suite.names}
         self.images = {n: 0 for n in suite.names}
 
@@ -120,8 +120,8 @@ class _Scorer:
             r = refs.by_key[key] if refs is not None else None
             row = {"key": key, "pred": p.source, "ref": r.source if r else None, "error": ""}
             try:
-                img = self.reader.read(p)
-                ref_img = self.reader.read(r) if r is not None else None
+                img = self.pred_reader.read(p)
+                ref_img = self.ref_reader.read(r) if r is not None else None
                 img, row["error"] = fit_to_reference(img, ref_img, self.cfg.match.size_mismatch)
             except Exception as exc:  # noqa: BLE001 - an unreadable image fails alone, recorded with its reason
                 row["error"] = f"unreadable: {type(exc).__name__}: {exc}"[:300]
@@ -165,7 +165,10 @@ def run_evaluate(pred: str, ref: Optional[str], out: str | Path, cfg: EvaluateCo
                               options=m.options, batch_size=m.batch_size)
     preds, refs, keys, missing_pred, missing_ref = _prepare(pred, ref, cfg)
     out_dir = prepare_output(out, STAGE, config_hash(cfg), fresh, sources=[str(pred), str(ref)])
-    scorer = _Scorer(suite, ImageReader(cfg.decode.max_pixels, cfg.decode.max_file_bytes), cfg)
+    def readers():
+        return tuple(ImageReader(cfg.decode.max_pixels, cfg.decode.max_file_bytes) for _ in range(2))
+
+    scorer = _Scorer(suite, readers(), cfg)
     rows: list[dict] = []
     order = sorted(keys, key=lambda k: (refs.by_key[k].uri if refs else "", preds.by_key[k].uri, k))
     for s in range(0, len(order), m.batch_size):
@@ -180,14 +183,9 @@ def run_evaluate(pred: str, ref: Optional[str], out: str | Path, cfg: EvaluateCo
              "duplicate_keys": preds.duplicates + (refs.duplicates if refs else []),
              "unreadable_inputs": preds.unreadable + (refs.unreadable if refs else []),
              "throughput": throughput, "config": cfg.model_dump(mode="json")}
-    summary = write_outputs(out_dir, rows, suite, method, cfg, extra,
-                            ImageReader(cfg.decode.max_pixels, cfg.decode.max_file_bytes), preds, refs)
+    summary = write_outputs(out_dir, rows, suite, method, cfg, extra, readers(), preds, refs)
     failed = sum(1 for r in rows if r["error"])
     return EvaluateResult(out_dir, len(rows), failed, summary, missing_pred, missing_ref, dropped)
-
-
-def finite(values) -> list[float]:
-    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
 
 
 __all__ = ["EvaluateConfig", "EvaluateResult", "run_evaluate", "DEFAULT_METRICS"]

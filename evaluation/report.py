@@ -82,15 +82,16 @@ def _parquet(rows: list[dict], names: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def write_outputs(out_dir: Path, rows: list[dict], suite, method: str, cfg, extra: dict, reader, preds,
+def write_outputs(out_dir: Path, rows: list[dict], suite, method: str, cfg, extra: dict, readers, preds,
                   refs) -> list[dict]:
+    """Every output file; ``readers``: (restored, reference) image readers for the crops of the page."""
     summary = metric_summary(rows, suite)
     out_dir = Path(out_dir)
     _atomic_write(out_dir / "per_image.parquet", _parquet(rows, suite.names))
     _atomic_write(out_dir / "summary.csv", _summary_csv(summary))
     md = markdown_table(summary, method, len(rows), extra["pred"], extra["ref"])
     _atomic_write(out_dir / "summary.md", md.encode("utf-8"))
-    page = write_report_page(out_dir / "report.html", rows, suite, cfg.report, md, reader, preds, refs)
+    page = write_report_page(out_dir / "report.html", rows, suite, cfg.report, md, readers, preds, refs)
     doc = {"method": method, "images": len(rows), "failed_images": sum(1 for r in rows if r["error"]),
            "metrics": summary, "report": page.name, **extra}
     _atomic_write(out_dir / "summary.json", json.dumps(doc, indent=1, default=str).encode("utf-8"))
@@ -122,10 +123,10 @@ def _examples(rows: list[dict], name: str, lower_better: bool, k: int) -> list[t
     return best + worst
 
 
-def _crops(row: dict, reader, preds, refs, side: int) -> list[tuple[str, np.ndarray]]:
+def _crops(row: dict, readers, preds, refs, side: int) -> list[tuple[str, np.ndarray]]:
     """Restored and reference side by side, the same window of both (where they differ most)."""
-    restored = reader.read(preds.by_key[row["key"]])
-    reference = reader.read(refs.by_key[row["key"]]) if refs is not None else None
+    restored = readers[0].read(preds.by_key[row["key"]])
+    reference = readers[1].read(refs.by_key[row["key"]]) if refs is not None else None
     if reference is not None and reference.shape != restored.shape:
         from supirkit.evaluation.evaluate import fit_to_reference
 
@@ -138,7 +139,7 @@ def _crops(row: dict, reader, preds, refs, side: int) -> list[tuple[str, np.ndar
     return views
 
 
-def write_report_page(path: Path, rows: list[dict], suite, opts, summary_md: str, reader, preds, refs) -> Path:
+def write_report_page(path: Path, rows: list[dict], suite, opts, summary_md: str, readers, preds, refs) -> Path:
     """For each metric, its ``opts.examples`` best and worst images: restored and reference side by side,
     cropped where they differ most, every metric's value under them (``inspection``'s page renderer)."""
     from supirkit.inspection.core import Sample, Tile, write_html
@@ -149,7 +150,7 @@ def write_report_page(path: Path, rows: list[dict], suite, opts, summary_md: str
         better = "lower" if info.lower_better else "higher"
         for which, rank, row in _examples(rows, name, info.lower_better, opts.examples):
             try:
-                views, error = _crops(row, reader, preds, refs, opts.crop), ""
+                views, error = _crops(row, readers, preds, refs, opts.crop), ""
             except Exception as exc:  # noqa: BLE001 - shown on its card
                 views, error = [], f"{type(exc).__name__}: {exc}"
             scores = {n: row[n] for n in suite.names if not math.isnan(row.get(n, math.nan))}

@@ -145,9 +145,26 @@ def no_downloads():
             hf.HF_HUB_OFFLINE = hf_offline
 
 
+def _arch_accepts(name: str, argument: str) -> bool:
+    """Whether the constructor of pyiqa metric ``name`` takes ``argument`` (NIQE, PSNR and other metrics
+    without weights do not take ``pretrained``). Imports the architecture: call inside the guards."""
+    import inspect
+
+    from pyiqa.archs import ARCH_REGISTRY, _lazy_import_arch
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+    arch = DEFAULT_CONFIGS.get(name, {}).get("metric_opts", {}).get("type")
+    if arch is None:
+        return False
+    if arch not in ARCH_REGISTRY:
+        _lazy_import_arch(arch)
+    params = inspect.signature(ARCH_REGISTRY.get(arch).__init__).parameters.values()
+    return any(p.name == argument or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 def _pyiqa_kwargs(name: str, pretrained: bool, options: Optional[dict]) -> dict:
     kwargs = dict(options or {})
-    if not pretrained:
+    if not pretrained and _arch_accepts(name, "pretrained"):
         kwargs.setdefault("pretrained", False)
         if name.startswith("topiq"):
             kwargs.setdefault("backbone_pretrain", False)
@@ -165,11 +182,11 @@ def build_pyiqa(name: str, device: str = "auto", pretrained: bool = True, option
     from supirkit.metrics.random_weights import random_backbones
 
     device = resolve_device(device)
-    kwargs = _pyiqa_kwargs(name, pretrained, options)
     guard = contextlib.nullcontext() if name.startswith("qalign") else transformers_llama_untouched()
     randomize = contextlib.nullcontext() if pretrained else random_backbones()
     try:  # pyiqa prints "Downloading: ..." before every fetch, even the ones refused here: kept off stdout
         with no_downloads(), guard, randomize, contextlib.redirect_stdout(io.StringIO()):
+            kwargs = _pyiqa_kwargs(name, pretrained, options)
             model = pyiqa.create_metric(name, device=device, as_loss=False, **kwargs)
     except NotLocal as exc:
         raise MissingWeightsError(

@@ -154,7 +154,8 @@ def test_random_builds_leave_the_libraries_as_they_were():
     assert clipiqa_arch.load is clip_model.load
 
 
-def test_niqe_reads_a_local_parameter_file(tmp_path):
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_niqe_reads_a_local_parameter_file(tmp_path, pretrained):
     """A NIQE parameter file of the published format (a mean and an SPD covariance of 36 features) given
     as ``pretrained_model_path``: the real loading path, no download."""
     from scipy.io import savemat
@@ -163,7 +164,8 @@ def test_niqe_reads_a_local_parameter_file(tmp_path):
     a = rng.normal(size=(36, 36))
     path = tmp_path / "niqe_params.mat"
     savemat(path, {"mu_prisparam": rng.normal(size=(1, 36)), "cov_prisparam": a @ a.T + 36 * np.eye(36)})
-    suite = build_metrics(["niqe"], device="cpu", options={"niqe": {"pretrained_model_path": str(path)}})
+    suite = build_metrics(["niqe"], device="cpu", pretrained=pretrained,  # NIQE has no weights to randomize
+                          options={"niqe": {"pretrained_model_path": str(path)}})
     values, errors = suite.score("niqe", [photo(1, 192, 192)])
     assert errors == [""] and np.isfinite(values[0])
 
