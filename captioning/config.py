@@ -128,6 +128,32 @@ class CaptionBatchingConfig(Schema):
         "drop", description="A sample that cannot be captioned: drop it (recorded), or keep it uncaptioned.")
 
 
+class TaggerConfig(Schema):
+    """Tag prompts, SeeSR's kind of prompt: a list of the things in the image (``captioning.tags``)."""
+
+    model: Optional[str] = Field(None, description="null: no tags. clip: an open_clip name or a folder with one "
+                                 "open_clip config .json (+ .safetensors); classifier: a transformers "
+                                 "image-classification checkpoint (id or folder)")
+    backend: Literal["clip", "classifier"] = Field("clip", description="clip: zero-shot over the vocabulary; "
+                                                   "classifier: the checkpoint's own labels")
+    weights: Optional[str] = Field(None, description="clip: open_clip weights file or pretrained tag")
+    vocabulary: Optional[str] = Field(None, description="text file, one tag per line (clip: required; "
+                                      "classifier: keeps only these labels)")
+    template: str = Field("a photo of a {}.", description="clip: the text each tag is embedded in")
+    top_k: int = Field(8, ge=1, le=200, description="at most this many tags per image, most likely first")
+    threshold: float = Field(0.0, ge=0.0, le=1.0, description="minimum probability of a kept tag (clip: softmax "
+                             "over the vocabulary; classifier: sigmoid for multi-label checkpoints, else softmax)")
+    batch_size: int = Field(32, ge=1)
+    device: Device = Field("auto", description="auto: cuda when available, else cpu")
+
+    @field_validator("template")
+    @classmethod
+    def _one_slot(cls, v):
+        if "{}" not in v:
+            raise ValueError("template must contain {} where the tag goes")
+        return v
+
+
 class CaptionConfig(Schema):
     model: CaptionModelConfig = CaptionModelConfig()
     prompt: CaptionPromptConfig = CaptionPromptConfig()
@@ -136,6 +162,7 @@ class CaptionConfig(Schema):
     clean: CleanConfig = CleanConfig()
     tokens: TokenConfig = TokenConfig()
     caption: CaptionBatchingConfig = CaptionBatchingConfig()
+    tags: TaggerConfig = TaggerConfig()
     output: OutputConfig = OutputConfig()
     decode: DecodeConfig = DecodeConfig()
     runner: RunnerConfig = RunnerConfig()

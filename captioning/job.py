@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from supirkit.captioning.config import CaptionConfig
+from supirkit.captioning.tags import check_tagger, format_tags
 from supirkit.datapipe.config import ShardingConfig
 from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS, rejection_reason
 from supirkit.datapipe.files import read_json
@@ -50,6 +51,7 @@ class Prepared:
     size: tuple = ()
     generation: object = None  # captioning.backends.Generation
     error: Optional[tuple[str, str]] = None  # (reason, detail)
+    tags: Optional[list] = None  # tag prompts (captioning.tags), when a tagger is configured
 
 
 @dataclass
@@ -79,7 +81,7 @@ class CaptionStage(Stage[Partition]):
 
     def __getstate__(self):  # the loaded model never travels to a worker: each loads its own
         state = dict(self.__dict__)
-        for name in ("backend", "cleaner", "counter", "caption_base"):
+        for name in ("backend", "cleaner", "counter", "caption_base", "tagger"):
             state.pop(name, None)
         state["backend"] = None
         return state
@@ -87,10 +89,12 @@ class CaptionStage(Stage[Partition]):
     def setup(self) -> None:
         from supirkit.captioning.backends import generation_settings, load_backend
         from supirkit.captioning.clean import CaptionCleaner, TokenCounter
+        from supirkit.captioning.tags import load_tagger
 
         cfg = self.cfg
         t = time.perf_counter()
         self.backend = self.backend_factory() if self.backend_factory else load_backend(cfg)
+        self.tagger = load_tagger(cfg.tags)
         self.load_s = time.perf_counter() - t
         self._load_reported = False
         self.cleaner = CaptionCleaner(cfg.clean.openings, cfg.clean.strip_openings, cfg.clean.capitalize)
@@ -103,6 +107,8 @@ class CaptionStage(Stage[Partition]):
             "image": cfg.image.use, "fit": cfg.image.fit, "clip_tokens_method": self.counter.method,
             "clip_token_limit": cfg.tokens.limit,
         }
+        if self.tagger is not None:
+            self.caption_base["tagger"] = self.tagger.describe()
 
     # ------------------------------------------------------------------------------------- reading side
     def _prepare(self, sample: dict, tar_source: str) -> Prepared:
@@ -234,6 +240,10 @@ class CaptionStage(Stage[Partition]):
             ok = [item for item in batch.items if item.error is None]
             gens = self._caption([item.image for item in ok], batch_seed(self.cfg.generation.seed, partition.index,
                                                                         b_index), stats) if ok else []
+            if self.tagger is not None and ok:
+                with stats.timer("tag"):
+                    for item, tags in zip(ok, self.tagger([item.image for item in ok])):
+                        item.tags = tags
             for item, gen in zip(ok, gens):
                 if isinstance(gen, Exception):
                     item.error = ("caption_failed", f"{type(gen).__name__}: {gen}")
@@ -270,6 +280,9 @@ class CaptionStage(Stage[Partition]):
         meta["caption"] = {**self.caption_base, "text": text, "raw": gen.raw, "new_tokens": gen.new_tokens,
                            "finished": gen.finished, "clip_tokens": count.tokens, "fits_clip_limit": count.fits,
                            "image_size": list(item.size)}
+        if item.tags is not None:  # tag prompts next to the caption: json list + a tags.txt member
+            meta["tags"] = item.tags
+            sample["tags.txt"] = format_tags(item.tags)
         sample["json"] = meta
         sample["txt"] = text
         sink.write(sample)  # raises before anything is written for an invalid sample
@@ -428,6 +441,8 @@ EXECUTION_ONLY = {"runner": True, "caption": {"prefetch_batches"},
 
 def job_hash(cfg: CaptionConfig) -> str:
     data = cfg.model_dump(mode="json", exclude=EXECUTION_ONLY)
+    if not cfg.tags.model:  # no tagger: the hash of a job configured before tags existed stays the same
+        data.pop("tags")
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
@@ -440,6 +455,7 @@ def run_caption_job(shards: Iterable[str], out: str | Path, cfg: CaptionConfig, 
     if backend_factory is None:
         check_backend(cfg)
         check_model(cfg)
+    check_tagger(cfg.tags)
     chash = job_hash(cfg)
     layout = prepare_output(out, STAGE, chash, fresh, sources=urls)
     n = plan_partitions((InputRef(u, TAR, -1) for u in urls), layout.work, ShardingConfig())

@@ -32,13 +32,15 @@ Pictures (``degrade.preview``): ``contact_sheet`` (N LQ variants of one crop; ``
 ``render_pairs(images, profile, seed=)`` (HQ/LQ rows as a uint8 array) and ``inspect_views(profile, seed=)``
 (the per-sample view hook of ``datapipe.inspection.make_tiles``, for ``supirkit inspect --degrade``).
 
-Profiles: ``configs/degrade/{supir,realesrgan_x4,diffbir_realesrgan,diffbir_codeformer}.yaml``, schema
-``DegradeConfig``. The algorithm, the profiles and where the output differs from the reference
+Profiles: ``configs/degrade/<name>.yaml`` for each name in ``PROFILES`` (SUPIR, Real-ESRGAN x4plus, DiffBIR's
+two, SeeSR's and ResShift's training recipes, ResShift's test set, and ``classical_x4``: the classical test
+model y = (x * k)↓s + n of ``degrade.classical``), schema ``DegradeConfig``. The algorithm, the profiles and where the output differs from the reference
 implementation (and why): ``degrade/README.md``.
 """
 from supirkit.degrade.config import DegradeConfig
 from supirkit.degrade.pipeline import Degrader, DegradeTransform, worker_init_fn
 
-PROFILES = ("supir", "realesrgan_x4", "diffbir_realesrgan", "diffbir_codeformer")
+PROFILES = ("supir", "realesrgan_x4", "diffbir_realesrgan", "diffbir_codeformer", "seesr", "resshift", "resshift_test",
+            "classical_x4")
 
 __all__ = ["Degrader", "DegradeTransform", "DegradeConfig", "PROFILES", "worker_init_fn"]

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from supirkit.datapipe.config import Schema
 
+PIPELINES = ("realesrgan", "codeformer", "classical")
 KERNEL_FAMILIES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 ResizeMode = Literal["area", "bilinear", "bicubic"]
 
@@ -184,6 +185,8 @@ class RealESRGANConfig(Schema):
 
     scale: float = Field(gt=0, description="LQ size = HQ size // scale (int(h / scale))")
     first: StageConfig
+    second_order_prob: Probability = Field(
+        1.0, description="probability that the second stage (blur, resize, noise) runs at all; ResShift: 0.5")
     second: StageConfig
     final: FinalConfig
 
@@ -198,6 +201,50 @@ class CodeFormerConfig(Schema):
     noise_gray_prob: Probability
     jpeg: JpegConfig
     resize_back_mode: ResizeMode = Field(description="interpolation back to the HQ size")
+
+
+class ClassicalNoiseConfig(Schema):
+    """The ``n`` of y = (x * k)↓ + n: one family per sample (``degrade.classical.NOISES``), by weight."""
+
+    families: dict[str, float] = Field(description="weight per noise family: none, gaussian, poisson")
+    gaussian_sigma: NonNegativeRange = Field(description="sigma range on the 0-255 scale")
+    poisson_scale: NonNegativeRange = Field(description="Poisson noise scale range")
+    gray_prob: Probability = Field(description="probability that the noise is the same in R, G, B")
+
+    @model_validator(mode="after")
+    def _known_families(self):
+        from supirkit.degrade.classical import NOISES
+
+        _check_weights(self.families, NOISES, "noise family")
+        return self
+
+
+class ClassicalConfig(Schema):
+    """The classical test-set model y = (x * k)↓s + n (``degrade/classical.py``): blur with a kernel of
+    the Real-ESRGAN families (or none), downsample by an integer factor with a named downsampler, add
+    noise of a named family. One family of each is drawn per sample."""
+
+    scale: int = Field(ge=1, description="integer factor s; the HQ sides must be multiples of it")
+    blur_prob: Probability = Field(description="probability of a blur kernel (else k is a delta)")
+    blur: BlurConfig
+    downsamplers: dict[str, float] = Field(
+        description="weight per downsampler: bicubic (MATLAB imresize), bilinear, area, nearest, direct")
+    noise: ClassicalNoiseConfig
+
+    @model_validator(mode="after")
+    def _known_downsamplers(self):
+        from supirkit.degrade.classical import DOWNSAMPLERS
+
+        _check_weights(self.downsamplers, DOWNSAMPLERS, "downsampler")
+        return self
+
+
+def _check_weights(weights: dict, registry, what: str) -> None:
+    unknown = sorted(set(weights) - set(registry))
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(map(repr, unknown))}; known: {', '.join(registry)}")
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"{what} weights must be >= 0 with at least one positive")
 
 
 class SharpenConfig(Schema):
@@ -232,20 +279,28 @@ class DegradeConfig(Schema):
 
     name: str = Field(min_length=1)
     description: str = ""
-    pipeline: Literal["realesrgan", "codeformer"]
+    pipeline: Literal["realesrgan", "codeformer", "classical"]
     hq_size: Optional[int] = Field(ge=8, description="crop side the data pipeline must deliver; null: any")
     sharpen: SharpenConfig
     realesrgan: Optional[RealESRGANConfig] = None
     codeformer: Optional[CodeFormerConfig] = None
+    classical: Optional[ClassicalConfig] = None
     output: DegradeOutputConfig
     quirks: QuirksConfig
 
     @model_validator(mode="after")
     def _one_pipeline(self):
         chosen = getattr(self, self.pipeline)
-        other = "codeformer" if self.pipeline == "realesrgan" else "realesrgan"
         if chosen is None:
             raise ValueError(f"pipeline is {self.pipeline!r} but its section {self.pipeline!r} is missing")
-        if getattr(self, other) is not None:
-            raise ValueError(f"pipeline is {self.pipeline!r}: remove the {other!r} section (it would be ignored)")
+        for other in PIPELINES:
+            if other != self.pipeline and getattr(self, other) is not None:
+                raise ValueError(f"pipeline is {self.pipeline!r}: remove the {other!r} section (it would be ignored)")
         return self
+
+    @property
+    def scale(self) -> Optional[float]:
+        """The HQ/LQ size ratio of the pipeline (None: the LQ keeps the HQ size)."""
+        if self.pipeline == "codeformer":
+            return None
+        return getattr(self, self.pipeline).scale

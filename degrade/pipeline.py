@@ -14,6 +14,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from supirkit.degrade.classical import run_classical, sample_classical
 from supirkit.degrade.config import DegradeConfig
 from supirkit.degrade.jpeg import jpeg_roundtrip, quality_to_int, to_uint8
 from supirkit.degrade.kernels import (
@@ -88,6 +89,9 @@ def sample_realesrgan(rng: np.random.Generator, cfg) -> Params:
     """Every random choice of the second-order pipeline, drawn per sample. ``cfg``: RealESRGANConfig."""
     first = _sample_stage(rng, cfg.first)
     second = _sample_stage(rng, cfg.second)
+    # drawn only when the profile makes it random, so profiles without it keep their random streams
+    if cfg.second_order_prob < 1.0 and not rng.random() < cfg.second_order_prob:
+        second = None  # ResShift's second_order_prob: the whole second stage is skipped
     f = cfg.final
     sinc = sample_sinc(rng, f.sinc_kernel_sizes, f.sinc_cutoff) if rng.random() < f.sinc_prob else None
     order = "sinc_then_jpeg" if rng.random() < f.sinc_first_prob else "jpeg_then_sinc"
@@ -141,13 +145,14 @@ def run_realesrgan(img: np.ndarray, p: Params, cfg, quirks, noise_rngs) -> tuple
     out = _noise(out, p["first"]["noise"], noise_rngs[0], quirks.poisson_levels)
     out = jpeg_roundtrip(out, p["first"]["jpeg"]["quality_int"])
     # second order; its resize is relative to the original size (model L116-125)
-    out = _blur(out, p["second"]["blur"])
-    r = p["second"]["resize"]
-    size = _at_least_one(int(ori_h / cfg.scale * r["scale"]), int(ori_w / cfg.scale * r["scale"]))
-    if size != out.shape[:2]:
-        out = resize(out, size, r["mode"])
-    sizes["second"] = list(out.shape[:2])
-    out = _noise(out, p["second"]["noise"], noise_rngs[1], quirks.poisson_levels)
+    if p["second"] is not None:
+        out = _blur(out, p["second"]["blur"])
+        r = p["second"]["resize"]
+        size = _at_least_one(int(ori_h / cfg.scale * r["scale"]), int(ori_w / cfg.scale * r["scale"]))
+        if size != out.shape[:2]:
+            out = resize(out, size, r["mode"])
+        sizes["second"] = list(out.shape[:2])
+        out = _noise(out, p["second"]["noise"], noise_rngs[1], quirks.poisson_levels)
     # final: [resize to LQ size + sinc] and JPEG, in the sampled order (model L146-163)
     f = p["final"]
     lq_size = _at_least_one(int(ori_h / cfg.scale), int(ori_w / cfg.scale))
@@ -260,9 +265,9 @@ class Degrader:
         if size == "hq":
             return hq_h, hq_w
         if size == "lq":
-            if self.config.pipeline == "codeformer":
+            s = self.config.scale
+            if s is None:
                 return hq_h, hq_w
-            s = self.config.realesrgan.scale
             return _at_least_one(int(hq_h / s), int(hq_w / s))
         if hq_h <= hq_w:
             return size, max(1, round(hq_w * size / hq_h))
@@ -278,6 +283,8 @@ class Degrader:
         cfg = self.config
         if cfg.pipeline == "realesrgan":
             body = sample_realesrgan(rng, cfg.realesrgan)
+        elif cfg.pipeline == "classical":
+            body = sample_classical(rng, cfg.classical)
         else:
             body = sample_codeformer(rng, cfg.codeformer)
         return {"profile": cfg.name, "pipeline": cfg.pipeline, "seed": int(seed), "epoch": int(epoch),
@@ -313,6 +320,8 @@ class Degrader:
             base *= np.float32(1.0 / 255.0)
         if cfg.pipeline == "realesrgan":
             out, sizes = run_realesrgan(base, params, cfg.realesrgan, cfg.quirks, rngs[1:])
+        elif cfg.pipeline == "classical":
+            out, sizes = run_classical(base, params, cfg.classical, rngs[1])
         else:
             out, sizes = run_codeformer(base, params, cfg.codeformer, rngs[1])
         out_size = self.output_size(*hq.shape[:2])

@@ -10,6 +10,7 @@ Built on ``supirkit.datapipe`` (shard reading, decoding) and ``supirkit.degrade`
 """
 from supirkit.inspection.collection import Collection, open_collection
 from supirkit.inspection.config import InspectConfig
+from supirkit.inspection.degrade_views import make_stored_pair_tiles
 from supirkit.inspection.render import (
                                         Cell,
                                         Tile,
@@ -23,6 +24,6 @@ from supirkit.inspection.render import (
 from supirkit.inspection.samples import Sample, format_sample, iter_samples
 from supirkit.inspection.summary import format_summary, summarize
 
-__all__ = ["Collection", "open_collection", "InspectConfig", "Cell", "Tile", "draw_sheet", "make_pair_tiles",
+__all__ = ["Collection", "open_collection", "InspectConfig", "Cell", "Tile", "draw_sheet", "make_pair_tiles", "make_stored_pair_tiles",
            "make_tiles", "save_png", "write_grid", "write_html", "Sample", "format_sample", "iter_samples",
            "format_summary", "summarize"]

@@ -8,6 +8,8 @@
   DegradeConfig, a profile name or a YAML path).
 * ``inspect_views(profile, seed=...)``: a ``(rgb, meta) -> [(label, rgb)]`` function, the per-sample view hook
   of ``inspection.render.make_tiles`` (``supirkit inspect --degrade CONFIG``).
+* ``make_stored_pair_tiles(samples, thumb)``: tiles of the HQ/LQ pairs a test set holds (``supirkit testset``
+  output), for ``supirkit inspect --degrade`` without a profile.
 
 Under each tile the key parameters of its draw are written in a compact notation (``describe``):
 
@@ -45,6 +47,8 @@ def _kernel(tag: str, k: Optional[Params]) -> str:
 
 
 def _noise(tag: str, n: Params) -> str:
+    if n["kind"] == "none":
+        return f"{tag} -"
     gray = " gray" if n["gray"] else ""
     if n["kind"] == "gaussian":
         return f"{tag} gauss {n['sigma']:.1f}{gray}"
@@ -62,8 +66,13 @@ def describe(params: Params) -> list[str]:
     if params.get("pipeline") == "codeformer":
         return [_kernel("b", params["blur"]), f"down /{params['downsample']:.2f}",
                 _noise("n", params["noise"]), f"jpeg q{params['jpeg']['quality_int']}"]
+    if params.get("pipeline") == "classical":
+        return [_kernel("k", params["blur"]), f"down {params['downsampler']}", _noise("n", params["noise"])]
     lines = []
     for i, stage in (("1", params["first"]), ("2", params["second"])):
+        if stage is None:
+            lines.append("second order skipped")
+            continue
         lines.append(f"{_kernel('b' + i, stage['blur'])}")
         lines.append(f"{_resize('r' + i, stage['resize'])}")
         lines.append(f"{_noise('n' + i, stage['noise'])}  j{i} q{stage['jpeg']['quality_int']}")
@@ -197,3 +206,26 @@ def _view_label(params: Params, lq: np.ndarray, index: Optional[int]) -> str:
         qs = [params["first"]["jpeg"]["quality_int"], params["final"]["jpeg"]["quality_int"]]
     lq_side = params["sizes"]["lq"]
     return f"{name} {lq_side[1]}x{lq_side[0]}->{lq.shape[1]}x{lq.shape[0]} q{'/'.join(map(str, qs))}"
+
+
+def make_stored_pair_tiles(samples, thumb: int, max_pixels: Optional[int] = None, lq_field: str = "lq.png") -> list:
+    """Tiles of the HQ/LQ pairs the samples hold themselves (a test set: the image and ``lq.png``), drawn by
+    ``inspection.render.make_pair_tiles``; a sample without that member gets a tile saying so."""
+    from supirkit.datapipe.decode import DEFAULT_MAX_PIXELS, decode_rgb
+    from supirkit.inspection.render import make_pair_tiles
+
+    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+    lq_of: dict = {}
+
+    def remembered(items):
+        for s in items:
+            lq_of[s.key] = s.extra_images.get(lq_field)
+            yield s
+
+    def stored_pair(rgb, key):
+        data = lq_of.pop(key, None)
+        if data is None:
+            raise ValueError(f"no {lq_field} member: not a test set sample")
+        return rgb, decode_rgb(data, max_pixels)[0]
+
+    return make_pair_tiles(remembered(samples), thumb, stored_pair, max_pixels)

@@ -10,6 +10,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 
 from supirkit.datapipe.keys import display_source
+from supirkit.datapipe.shard_format import IMAGE_EXTS
 from supirkit.datapipe.tario import image_keys, image_too_large, member_table, read_shard, sample_image, sample_meta
 from supirkit.inspection.collection import CAPTION_COLUMNS, MANIFEST, Collection, flatten_meta
 
@@ -32,6 +33,7 @@ class Sample:
     ext: Optional[str] = None
     fields: list = field(default_factory=list)
     error: str = ""  # why the image could not be read (manifests re-read their sources)
+    extra_images: dict = field(default_factory=dict)  # other image members, e.g. a test set's ``lq.png``
 
 
 def _sample_from_tar(sample: dict, url: str) -> Sample:
@@ -44,7 +46,9 @@ def _sample_from_tar(sample: dict, url: str) -> Sample:
         caption = meta["caption"]
     fields = sorted(k for k in sample if not k.startswith("__"))
     error = "image member larger than max_file_bytes" if data is None and image_too_large(sample) else ""
-    return Sample(sample["__key__"], url, meta, caption, data, ext, fields, error)
+    extra = {k: v for k, v in sample.items() if k != ext and not k.startswith("__") and "." in k
+             and k.rsplit(".", 1)[1] in IMAGE_EXTS}
+    return Sample(sample["__key__"], url, meta, caption, data, ext, fields, error, extra)
 
 
 def _bottom_k(items: Iterable, n: int, seed: int) -> list:

@@ -10,6 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
+from supirkit.captioning.config import TaggerConfig
 from supirkit.datapipe.config import CONFIG_ROOT, ConfigError, Schema, resolve_config_path
 from supirkit.datapipe.devices import Device, DType
 from supirkit.model.runtime import RuntimeOptions
@@ -116,6 +117,9 @@ class PromptRuleConfig(Schema):
     negative: str = DEFAULT_NEGATIVE
     separator: str = Field(", ", description="Between caption and positive prompt [I: official uses none].")
     max_tokens: int = Field(77, ge=2, le=77, description="Text encoder context, BOS and EOS included.")
+    source: Literal["caption", "tags", "both"] = Field(
+        "caption", description="What describes the image before the positive prompt: the caption (SUPIR), the "
+                               "tag list (SeeSR), or the caption then the tags.")
 
 
 class CaptionerConfig(Schema):
@@ -185,6 +189,7 @@ class RuntimeConfig(RuntimeOptions):
 class RestoreConfig(Schema):
     prompt: PromptRuleConfig = Field(default_factory=PromptRuleConfig)
     captioner: CaptionerConfig = Field(default_factory=CaptionerConfig)
+    tagger: TaggerConfig = Field(default_factory=TaggerConfig, description="tag prompts (--tagger), on the stage-1 image")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     image: RestoreImageConfig = Field(default_factory=RestoreImageConfig)

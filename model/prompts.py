@@ -1,6 +1,7 @@
 """The one prompt-assembly rule shared by training and restoring.
 
-    prompt = caption + separator + positive quality prompt      (either part may be empty)
+    text   = caption | tags | caption + separator + tags          (``prompt.source``, ``prompt_text``)
+    prompt = text + separator + positive quality prompt          (either part may be empty)
     then both SDXL text encoders see at most 77 tokens (BOS and EOS included): the tail is cut.
 
 Official SUPIR joins caption and positive prompt with *no* separator (``SUPIR_model.py:L164``), which glues
@@ -15,6 +16,17 @@ import logging
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
+
+
+def prompt_text(caption: str, tags=(), source: str = "caption", separator: str = ", ") -> str:
+    """What describes the image before the positive prompt (``prompt.source``): the caption (SUPIR), the
+    tags as a comma-separated list (SeeSR's tag prompts), or the caption followed by the tags."""
+    tag_text = ", ".join(t.strip() for t in tags if t and t.strip())
+    if source == "tags":
+        return tag_text
+    if source == "both":
+        return join_prompt(caption, tag_text, separator)
+    return (caption or "").strip()
 
 
 def join_prompt(caption: str, positive: str, separator: str = ", ") -> str:

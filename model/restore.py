@@ -6,8 +6,9 @@ Per image (official ``SUPIR_model.batchify_sample`` and ``test.py``):
 2. LQ latent ``z = scaling * mode(quant_conv(E_dr(x)))`` with the adaptor's DR encoder (the SDXL encoder
    when the adaptor folder has none, with a warning); stage-1 image ``x1 = D(z)``; guidance target
    ``x_center`` per ``sampler.guidance_latent`` (official: SDXL-encoder *sample* of ``x1``);
-3. caption: ``--prompt`` text, else LLaVA on ``x1`` at short side 512, else empty; the shared prompt rule
-   (``train.prompts``) appends the positive prompt; the negative prompt is the unconditional branch;
+3. caption: ``--prompt`` text, else LLaVA on ``x1`` at short side 512, else empty; tags (``prompt.source``
+   tags/both): ``--tags``, else the tagger (``--tagger``) on ``x1``; the shared prompt rule (``model.prompts``)
+   joins them and appends the positive prompt; the negative prompt is the unconditional branch;
 4. restoration-guided EDM sampling (tiled when the latent exceeds one tile), decode, colour fix against
    ``x1``, resize to the upscaled input size, write ``<stem>.png`` (+ a JSON sidecar with the caption,
    prompt and settings).
@@ -35,6 +36,7 @@ class RestoreResult:
     prompt_truncated: bool
     working_size: tuple[int, int]  # (w, h) sampled
     tiled: bool
+    tags: tuple = ()  # tag prompts used (prompt.source tags/both)
 
 
 def working_size(w: int, h: int, upscale: float, min_size: int, multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -72,7 +74,7 @@ class Captioner:
 class SUPIRRestorer:
     """Holds the loaded SDXL parts and the SUPIR model; ``restore(image)`` runs one image."""
 
-    def __init__(self, vae, text_encoders, model, schedule, config, captioner=None, device=None):
+    def __init__(self, vae, text_encoders, model, schedule, config, captioner=None, device=None, tagger=None):
         import torch
 
         from .runtime import apply_runtime_options
@@ -80,6 +82,7 @@ class SUPIRRestorer:
         self.vae, self.text, self.model, self.schedule = vae, text_encoders, model, schedule
         self.config = config
         self.captioner = captioner
+        self.tagger = tagger  # captioning.tags tagger (prompt.source tags/both), on the stage-1 image
         self.device = device or torch.device("cpu")
         apply_runtime_options(config.runtime, model, vae, self.device)
         from supirkit.model.prompts import PromptAssembler
@@ -117,7 +120,10 @@ class SUPIRRestorer:
         else:
             log.warning("%s has no dr_encoder/: the LQ latent comes from the plain SDXL VAE encoder", adaptor_dir)
         cap = Captioner(captioner, config.captioner, device, seed=rt.seed) if captioner else None
-        return cls(vae, text, model, schedule, config, captioner=cap, device=device)
+        from supirkit.captioning.tags import load_tagger
+
+        tagger = load_tagger(config.tagger) if config.prompt.source != "caption" else None
+        return cls(vae, text, model, schedule, config, captioner=cap, device=device, tagger=tagger)
 
     # ------------------------------------------------------------------ steps
     def _to_tensor(self, image, size):
@@ -166,11 +172,16 @@ class SUPIRRestorer:
         img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))), Image.BICUBIC)
         return self.captioner(img)
 
-    def restore(self, image, prompt: Optional[str] = None, seed: Optional[int] = None) -> RestoreResult:
+    def tag(self, x_stage1) -> list[str]:
+        return self.tagger([tensor_to_pil(x_stage1)])[0] if self.tagger is not None else []
+
+    def restore(self, image, prompt: Optional[str] = None, seed: Optional[int] = None,
+                tags: Optional[list[str]] = None) -> RestoreResult:
         import torch
         import torch.nn.functional as F
 
         from supirkit.model.colorfix import color_fix
+        from supirkit.model.prompts import prompt_text
         from supirkit.model.sampler import Conditioning, RestoreEDMSampler, SamplerSettings, supir_eps_fn
         from supirkit.model.text import time_ids
 
@@ -182,8 +193,11 @@ class SUPIRRestorer:
         x_stage1 = self._decode(z_dr)
         x_center = self._guidance_latent(z_dr, x_stage1, generator)
 
-        caption = prompt if prompt is not None else self.caption(x_stage1)
-        assembled = self.assembler(caption)
+        source = cfg.prompt.source
+        caption = prompt if prompt is not None else (self.caption(x_stage1) if source != "tags" else "")
+        if tags is None:
+            tags = self.tag(x_stage1) if source != "caption" else []
+        assembled = self.assembler(prompt_text(caption, tags, source, cfg.prompt.separator))
         embeds, pooled = self.text.encode([assembled.text, cfg.prompt.negative])
         ids = time_ids(cfg.micro_conditioning.time_ids(), 1, device=self.device)
         cond = Conditioning(embeds[:1], pooled[:1], ids, z_dr)
@@ -202,7 +216,8 @@ class SUPIRRestorer:
         out = color_fix(self._decode(latent), x_stage1, cfg.image.color_fix)
         if (w, h) != (w0, h0):
             out = F.interpolate(out, size=(h0, w0), mode="bicubic", align_corners=False)
-        return RestoreResult(tensor_to_pil(out), caption, assembled.text, assembled.truncated, (w, h), tiled)
+        return RestoreResult(tensor_to_pil(out), caption, assembled.text, assembled.truncated, (w, h), tiled,
+                             tuple(tags))
 
 
 def tensor_to_pil(x):
@@ -214,7 +229,8 @@ def tensor_to_pil(x):
 
 
 def restore_images(images, out_dir, sdxl: str, adaptor, config, captioner: Optional[str] = None,
-                   prompt: Optional[str] = None, restorer: Optional[SUPIRRestorer] = None) -> list[Path]:
+                   prompt: Optional[str] = None, restorer: Optional[SUPIRRestorer] = None,
+                   tags: Optional[list[str]] = None) -> list[Path]:
     """Restore each image file into ``out_dir/<stem>.png`` (+ ``<stem>.json``); returns the PNG paths."""
     from PIL import Image
 
@@ -233,10 +249,10 @@ def restore_images(images, out_dir, sdxl: str, adaptor, config, captioner: Optio
         path = Path(path)
         with Image.open(path) as im:
             im.load()
-            result = restorer.restore(im, prompt=prompt)
+            result = restorer.restore(im, prompt=prompt, tags=tags)
         target = out / f"{path.stem}.png"
         result.image.save(target)
-        meta = {"source": str(path), "caption": result.caption, "prompt": result.prompt,
+        meta = {"source": str(path), "caption": result.caption, "tags": list(result.tags), "prompt": result.prompt,
                 "prompt_truncated": result.prompt_truncated, "working_size": list(result.working_size),
                 "output_size": list(result.image.size), "tiled": result.tiled,
                 "config": config.model_dump(mode="json")}

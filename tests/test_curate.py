@@ -323,7 +323,7 @@ def test_importing_pyiqa_leaves_transformers_llama_alone(tmp_path):
         "import transformers.models.llama.modeling_llama as m\n"
         "before = m.LlamaDecoderLayer\n"
         "import pyiqa.archs\n"
-        "from supirkit.curation.signals.models import transformers_llama_untouched\n"
+        "from supirkit.metrics.loading import transformers_llama_untouched\n"
         "with transformers_llama_untouched():\n"
         "    pyiqa.archs._lazy_import_arch('NoSuchArch')\n"
         "    assert m.LlamaDecoderLayer is not before, 'pyiqa no longer patches: drop the guard'\n"

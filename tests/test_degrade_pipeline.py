@@ -420,7 +420,7 @@ def test_every_profile_lists_every_parameter(name):
         for field, info in model_cls.model_fields.items():
             if field == "description":
                 continue
-            if field in ("realesrgan", "codeformer") and data.get("pipeline") != field:
+            if field in ("realesrgan", "codeformer", "classical") and data.get("pipeline") != field:
                 continue
             assert field in data, f"{name}: {where}{field} is not in the YAML"
             sub = info.annotation

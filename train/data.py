@@ -165,6 +165,12 @@ def _caption(sample: dict, meta: dict) -> str:
     return str(meta.get("caption") or "").strip()
 
 
+def _tags(meta: dict) -> list[str]:
+    """The tag prompts the caption job wrote next to the caption (json ``tags``); none: []."""
+    tags = meta.get("tags")
+    return [str(t) for t in tags] if isinstance(tags, list) else []
+
+
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     import cv2
 
@@ -177,18 +183,22 @@ class PromptRule:
     separator, applied per member (``assemble``: caption + positive prompt; ``caption``: caption alone).
     The 77-token cut happens in the text encoders, exactly as when restoring."""
 
-    def __init__(self, positive: str = "", separator: str = ", ", max_tokens: int = 77):
+    def __init__(self, positive: str = "", separator: str = ", ", max_tokens: int = 77, source: str = "caption"):
         self.positive, self.separator, self.max_tokens = positive, separator, max_tokens
+        self.source = source  # prompt.source: caption | tags | both (model.prompts.prompt_text)
         self._assembler = None
 
     @classmethod
     def from_restore_config(cls, restore_cfg) -> "PromptRule":
         p = restore_cfg.prompt
-        return cls(p.positive, p.separator, p.max_tokens)
+        return cls(p.positive, p.separator, p.max_tokens, p.source)
 
-    def __call__(self, caption: str, mode: str) -> str:
+    def __call__(self, caption: str, mode: str, tags=()) -> str:
         if mode == "caption":
             return caption
+        from supirkit.model.prompts import prompt_text
+
+        caption = prompt_text(caption, tags, self.source, self.separator)
         if self._assembler is None:
             from supirkit.model.prompts import PromptAssembler
 
@@ -197,7 +207,7 @@ class PromptRule:
 
     def __getstate__(self):
         return {"positive": self.positive, "separator": self.separator, "max_tokens": self.max_tokens,
-                "_assembler": None}
+                "source": self.source, "_assembler": None}
 
 
 def load_restore_config(spec: str, overrides=()):
@@ -335,7 +345,7 @@ class MixtureStream(IterableDataset):
         if lq.shape[:2] != (c, c):  # the LQ goes through the VAE beside the HQ: same size
             lq = _resize(lq, c, c)
         caption = _caption(raw, meta)
-        prompt = "" if draw.drop_caption else self.prompt_rule(caption, member.prompt)
+        prompt = "" if draw.drop_caption else self.prompt_rule(caption, member.prompt, _tags(meta))
         return {"hq": np.ascontiguousarray(target, dtype=np.uint8), "lq": np.ascontiguousarray(lq, dtype=np.uint8),
                 "caption": caption, "prompt": prompt, "time_ids": self._time_ids(h0, w0, top * h0 / h, left * w0 / w),
                 "key": key, "member": draw.member, "index": draw.index, "attempt": draw.attempt}

@@ -6,14 +6,12 @@
   ``validation.lq_folder``) restored with the model developer's restorer (``model.restore.SUPIRRestorer``:
   stage-1 image, restoration-guided EDM sampler, colour fix) using the weights being trained; a grid
   LQ | restored | HQ is logged and written to ``validation/step-N.png``;
-* metrics with pyiqa: full-reference (PSNR, SSIM, LPIPS) where HQ exists, no-reference (MUSIQ, CLIPIQA, ...)
-  on the restored images. Metrics whose weights are not present (no download possible) are skipped with
-  one log line.
+* metrics from ``supirkit.metrics`` (the same code and conventions as ``supirkit evaluate``): full-reference
+  (PSNR, SSIM, LPIPS) where HQ exists, no-reference (MUSIQ, CLIPIQA, ...) on the restored images. Metrics
+  whose weights are not present (no download possible) are skipped with one log line.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 from pathlib import Path
 from typing import Optional
@@ -25,49 +23,20 @@ from supirkit.train.seeds import VAL_NOISE_STREAM, VALIDATION_STREAM, seed_for
 
 log = logging.getLogger("supirkit.train")
 
-#: pyiqa metrics that compare with a reference image
-FULL_REFERENCE = {"psnr", "ssim", "ms_ssim", "lpips", "lpips-vgg", "dists", "fsim", "vif", "psnry", "ssimc"}
-
-
 class MetricSet:
-    """pyiqa metrics created once; those that cannot be created offline are dropped with one log line."""
+    """The validation metrics, from ``supirkit.metrics`` (the implementation ``supirkit evaluate`` uses, with
+    its default conventions): those whose weights are not on this machine are dropped with one log line."""
 
     def __init__(self, names: list[str], device):
-        self.metrics: dict = {}
-        self.skipped: dict[str, str] = {}
-        if not names:
-            return
-        import pyiqa
+        from supirkit.metrics import build_metrics
 
-        for name in names:
-            sink = io.StringIO()
-            try:  # pyiqa/torch.hub print download attempts: keep them out of the training log
-                with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
-                    self.metrics[name] = pyiqa.create_metric(name, device=device, as_loss=False)
-            except Exception as exc:  # offline: the weights download fails (URLError, OSError, HF errors)
-                self.skipped[name] = f"{type(exc).__name__}"
+        self.suite = build_metrics(names, device=str(device), on_missing="skip") if names else None
+        self.skipped: dict[str, str] = dict(self.suite.missing) if self.suite else {}
         if self.skipped:
-            log.info("validation metrics skipped (weights not available): %s",
-                     ", ".join(f"{k} ({v})" for k, v in self.skipped.items()))
+            log.info("validation metrics skipped (weights not available): %s", "; ".join(self.skipped.values()))
 
     def __call__(self, restored: np.ndarray, reference: Optional[np.ndarray]) -> dict[str, float]:
-        import torch
-
-        def t(a):
-            return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1)[None].float().div(255.0)  # writable
-
-        out = {}
-        x = t(restored)
-        for name, metric in self.metrics.items():
-            with torch.no_grad():
-                if name in FULL_REFERENCE:
-                    if reference is None:
-                        continue
-                    value = metric(x.to(metric.device), t(reference).to(metric.device))
-                else:
-                    value = metric(x.to(metric.device))
-            out[name] = float(value.mean())
-        return out
+        return self.suite.score_pair(restored, reference) if self.suite else {}
 
 
 def _load_rgb(path: Path) -> np.ndarray:

@@ -2,7 +2,6 @@
 embeddings from open_clip. Weights come from local files only; a missing one is named in one error."""
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -13,118 +12,11 @@ from supirkit.curation.signals.base import ImageView, Scorer
 from supirkit.datapipe.devices import resolve_device
 from supirkit.datapipe.errors import MissingWeights
 
+# The guarded model loading (no downloads, the Llama guard, one-line missing weights) lives in
+# supirkit.metrics: one implementation for curation, evaluation and training validation.
+from supirkit.metrics.loading import build_open_clip, build_pyiqa
 
-def _missing_from_traceback(exc: BaseException) -> Optional[str]:
-    """Which file a failed download wanted and where it would have gone, read from the failing frames
-    (pyiqa's load_file_from_url, its CLIP loader, huggingface_hub): no monkeypatching needed."""
-    tb = exc.__traceback__
-    found: dict = {}
-    while tb is not None:
-        loc = tb.tb_frame.f_locals
-        for k in ("url", "cached_file", "download_target", "repo_id", "filename", "model_dir", "root"):
-            if k in loc and isinstance(loc[k], str):
-                found.setdefault(k, loc[k])
-        tb = tb.tb_next
-    if "cached_file" in found or "download_target" in found:
-        dst = found.get("cached_file") or found.get("download_target")
-        return f"place {os.path.basename(dst)} at {dst}" + (f" (source: {found['url']})" if "url" in found else "")
-    if "repo_id" in found:
-        try:
-            from huggingface_hub.constants import HF_HUB_CACHE as cache
-        except ImportError:
-            cache = os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub")
-        return (f"the Hugging Face file {found.get('filename', '?')} of repo {found['repo_id']} is not in the "
-                f"local cache {cache}; copy that repo's cache there (e.g. from a machine with internet: "
-                f"hf download {found['repo_id']})")
-    return None
-
-
-_DOWNLOAD_ERRORS = ("URLError", "LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError",
-                    "HTTPError", "gaierror", "MaxRetryError")
-
-
-def _is_download_error(exc: BaseException) -> bool:
-    e: Optional[BaseException] = exc
-    while e is not None:
-        if type(e).__name__ in _DOWNLOAD_ERRORS:
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-class _NotLocal(Exception):
-    def __init__(self, url: str, dst: str) -> None:
-        super().__init__(url)
-        self.url, self.dst = url, dst
-
-
-@contextlib.contextmanager
-def transformers_llama_untouched():
-    """Undo pyiqa's side effect on transformers when the block ends.
-
-    Building a pyiqa metric can import every pyiqa architecture (its fallback when a class name does
-    not match a module), Q-Align's among them, which replaces transformers' Llama attention and decoder
-    classes (and two ``forward`` methods) module-wide. Every Llama-based model built later in the same
-    process (LLaVA's language model among them) would then fail or compute something else, so the
-    originals are put back. Q-Align metrics themselves need the patch and are built without this guard."""
-    try:
-        import transformers.models.llama.configuration_llama as llama_config
-        import transformers.models.llama.modeling_llama as llama
-    except ImportError:  # no transformers: nothing to protect
-        yield
-        return
-    saved = {name: getattr(llama, name) for name in dir(llama) if name.startswith("Llama")}
-    forwards = {cls: cls.__dict__.get("forward") for cls in (llama.LlamaModel, llama.LlamaForCausalLM)}
-    config = llama_config.LlamaConfig
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(llama, name, value)
-        for cls, forward in forwards.items():
-            if forward is not None:
-                cls.forward = forward
-        llama_config.LlamaConfig = config
-
-
-@contextlib.contextmanager
-def no_downloads():
-    """While models are built, a weight file that is not in the local cache raises ``_NotLocal``
-    (naming the file and the place it is looked for) instead of being downloaded. pyiqa fetches every
-    weight through ``load_file_from_url`` -> ``download_url_to_file`` (its own import of torch.hub's),
-    torchvision/timm backbones through ``torch.hub.download_url_to_file``; both names are swapped for
-    the duration of the build only."""
-    import torch.hub
-
-    targets = [torch.hub]
-    try:
-        import pyiqa.utils.download_util as pyiqa_dl
-
-        targets.append(pyiqa_dl)
-    except ImportError:
-        pass
-
-    def refuse(url, dst, *args, **kwargs):
-        raise _NotLocal(str(url), str(dst))
-
-    saved = [(m, m.download_url_to_file) for m in targets]
-    for m in targets:
-        m.download_url_to_file = refuse
-    hf = None
-    try:  # Hugging Face hub files (timm backbones): cache only, read at call time
-        import huggingface_hub.constants as hf
-
-        hf_offline = hf.HF_HUB_OFFLINE
-        hf.HF_HUB_OFFLINE = True
-    except ImportError:
-        pass
-    try:
-        yield
-    finally:
-        for m, f in saved:
-            m.download_url_to_file = f
-        if hf is not None:
-            hf.HF_HUB_OFFLINE = hf_offline
+__all__ = ["IQAScorer", "ClipScorer", "build_model_scorers", "load_aesthetic_head"]
 
 
 class IQAScorer(Scorer):
@@ -142,30 +34,8 @@ class IQAScorer(Scorer):
         self.model = None
 
     def setup(self, device: str = "") -> None:
-        import pyiqa
-
         self.device = resolve_device(device or self.device_pref)
-        kwargs = {}
-        if not self.pretrained:
-            kwargs["pretrained"] = False
-            if self.metric.startswith("topiq"):
-                kwargs["backbone_pretrain"] = False
-        kwargs.update(self.options)
-        try:
-            guard = contextlib.nullcontext() if self.metric.startswith("qalign") else transformers_llama_untouched()
-            with no_downloads(), guard:
-                self.model = pyiqa.create_metric(self.metric, device=self.device, as_loss=False, **kwargs)
-        except _NotLocal as exc:
-            raise MissingWeights(
-                f"pyiqa metric {self.metric!r} needs the weight file {os.path.basename(exc.dst)!r}, which is not "
-                f"on this machine: place it at {exc.dst} (it is published at {exc.url})") from None
-        except Exception as exc:
-            if not _is_download_error(exc):
-                raise
-            where = _missing_from_traceback(exc) or "see pyiqa's model card for the file name"
-            raise MissingWeights(f"pyiqa metric {self.metric!r} needs weights that are not on this "
-                                      f"machine: {where}") from None
-        self.model.eval()
+        self.model = build_pyiqa(self.metric, self.device, self.pretrained, self.options)
 
     def _tiles(self, view: ImageView) -> list[np.ndarray]:
         h, w = view.height, view.width
@@ -201,32 +71,6 @@ class IQAScorer(Scorer):
         return [{self.name: round(float(np.mean(s)), 5) if s else None} for s in scores]
 
 
-def _resolve_clip(model: str, weights: Optional[str]) -> tuple[str, Optional[str]]:
-    """(open_clip model name, pretrained path or tag); a config .json (or a folder holding one) is
-    registered with open_clip first, so custom/tiny models load through the ordinary create_model."""
-    import open_clip
-
-    p = Path(os.path.expandvars(os.path.expanduser(model)))
-    if p.is_dir():
-        configs = sorted(p.glob("*.json"))
-        if len(configs) != 1:
-            raise MissingWeights(f"{p}: expected exactly one open_clip model config (.json), found {len(configs)}")
-        if weights is None:
-            found = sorted(p.glob("*.safetensors"))
-            weights = str(found[0]) if found else None
-        p = configs[0]
-    if p.suffix == ".json" and p.is_file():
-        open_clip.add_model_config(p)
-        model = p.stem
-    if weights is not None:
-        w = Path(os.path.expandvars(os.path.expanduser(weights)))
-        if w.suffix in (".safetensors", ".bin", ".pt", ".pth") or os.sep in weights:
-            if not w.is_file():
-                raise MissingWeights(f"open_clip weights for {model!r} not found: place the file at {w}")
-            weights = str(w)
-    return model, weights
-
-
 class ClipScorer(Scorer):
     """L2-normalised open_clip image embeddings (``clip_embedding``) and, with a head, the LAION-style
     aesthetic score (``aesthetic``) of the centre-cropped, resized image."""
@@ -250,19 +94,8 @@ class ClipScorer(Scorer):
         import open_clip
 
         self.device = resolve_device(device or self.device_pref)
-        name, weights = _resolve_clip(self.clip_model, self.clip_weights)
-        try:
-            with no_downloads():
-                model = open_clip.create_model(name, pretrained=weights, device=self.device)
-        except _NotLocal as exc:
-            raise MissingWeights(f"open_clip model {name!r} needs the weight file {os.path.basename(exc.dst)!r}, "
-                                      f"which is not on this machine: place it at {exc.dst} (published at {exc.url})"
-                                      ) from None
-        except Exception as exc:
-            if not _is_download_error(exc):
-                raise
-            where = _missing_from_traceback(exc) or "give signals.aesthetic.clip_weights as a local file"
-            raise MissingWeights(f"open_clip model {name!r} ({weights}) is not on this machine: {where}") from None
+        model, _ = build_open_clip(self.clip_model, self.clip_weights, self.device,
+                                   hint="give signals.aesthetic.clip_weights as a local file")
         self.model = model.eval()
         cfg = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
         self.image_size = int(getattr(model.visual, "image_size", (224, 224))[0]

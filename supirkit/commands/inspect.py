@@ -19,10 +19,15 @@ def add_arguments(p):
                    help="choose samples at random (reproducibly) instead of the first ones")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
     p.add_argument("--no-summary", action="store_true", help="skip the summary (it reads every shard's index)")
-    p.add_argument("--degrade", metavar="CONFIG", default=None,
-                   help="in --grid/--html show each sample's HQ/LQ training pair made by this degradation "
-                        "profile (e.g. degrade/supir.yaml) instead of the image alone")
+    p.add_argument("--degrade", metavar="CONFIG", nargs="?", const="", default=None,
+                   help="in --grid/--html show HQ/LQ pairs instead of the image alone: with CONFIG, the training "
+                        "pair this degradation profile (e.g. degrade/supir.yaml) makes from each sample; alone, "
+                        "the pairs a test set holds (supirkit testset)")
     add_config_args(p, "inspect/default.yaml", example="grid.thumb=192")
+
+
+#: ``--degrade`` without a profile: show the pairs stored in the samples (test sets)
+STORED_PAIRS = object()
 
 
 def degrade_pair_fn(config: str):
@@ -72,11 +77,11 @@ def run(args) -> int:
     if args.show < 0 or (args.n is not None and args.n < 1):
         raise UserError("--show must be >= 0 and --n >= 1")
     make_pair = None
-    if args.degrade:  # before any reading: a bad profile fails at once
+    if args.degrade is not None:  # before any reading: a bad profile fails at once
         if not (args.grid or args.html):
             raise UserError("--degrade shows pairs in --grid or --html; give one of them")
         try:
-            make_pair = degrade_pair_fn(args.degrade)
+            make_pair = degrade_pair_fn(args.degrade) if args.degrade else STORED_PAIRS
         except ConfigError as exc:
             raise UserError(f"--degrade: {exc}") from None
     check_output_file(args.grid, "--grid")
@@ -104,6 +109,7 @@ def _show(args, cfg, coll, make_pair) -> int:
         write_grid,
         write_html,
     )
+    from supirkit.inspection.degrade_views import make_stored_pair_tiles
 
     summary_text = ""
     if not args.no_summary:
@@ -120,6 +126,8 @@ def _show(args, cfg, coll, make_pair) -> int:
 
     def tiles_for(thumb: int):
         samples = iter_samples(coll, n, seed, **limits)
+        if make_pair is STORED_PAIRS:
+            return make_stored_pair_tiles(samples, thumb, cfg.decode.max_pixels)
         if make_pair is not None:
             return make_pair_tiles(samples, thumb, make_pair, cfg.decode.max_pixels)
         return make_tiles(samples, thumb, cfg.decode.max_pixels)

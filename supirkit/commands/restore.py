@@ -21,6 +21,12 @@ def add_arguments(p):
     p.add_argument("--adaptor", required=True, metavar="DIR", help="SUPIR adaptor folder (config.json + weights)")
     p.add_argument("--captioner", metavar="ID_OR_PATH", help="LLaVA-1.5 checkpoint to caption each image")
     p.add_argument("--prompt", metavar="TEXT", help="use TEXT as the caption (the positive prompt is appended)")
+    p.add_argument("--tagger", metavar="ID_OR_PATH", help="tag each image (SeeSR-style tag prompts): an open_clip model "
+                                                         "with --set tagger.vocabulary=FILE, or a transformers "
+                                                         "classifier with --set tagger.backend=classifier")
+    p.add_argument("--tags", metavar="LIST", help="comma-separated tags to use instead of a tagger")
+    p.add_argument("--prompt-source", choices=("caption", "tags", "both"),
+                   help="what describes the image: the caption, the tags or both (shortcut for --set prompt.source=)")
     p.add_argument("--upscale", type=float, metavar="X", help="shortcut for --set image.upscale=X")
     p.add_argument("--seed", type=int, help="shortcut for --set runtime.seed=N")
     add_config_args(p, "restore/default.yaml", example="sampler.num_steps=30")
@@ -37,7 +43,16 @@ def run(args) -> int:
         args.overrides.append(f"image.upscale={args.upscale}")
     if args.seed is not None:
         args.overrides.append(f"runtime.seed={args.seed}")
+    if args.tagger:
+        args.overrides.append(f"tagger.model={args.tagger}")
+    if args.prompt_source:
+        args.overrides.append(f"prompt.source={args.prompt_source}")
     cfg = load(args, RestoreConfig)
+    tags = [t.strip() for t in args.tags.split(",") if t.strip()] if args.tags is not None else None
+    if cfg.prompt.source != "caption" and tags is None and not cfg.tagger.model:
+        raise UserError(f"prompt.source is {cfg.prompt.source}: give --tags or --tagger")
+    if tags is not None and args.tagger:
+        raise UserError("give --tags or --tagger, not both")
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise UserError(f"{missing[0]}: no such image file")
@@ -49,6 +64,14 @@ def run(args) -> int:
     check_model_ref("--sdxl", args.sdxl, "model_index.json")
     if args.captioner:
         check_model_ref("--captioner", args.captioner)
+    if cfg.tagger.model and cfg.prompt.source != "caption":
+        from supirkit.captioning.backends import BackendError
+        from supirkit.captioning.tags import check_tagger
+
+        try:
+            check_tagger(cfg.tagger)
+        except BackendError as exc:
+            raise UserError(str(exc)) from None
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -56,7 +79,7 @@ def run(args) -> int:
 
     try:
         written = restore_images(args.images, args.out, args.sdxl, args.adaptor, cfg, captioner=args.captioner,
-                                 prompt=args.prompt)
+                                 prompt=args.prompt, tags=tags)
     except (OSError, ValueError) as exc:
         raise UserError(str(exc).splitlines()[0]) from None
     for path in written:
