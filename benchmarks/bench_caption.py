@@ -248,8 +248,15 @@ def bench_gpu(args) -> dict:
         if "captions_per_s" in r:
             r["ratio_vs_sharegpt4v"] = round(r["captions_per_s"] / ANCHOR_IMAGES_PER_S, 2)
             r["meets_10x"] = r["ratio_vs_sharegpt4v"] >= GOAL_RATIO
-    return {"mode": "gpu", "device": torch.cuda.get_device_name(0), "model": "LLaVA-1.5-13B architecture, random bf16 weights",
-            "parameters": params, "image_size": args.size, "new_tokens": n_tokens, "rows": rows}
+    return {
+        "mode": "gpu",
+        "device": torch.cuda.get_device_name(0),
+        "model": "LLaVA-1.5-13B architecture, random bf16 weights",
+        "parameters": params,
+        "image_size": args.size,
+        "new_tokens": n_tokens,
+        "rows": rows,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -145,14 +145,18 @@ class Reference:
             out = self._noise(out, o["gaussian_noise_prob2"], o["noise_range2"], o["poisson_scale_range2"],
                               o["gray_noise_prob2"])
             if np.random.uniform() < 0.5:
-                out = F.interpolate(out, size=(ori_h // sc, ori_w // sc), mode=random.choice(["area", "bilinear", "bicubic"]))
+                out = F.interpolate(
+                    out, size=(ori_h // sc, ori_w // sc), mode=random.choice(["area", "bilinear", "bicubic"])
+                )
                 out = filter2D(out, sinc)
                 q = out.new_zeros(out.size(0)).uniform_(*o["jpeg_range2"])
                 out = self.jpeger(torch.clamp(out, 0, 1), quality=q).contiguous()
             else:
                 q = out.new_zeros(out.size(0)).uniform_(*o["jpeg_range2"])
                 out = self.jpeger(torch.clamp(out, 0, 1), quality=q).contiguous()
-                out = F.interpolate(out, size=(ori_h // sc, ori_w // sc), mode=random.choice(["area", "bilinear", "bicubic"]))
+                out = F.interpolate(
+                    out, size=(ori_h // sc, ori_w // sc), mode=random.choice(["area", "bilinear", "bicubic"])
+                )
                 out = filter2D(out, sinc)
             if self.out_size is not None:
                 out = F.interpolate(out, size=(self.out_size, self.out_size), mode="bicubic")
@@ -292,7 +296,9 @@ def main(argv=None) -> int:
     for row in scaling:
         per_cpu = row["pairs_per_worker_cpu_s"]
         per_cpu = f"{per_cpu:.1f}" if per_cpu else "n/a"
-        print(f"| {row['workers']} | {row['pairs_per_s']:.1f} | {row['pairs_per_s'] / row['workers']:.1f} | {per_cpu} |")
+        print(
+            f"| {row['workers']} | {row['pairs_per_s']:.1f} | {row['pairs_per_s'] / row['workers']:.1f} | {per_cpu} |"
+        )
     print(f"\nwrote {out}")
     return 0
 

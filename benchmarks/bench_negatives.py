@@ -91,8 +91,9 @@ def run_anchor(model: str, inputs: Path, count: int, batch: int, size: int, devi
     from PIL import Image
 
     from supirkit.datapipe.decode import decode_rgb
+    from supirkit.datapipe.devices import resolve_device, resolve_dtype
     from supirkit.datapipe.tario import list_shards, read_shard, sample_image
-    from supirkit.negatives.job import PAPER_PROMPT, resolve_device, torch_dtype
+    from supirkit.negatives.job import PAPER_PROMPT
 
     dev = resolve_device(device)
     if dev == "cpu" and threads:
@@ -102,7 +103,7 @@ def run_anchor(model: str, inputs: Path, count: int, batch: int, size: int, devi
     # newer diffusers name the argument `dtype` and deprecate `torch_dtype` (as SDXLGenerator does)
     dtype_arg = "dtype" if hasattr(diffusers.utils, "_resolve_dtype") else "torch_dtype"
     pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(model, use_safetensors=True,
-                                                            **{dtype_arg: torch_dtype(dtype, dev)}).to(dev)
+                                                            **{dtype_arg: resolve_dtype(dtype, dev)}).to(dev)
     pipe.set_progress_bar_config(disable=True)
     images = []
     for s in read_shard(list_shards(inputs)[0]):

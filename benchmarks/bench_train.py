@@ -111,7 +111,11 @@ class Clock:
         self.n += n
 
     def rates(self):
-        return {"samples": self.n, "per_s_wall": self.n / max(self.wall, 1e-9), "per_cpu_s": self.n / max(self.cpu, 1e-9)}
+        return {
+            "samples": self.n,
+            "per_s_wall": self.n / max(self.wall, 1e-9),
+            "per_cpu_s": self.n / max(self.cpu, 1e-9),
+        }
 
 
 def anchor_pipeline(root: Path, crop: int, batch: int, seed: int):
@@ -182,7 +186,9 @@ def loader_rates(root: Path, rounds: int, batch: int) -> dict:
         t2c = time.process_time()  # the floors are not the loader's time
         top = int(d.u_top * (img.shape[0] - 511))
         left = int(d.u_left * (img.shape[1] - 511))
-        hq = np.ascontiguousarray(img[top:top + 512, left:left + 512][:, ::-1] if d.flip else img[top:top + 512, left:left + 512])
+        hq = np.ascontiguousarray(
+            img[top : top + 512, left : left + 512][:, ::-1] if d.flip else img[top : top + 512, left : left + 512]
+        )
         t3 = time.process_time()
         target, lq, _ = ours.degrader()(hq, seed=0, epoch=0, key=raw["__key__"])
         t4 = time.process_time()
@@ -249,10 +255,18 @@ def tiny_step_vs_loader(root: Path, steps: int) -> dict:
     torch.set_num_threads(1)
     sdxl = build_tiny_sdxl(root / "sdxl", seed=0)
     batch = 2
-    cfg = TrainConfig.model_validate({
-        "model": {"pretrained": str(sdxl)},
-        "data": data_section(root, 64, ["hq_size=null", "output.size=hq"]).model_dump(),
-        "schedule": {"max_steps": steps, "batch_size": batch, "mixed_precision": "no", "gradient_checkpointing": False}})
+    cfg = TrainConfig.model_validate(
+        {
+            "model": {"pretrained": str(sdxl)},
+            "data": data_section(root, 64, ["hq_size=null", "output.size=hq"]).model_dump(),
+            "schedule": {
+                "max_steps": steps,
+                "batch_size": batch,
+                "mixed_precision": "no",
+                "gradient_checkpointing": False,
+            },
+        }
+    )
     cpu = torch.device("cpu")
     frozen = FrozenSDXL(cfg.model.pretrained, cpu, torch.float32)
     objective = AdaptorObjective(cfg, frozen, cpu, torch.float32)
@@ -367,7 +381,10 @@ def main() -> int:
     for w in workers:
         print(f"| DataLoader, {w['workers']} worker(s) | {w['per_s_wall']:.2f} | | |")
     parts = loader["parts_ms_per_sample"]
-    print("\nper sample: " + ", ".join(f"{k} {v:.1f} ms ({100 * loader['parts_share'][k]:.0f} %)" for k, v in parts.items()))
+    print(
+        "\nper sample: "
+        + ", ".join(f"{k} {v:.1f} ms ({100 * loader['parts_share'][k]:.0f} %)" for k, v in parts.items())
+    )
     fl, fmp = loader["floor_ms_per_sample"], loader["floor_mp_per_cpu_s"]
     print(f"decode: {parts['decode']:.2f} ms per sample, {loader['decode_mp_per_cpu_s']:.0f} MP per CPU-s; "
           f"floor (fastest decoder) {fl['fastest']:.2f} ms, {fmp['fastest']:.0f} MP per CPU-s (decode / floor "

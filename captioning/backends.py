@@ -58,7 +58,11 @@ def render_prompt(processor, prompt: CaptionPromptConfig) -> str:
 
 def pad_colour(processor) -> tuple[int, int, int]:
     """LLaVA's expand2square colour: the image processor's mean, in 0..255."""
-    mean = getattr(getattr(processor, "image_processor", None), "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
+    mean = getattr(getattr(processor, "image_processor", None), "image_mean", None) or (
+        0.48145466,
+        0.4578275,
+        0.40821073,
+    )
     return tuple(int(x * 255) for x in mean[:3])
 
 

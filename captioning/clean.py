@@ -27,7 +27,9 @@ class CaptionCleaner:
     def __init__(self, openings: Iterable[str] = DEFAULT_OPENINGS, strip_openings: bool = True,
                  capitalize: bool = True) -> None:
         alternatives = "|".join(f"(?:{p})" for p in openings)
-        self._opening = re.compile(rf"^\s*(?:{alternatives})\s*", re.IGNORECASE) if strip_openings and alternatives else None
+        self._opening = (
+            re.compile(rf"^\s*(?:{alternatives})\s*", re.IGNORECASE) if strip_openings and alternatives else None
+        )
         self.capitalize = capitalize
 
     def __call__(self, raw: str) -> str:

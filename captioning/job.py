@@ -263,7 +263,9 @@ class CaptionStage(Stage[Partition]):
                     written += 1
                     if written == 1:
                         faults.maybe_fail("caption_mid_shard", partition.index)
-        summary["clip_tokens_mean"] = round(summary.pop("clip_tokens_sum") / summary["captions"], 2) if summary["captions"] else None
+        summary["clip_tokens_mean"] = (
+            round(summary.pop("clip_tokens_sum") / summary["captions"], 2) if summary["captions"] else None
+        )
         stats.counts["captioned"] = summary["captions"]
         stats.counts["new_tokens"] = summary["new_tokens"]
         stats.extra["caption"] = summary

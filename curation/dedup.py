@@ -7,7 +7,8 @@ re-select without regrouping.
 
 Exact matches come from datapipe's bounded-memory grouping of content hashes (the same function
 ``supirkit shard`` uses). Scale: near matching holds two 64-bit columns per input (20M inputs: a few
-hundred MB) and uses sorting, never all pairs: near matches within ``k`` bits share at least one of ``k+1`` bit bands exactly
+hundred MB) and uses sorting, never all pairs: near matches within ``k`` bits share at least one of ``k+1``
+bit bands exactly
 (pigeonhole), so only inputs equal on a band are compared. Semantic matching fits k-means centroids
 on a sample, spills embeddings to bucket files by centroid, then compares pairs only inside a cluster
 (torch matmul), so memory holds one bucket at a time.
@@ -91,83 +92,98 @@ def _kmeans(x: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
     return cent.numpy()
 
 
-def semantic_edges(parts: list[Path], index_of: dict[int, int], cfg, work: Path) -> np.ndarray:
-    """Pairs with cosine similarity >= threshold, via k-means buckets (see the module docstring)."""
+def _embedding_batches(parts: list[Path]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(orders, L2-normalised embeddings) of every part that has them, one part at a time."""
+    import pyarrow.parquet as pq
+
+    for p in parts:
+        t = pq.read_table(p, columns=["order", "clip_embedding"])
+        t = t.filter(t["clip_embedding"].is_valid())
+        if t.num_rows == 0:
+            continue
+        emb = np.asarray(t["clip_embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                         np.float32).reshape(t.num_rows, -1)
+        yield np.asarray(t["order"].to_numpy(), np.int64), emb
+
+
+def _spill_by_cluster(parts: list[Path], cent: np.ndarray, n_buckets: int, spill: Path,
+                      flush_rows: int = 20_000) -> None:
+    """Each embedding to the bucket file of its nearest centroid (buckets hold whole clusters)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
 
-    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for p in parts:
-            t = pq.read_table(p, columns=["order", "clip_embedding"])
-            t = t.filter(t["clip_embedding"].is_valid())
-            if t.num_rows == 0:
-                continue
-            emb = np.asarray(t["clip_embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False),
-                             np.float32).reshape(t.num_rows, -1)
-            yield np.asarray(t["order"].to_numpy(), np.int64), emb
-
-    n = sum(len(o) for o, _ in batches())
-    if n < 2:
-        return np.zeros((0, 2), np.int64)
-    k = cfg.n_clusters or max(1, int(np.sqrt(n) / 2))
-    k = min(k, n)
-    stride = max(1, n // cfg.sample_size)
-    sample = np.concatenate([e[::stride] for _, e in batches()])[: cfg.sample_size]
-    cent = _kmeans(sample, min(k, len(sample)), cfg.iterations, cfg.seed)
-    spill = work / "semantic"
-    spill.mkdir(parents=True, exist_ok=True)
     buffers: dict[int, list] = {}
     sizes: dict[int, int] = {}
-    flush_rows = 20_000
 
     def flush(b: int) -> None:
         rows = buffers.pop(b, [])
         if rows:
-            o = np.concatenate([r[0] for r in rows])
-            c = np.concatenate([r[1] for r in rows])
-            e = np.concatenate([r[2] for r in rows])
+            o, c, e = (np.concatenate([r[i] for r in rows]) for i in range(3))
             t = pa.table({"order": o, "cluster": c,
                           "emb": pa.FixedSizeListArray.from_arrays(pa.array(e.ravel()), e.shape[1])})
             pq.write_table(t, spill / f"b{b:04d}-{uuid.uuid4().hex[:8]}.parquet")
         sizes[b] = 0
 
-    for orders, emb in batches():
+    for orders, emb in _embedding_batches(parts):
         cl = (torch.from_numpy(emb) @ torch.from_numpy(cent).T).argmax(dim=1).numpy()
-        bucket = cl % cfg.n_buckets
-        for b in np.unique(bucket):
+        bucket = cl % n_buckets
+        for b in (int(x) for x in np.unique(bucket)):
             m = bucket == b
-            buffers.setdefault(int(b), []).append((orders[m], cl[m], emb[m].astype(np.float16)))
-            sizes[int(b)] = sizes.get(int(b), 0) + int(m.sum())
-            if sizes[int(b)] >= flush_rows:
-                flush(int(b))
+            buffers.setdefault(b, []).append((orders[m], cl[m], emb[m].astype(np.float16)))
+            sizes[b] = sizes.get(b, 0) + int(m.sum())
+            if sizes[b] >= flush_rows:
+                flush(b)
     for b in list(buffers):
         flush(b)
+
+
+def _bucket_pairs(files: list[Path], threshold: float, index_of: dict[int, int]) -> list[np.ndarray]:
+    """Pairs at cosine similarity >= ``threshold`` inside each cluster of one bucket, as row indexes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    t = pa.concat_tables([pq.read_table(f) for f in files])
+    orders = t["order"].to_numpy()
+    clusters = t["cluster"].to_numpy()
+    emb = np.asarray(t["emb"].combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                     np.float32).reshape(t.num_rows, -1)
+    edges = []
+    for c in np.unique(clusters):
+        idx = np.flatnonzero(clusters == c)
+        if idx.size < 2:
+            continue
+        x = torch.from_numpy(emb[idx])
+        for s in range(0, idx.size, 4096):  # chunked so a huge cluster stays in memory bounds
+            i, j = np.nonzero((x[s:s + 4096] @ x.T).numpy() >= threshold)
+            keep = (i + s) < j
+            if keep.any():
+                a = [index_of[int(o)] for o in orders[idx[i[keep] + s]]]
+                b = [index_of[int(o)] for o in orders[idx[j[keep]]]]
+                edges.append(np.stack([np.asarray(a), np.asarray(b)], axis=1))
+    return edges
+
+
+def semantic_edges(parts: list[Path], index_of: dict[int, int], cfg, work: Path) -> np.ndarray:
+    """Pairs with cosine similarity >= threshold, via k-means buckets (see the module docstring)."""
+    n = sum(len(o) for o, _ in _embedding_batches(parts))
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    k = min(cfg.n_clusters or max(1, int(np.sqrt(n) / 2)), n)
+    stride = max(1, n // cfg.sample_size)
+    sample = np.concatenate([e[::stride] for _, e in _embedding_batches(parts)])[: cfg.sample_size]
+    cent = _kmeans(sample, min(k, len(sample)), cfg.iterations, cfg.seed)
+    spill = work / "semantic"
+    spill.mkdir(parents=True, exist_ok=True)
+    _spill_by_cluster(parts, cent, cfg.n_buckets, spill)
     edges = []
     for b in range(cfg.n_buckets):
         files = sorted(spill.glob(f"b{b:04d}-*.parquet"))
-        if not files:
-            continue
-        t = pa.concat_tables([pq.read_table(f) for f in files])
-        orders = t["order"].to_numpy()
-        clusters = t["cluster"].to_numpy()
-        emb = np.asarray(t["emb"].combine_chunks().flatten().to_numpy(zero_copy_only=False),
-                         np.float32).reshape(t.num_rows, -1)
-        for c in np.unique(clusters):
-            idx = np.flatnonzero(clusters == c)
-            if idx.size < 2:
-                continue
-            x = torch.from_numpy(emb[idx])
-            for s in range(0, idx.size, 4096):  # chunked so a huge cluster stays in memory bounds
-                sim = x[s:s + 4096] @ x.T
-                i, j = np.nonzero(sim.numpy() >= cfg.threshold)
-                keep = (i + s) < j
-                if keep.any():
-                    a = [index_of[int(o)] for o in orders[idx[i[keep] + s]]]
-                    bb = [index_of[int(o)] for o in orders[idx[j[keep]]]]
-                    edges.append(np.stack([np.asarray(a), np.asarray(bb)], axis=1))
-        for f in files:
-            f.unlink()
+        if files:
+            edges += _bucket_pairs(files, cfg.threshold, index_of)
+            for f in files:
+                f.unlink()
     return np.concatenate(edges).astype(np.int64) if edges else np.zeros((0, 2), np.int64)
 
 

@@ -167,7 +167,8 @@ def _funnel_chart(funnel: dict, out: Path) -> tuple[list, list]:
     stages = [(k, funnel.get(k, 0)) for k in FUNNEL_STEPS]
     reasons = sorted(funnel.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.2))
-    for ax, items, colour, title in ((a1, stages, "#27ae60", "funnel"), (a2, reasons, "#c0392b", "rejected, by reason")):
+    charts = ((a1, stages, "#27ae60", "funnel"), (a2, reasons, "#c0392b", "rejected, by reason"))
+    for ax, items, colour, title in charts:
         if items:
             ax.barh([s for s, _ in items][::-1], [v for _, v in items][::-1], color=colour)
             for i, (_, v) in enumerate(items[::-1]):

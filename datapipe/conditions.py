@@ -83,25 +83,7 @@ class Condition:
         if isinstance(node, ast.Compare):
             operands = [node.left, *node.comparators]
             for op, left, right in zip(node.ops, operands, operands[1:]):
-                if isinstance(op, (ast.In, ast.NotIn)):
-                    self._need_column(left)
-                    if not isinstance(_constant(right), list):
-                        raise ConditionError(f"'in' needs a list on the right: {ast.unparse(node)!r}")
-                elif isinstance(op, (ast.Is, ast.IsNot)):
-                    self._need_column(left)
-                    if _constant(right) is not None:
-                        raise ConditionError("'is' compares with None only")
-                elif type(op) in _CMP:
-                    names = [n for n in (left, right) if _column_name(n)]
-                    if not names:
-                        raise ConditionError(f"comparison without a column: {ast.unparse(node)!r}")
-                    for side in (left, right):
-                        if _column_name(side):
-                            self.columns.add(_column_name(side))
-                        else:
-                            _constant(side)
-                else:
-                    raise ConditionError(f"operator not allowed: {ast.unparse(node)!r}")
+                self._check_comparison(node, op, left, right)
             return node
         name = _column_name(node)
         if name:  # a bare boolean column
@@ -110,6 +92,26 @@ class Condition:
         if isinstance(node, ast.Constant) and isinstance(node.value, bool):
             return node
         raise ConditionError(f"not allowed in a condition: {ast.unparse(node)!r}")
+
+    def _check_comparison(self, node: ast.AST, op: ast.cmpop, left: ast.AST, right: ast.AST) -> None:
+        if isinstance(op, (ast.In, ast.NotIn)):
+            self._need_column(left)
+            if not isinstance(_constant(right), list):
+                raise ConditionError(f"'in' needs a list on the right: {ast.unparse(node)!r}")
+        elif isinstance(op, (ast.Is, ast.IsNot)):
+            self._need_column(left)
+            if _constant(right) is not None:
+                raise ConditionError("'is' compares with None only")
+        elif type(op) in _CMP:
+            if not any(_column_name(n) for n in (left, right)):
+                raise ConditionError(f"comparison without a column: {ast.unparse(node)!r}")
+            for side in (left, right):
+                if _column_name(side):
+                    self.columns.add(_column_name(side))
+                else:
+                    _constant(side)
+        else:
+            raise ConditionError(f"operator not allowed: {ast.unparse(node)!r}")
 
     def _need_column(self, node: ast.AST) -> None:
         name = _column_name(node)

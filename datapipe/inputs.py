@@ -41,7 +41,8 @@ def split_member_uri(uri: str) -> Optional[tuple[str, str]]:
     return None
 
 
-def iter_raw_items(partition: Partition, stats: UnitStats, max_file_bytes: int, io_retries: int = 3) -> Iterator[RawItem]:
+def iter_raw_items(partition: Partition, stats: UnitStats, max_file_bytes: int,
+                   io_retries: int = 3) -> Iterator[RawItem]:
     """Every input of the partition that could be read, in listing order; the rest are recorded.
 
     Consecutive ``tar#key`` references to one tar (a manifest re-reading members of input shards) are
@@ -55,7 +56,8 @@ def iter_raw_items(partition: Partition, stats: UnitStats, max_file_bytes: int, 
         member = split_member_uri(ref.uri) if ref.kind != INVALID else None
         if member is not None:
             j = i + 1
-            while j < len(refs) and refs[j].kind != INVALID and (split_member_uri(refs[j].uri) or ("",))[0] == member[0]:
+            while (j < len(refs) and refs[j].kind != INVALID
+                   and (split_member_uri(refs[j].uri) or ("",))[0] == member[0]):
                 j += 1
             wanted = [(partition.first_order + k, split_member_uri(refs[k].uri)[1]) for k in range(i, j)]
             yield from _iter_tar_members(member[0], wanted, stats, max_file_bytes)
@@ -112,7 +114,9 @@ def _iter_tar(uri: str, order: int, stats: UnitStats, max_file_bytes: int) -> It
                 stats.reject(src, "too_large")
                 continue
             if data is None:
-                stats.reject(src, "no_image_in_sample", f"members: {sorted(k for k in sample if not k.startswith('__'))}")
+                stats.reject(
+                    src, "no_image_in_sample", f"members: {sorted(k for k in sample if not k.startswith('__'))}"
+                )
                 continue
             if len(data) > max_file_bytes:
                 stats.reject(src, "too_large")

@@ -179,8 +179,11 @@ def _iter_list_columns(path: str, fs=None, batch_rows: int = 65536) -> Iterator[
         import pyarrow as pa
 
         # paths are text whatever they look like (type inference on the first block could say otherwise)
-        reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22),
-                                convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in LIST_COLUMNS}))
+        reader = pacsv.open_csv(
+            f,
+            read_options=pacsv.ReadOptions(block_size=1 << 22),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in LIST_COLUMNS}),
+        )
         index = reader.schema.names.index(_list_column(path, reader.schema.names))
         for batch in reader:
             yield batch.column(index).to_pylist()

@@ -34,8 +34,8 @@ Pictures (``degrade.preview``): ``contact_sheet`` (N LQ variants of one crop; ``
 
 Profiles: ``configs/degrade/<name>.yaml`` for each name in ``PROFILES`` (SUPIR, Real-ESRGAN x4plus, DiffBIR's
 two, SeeSR's and ResShift's training recipes, ResShift's test set, and ``classical_x4``: the classical test
-model y = (x * k)↓s + n of ``degrade.classical``), schema ``DegradeConfig``. The algorithm, the profiles and where the output differs from the reference
-implementation (and why): ``degrade/README.md``.
+model y = (x * k)↓s + n of ``degrade.classical``), schema ``DegradeConfig``. The algorithm, the profiles and
+where the output differs from the reference implementation (and why): ``degrade/README.md``.
 """
 from supirkit.degrade.config import DegradeConfig
 from supirkit.degrade.pipeline import Degrader, DegradeTransform, worker_init_fn

@@ -24,6 +24,22 @@ from supirkit.inspection.render import (
 from supirkit.inspection.samples import Sample, format_sample, iter_samples
 from supirkit.inspection.summary import format_summary, summarize
 
-__all__ = ["Collection", "open_collection", "InspectConfig", "Cell", "Tile", "draw_sheet", "make_pair_tiles", "make_stored_pair_tiles",
-           "make_tiles", "save_png", "write_grid", "write_html", "Sample", "format_sample", "iter_samples",
-           "format_summary", "summarize"]
+__all__ = [
+    "Collection",
+    "open_collection",
+    "InspectConfig",
+    "Cell",
+    "Tile",
+    "draw_sheet",
+    "make_pair_tiles",
+    "make_stored_pair_tiles",
+    "make_tiles",
+    "save_png",
+    "write_grid",
+    "write_html",
+    "Sample",
+    "format_sample",
+    "iter_samples",
+    "format_summary",
+    "summarize",
+]

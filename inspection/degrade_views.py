@@ -173,9 +173,9 @@ def inspect_views(profile: Any = "supir", *, seed: int = 0, epoch: int = 0, n: i
     """A view function for ``inspection.render.make_tiles(..., views=...)``: ``(rgb, meta) -> [(label, rgb)]``.
 
     For each sample it returns the target (only when the profile sharpens it) and ``n`` LQ variants
-    (keys ``f"{key}/{i}"``; ``key`` is ``meta["key"]``, or ``sample-<call number>`` without one), each labelled with its size and
-    JPEG qualities. ``rgb`` is centre-cropped to the profile's ``hq_size`` first; give it the full-size decode
-    for a faithful view (a thumbnail is enlarged to fit, which softens it).
+    (keys ``f"{key}/{i}"``; ``key`` is ``meta["key"]``, or ``sample-<call number>`` without one), each labelled
+    with its size and JPEG qualities. ``rgb`` is centre-cropped to the profile's ``hq_size`` first; give it the
+    full-size decode for a faithful view (a thumbnail is enlarged to fit, which softens it).
     """
     if n < 1:
         raise ValueError("n must be >= 1")

@@ -167,7 +167,8 @@ def _error_text(tile: Tile, what: str = "") -> str:
     return tile.error if tile.error.startswith(("pair:", "view:")) else f"{what}unreadable: {tile.error}"
 
 
-def tile_lines(tile: Tile, score_names: Optional[list[str]] = None, caption_lines: int = 2) -> tuple[str, list[str], str]:
+def tile_lines(tile: Tile, score_names: Optional[list[str]] = None,
+               caption_lines: int = 2) -> tuple[str, list[str], str]:
     """(key line, caption lines as words, scores line) of a tile's label."""
     s = tile.sample
     key_line = s.key + (f"  {tile.size[0]}x{tile.size[1]}" if tile.size else "")
@@ -269,9 +270,11 @@ pre.summary{{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto;fon
 .card img{{max-width:100%;display:block;margin:0 auto 4px;image-rendering:auto}}
 .views{{display:flex;gap:4px;align-items:flex-start}} .views figure{{margin:0;flex:1}}
 figcaption{{font-size:11px;color:#666;text-align:center}}
-.key{{font-family:monospace;font-weight:600;word-break:break-all}} .src{{color:#777;word-break:break-all;font-size:11px}}
+.key{{font-family:monospace;font-weight:600;word-break:break-all}}
+.src{{color:#777;word-break:break-all;font-size:11px}}
 .cap{{margin:4px 0}} .scores{{color:#0a4f8c;font-family:monospace}} .err{{color:#b00}}
-table{{border-collapse:collapse;font-size:11px;width:100%}} td{{border-top:1px solid #eee;padding:1px 4px;vertical-align:top;word-break:break-all}}
+table{{border-collapse:collapse;font-size:11px;width:100%}}
+td{{border-top:1px solid #eee;padding:1px 4px;vertical-align:top;word-break:break-all}}
 </style></head><body>
 <h2>{title}</h2>
 <pre class="summary">{summary}</pre>
@@ -297,8 +300,11 @@ def write_html(tiles: list[Tile], path: str | Path, title: str, summary_text: st
         figs = []
         for label, img in tile.images:
             card_w = max(card_w, img.shape[1] * len(tile.images))
-            figs.append(f'<figure><img alt="{html.escape(label or s.key)}" src="data:image/jpeg;base64,{_jpeg_b64(img)}">'
-                        + (f"<figcaption>{html.escape(label)}</figcaption>" if label else "") + "</figure>")
+            figs.append(
+                f'<figure><img alt="{html.escape(label or s.key)}" src="data:image/jpeg;base64,{_jpeg_b64(img)}">'
+                + (f"<figcaption>{html.escape(label)}</figcaption>" if label else "")
+                + "</figure>"
+            )
         body = f'<div class="views">{"".join(figs)}</div>' if figs else \
             f'<div class="err">{html.escape(_error_text(tile, "image "))}</div>'
         size = f" {tile.size[0]}x{tile.size[1]}" if tile.size else ""

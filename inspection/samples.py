@@ -9,6 +9,7 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
+from supirkit.datapipe.decode import DEFAULT_MAX_FILE_BYTES
 from supirkit.datapipe.keys import display_source
 from supirkit.datapipe.shard_format import IMAGE_EXTS
 from supirkit.datapipe.tario import image_keys, image_too_large, member_table, read_shard, sample_image, sample_meta
@@ -66,7 +67,8 @@ def _bottom_k(items: Iterable, n: int, seed: int) -> list:
     return [item for _, _, item in sorted(heap, key=lambda t: t[1])]
 
 
-def iter_samples(coll: Collection, n: int, seed: Optional[int] = None, max_file_bytes: int = 512 << 20) -> Iterator[Sample]:
+def iter_samples(coll: Collection, n: int, seed: Optional[int] = None,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterator[Sample]:
     """``n`` samples: the first ones, or with ``seed`` a uniform random choice over the whole collection
     (chosen from keys/rows alone; only the chosen samples' bytes are kept)."""
     if n <= 0:
@@ -155,7 +157,9 @@ def score_items(meta: dict, names: Optional[list[str]] = None, limit: int = 4) -
     """The numeric quality fields of a sample (nested ones as ``a.b``), or exactly ``names`` when given."""
     flat = flatten_meta(meta)
     if names:
-        return [(n, flat[n]) for n in names if isinstance(flat.get(n), (int, float)) and not isinstance(flat.get(n), bool)]
+        return [
+            (n, flat[n]) for n in names if isinstance(flat.get(n), (int, float)) and not isinstance(flat.get(n), bool)
+        ]
     out = []
     for k, v in flat.items():
         parts = k.split(".")

@@ -288,7 +288,9 @@ def _summarize_shards(coll: Collection, s: Summary) -> None:
             s.metadata_from.add("tar json")
             if keys is None:  # remote tar: the scan is the count
                 s.samples += table.num_rows
-                s.captioned += sum(table.column("has_caption").to_pylist()) if "has_caption" in table.column_names else 0
+                s.captioned += (
+                    sum(table.column("has_caption").to_pylist()) if "has_caption" in table.column_names else 0
+                )
                 s.caption_known = True
         s.add_table(table)
         stats = _stats_file(url)

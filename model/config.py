@@ -91,8 +91,18 @@ def read_json_config(name: str) -> dict:
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
-__all__ = ["CONFIG_ROOT", "DEFAULT_NEGATIVE", "DEFAULT_POSITIVE", "SupirModelConfig", "PromptRuleConfig", "RestoreConfig",
-           "SamplerConfig", "TrunkLayoutConfig", "load_model_config", "read_json_config"]
+__all__ = [
+    "CONFIG_ROOT",
+    "DEFAULT_NEGATIVE",
+    "DEFAULT_POSITIVE",
+    "SupirModelConfig",
+    "PromptRuleConfig",
+    "RestoreConfig",
+    "SamplerConfig",
+    "TrunkLayoutConfig",
+    "load_model_config",
+    "read_json_config",
+]
 
 
 # ---------------------------------------------------------------------------------------------- restore
@@ -189,7 +199,9 @@ class RuntimeConfig(RuntimeOptions):
 class RestoreConfig(Schema):
     prompt: PromptRuleConfig = Field(default_factory=PromptRuleConfig)
     captioner: CaptionerConfig = Field(default_factory=CaptionerConfig)
-    tagger: TaggerConfig = Field(default_factory=TaggerConfig, description="tag prompts (--tagger), on the stage-1 image")
+    tagger: TaggerConfig = Field(
+        default_factory=TaggerConfig, description="tag prompts (--tagger), on the stage-1 image"
+    )
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     image: RestoreImageConfig = Field(default_factory=RestoreImageConfig)

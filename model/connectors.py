@@ -99,7 +99,8 @@ class ZeroCrossAttn(nn.Module):
         self.norm1 = group_norm(query_dim)
         self.norm2 = group_norm(context_dim)
 
-    def forward(self, context: torch.Tensor, x: torch.Tensor, control_scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+    def forward(self, context: torch.Tensor, x: torch.Tensor,
+                control_scale: float | torch.Tensor = 1.0) -> torch.Tensor:
         x_in = x
         b, ch, hh, ww = x.shape
         q = self.norm1(x).flatten(2).transpose(1, 2)

@@ -39,7 +39,8 @@ class RestoreResult:
     tags: tuple = ()  # tag prompts used (prompt.source tags/both)
 
 
-def working_size(w: int, h: int, upscale: float, min_size: int, multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
+def working_size(w: int, h: int, upscale: float, min_size: int,
+                 multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """((w0, h0) output size, (w, h) sampling size), as the official ``PIL2Tensor``."""
     w, h = w * upscale, h * upscale
     w0, h0 = int(round(w)), int(round(h))

@@ -26,7 +26,9 @@ SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 
 class NegativesModelConfig(Schema):
     id: str = Field(SDXL_BASE, min_length=1, description="Hub id or local folder of an SDXL diffusers pipeline.")
-    variant: Optional[str] = Field(None, description="Weight-file variant to load (e.g. fp16); null: the default files.")
+    variant: Optional[str] = Field(
+        None, description="Weight-file variant to load (e.g. fp16); null: the default files."
+    )
     dtype: DType = Field("auto", description="auto: float16 on CUDA, float32 on CPU.")
     device: Device = "auto"
     cpu_threads: Optional[int] = Field(None, ge=1, le=1024, description="torch threads on CPU (null: torch's "
@@ -94,5 +96,14 @@ class NegativesConfig(Schema):
     runner: RunnerConfig = RunnerConfig()
 
 
-__all__ = ["NegativesConfig", "NegativesModelConfig", "GenerateConfig", "NegativesPromptConfig", "NegativesSourceConfig",
-           "NegativesOutputConfig", "PAPER_PROMPT", "NEGATIVE_WORDS", "SDXL_BASE"]
+__all__ = [
+    "NegativesConfig",
+    "NegativesModelConfig",
+    "GenerateConfig",
+    "NegativesPromptConfig",
+    "NegativesSourceConfig",
+    "NegativesOutputConfig",
+    "PAPER_PROMPT",
+    "NEGATIVE_WORDS",
+    "SDXL_BASE",
+]

@@ -42,7 +42,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -63,11 +63,14 @@ from supirkit.negatives.config import (
     NegativesModelConfig,
     NegativesPromptConfig,
 )
+from supirkit.negatives.sources import FILE_GROUP, SourceImage, SourcePlan, SourceReader
 
 log = logging.getLogger("supirkit")
 
 STAGE = "negatives"
 INPUTS_FILE = "inputs.json"
+#: image files per input group when the sources are files rather than shards
+FILES_PER_GROUP = 1000
 QUALITY = "negative"
 SUBSET = "negatives"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -126,203 +129,6 @@ def partition_range(index: int, samples_per_shard: int, count: int) -> range:
 
 def n_partitions(count: int, samples_per_shard: int) -> int:
     return math.ceil(count / samples_per_shard)
-
-
-# ------------------------------------------------------------------------------------------ source rule
-
-@dataclass(frozen=True)
-class SlotPick:
-    """Sample ``t`` of an output shard takes member ``position`` (in the shard's seeded order) of input ``input``."""
-
-    t: int
-    input: int
-    position: int  # unwrapped: the member is Q[position mod m]
-
-
-class SourcePlan:
-    """The deterministic source rule of the module docstring (steps 1-3), as pure arithmetic."""
-
-    def __init__(self, n_inputs: int, job_seed: int, samples_per_shard: int, shards_per_partition: int) -> None:
-        if n_inputs < 1:
-            raise ValueError("img2img needs at least one input shard")
-        self.m_inputs = n_inputs
-        self.seed = job_seed
-        self.n = samples_per_shard
-        self.k = shards_per_partition
-        self.per_round = math.ceil(samples_per_shard / shards_per_partition)
-        self._shard_order = np.random.default_rng([job_seed, 1]).permutation(n_inputs)
-
-    def picks(self, partition: int, n_samples: int) -> list[SlotPick]:
-        out = []
-        for t in range(n_samples):
-            u, q = t % self.k, t // self.k
-            g = partition * self.k + u
-            out.append(SlotPick(t, int(self._shard_order[g % self.m_inputs]), (g // self.m_inputs) * self.per_round + q))
-        return out
-
-    def member_order(self, input_pos: int, n_members: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, 2, input_pos]).permutation(n_members)
-
-
-def shard_keys(tar_url: str) -> list[str]:
-    """Sorted keys of the samples with an image in an input shard: from its parquet index when it has a
-    key column, else from one pass over the tar's headers."""
-    import pyarrow.parquet as pq
-
-    from supirkit.datapipe.sources import open_binary
-    from supirkit.datapipe.tario import find_index, image_keys, scan_members
-
-    index = find_index(tar_url)
-    if index is not None:
-        with open_binary(index) as f:
-            pf = pq.ParquetFile(f)
-            if "key" in pf.schema_arrow.names:
-                keys = pf.read(columns=["key"]).column("key").to_pylist()
-                return sorted({str(k) for k in keys if k})
-    return image_keys(scan_members(tar_url))
-
-
-def fit_to_size(rgb: np.ndarray, width: int, height: int, crop: str, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
-    """Cut ``rgb`` to the aspect ratio width:height (centre or seeded random), resize to width x height."""
-    import cv2
-
-    h0, w0 = rgb.shape[:2]
-    if w0 * height > h0 * width:  # wider than the target: cut the sides
-        ch, cw = h0, max(1, round(h0 * width / height))
-    else:
-        cw, ch = w0, max(1, round(w0 * height / width))
-    if crop == "random":
-        x, y = int(rng.integers(0, w0 - cw + 1)), int(rng.integers(0, h0 - ch + 1))
-    else:
-        x, y = (w0 - cw) // 2, (h0 - ch) // 2
-    region = rgb[y:y + ch, x:x + cw]
-    interp = cv2.INTER_AREA if cw > width else cv2.INTER_CUBIC
-    out = cv2.resize(np.ascontiguousarray(region), (width, height), interpolation=interp)
-    return out, [x, y, cw, ch]
-
-
-@dataclass
-class SourceImage:
-    source: str  # display provenance: tar#key
-    key: str
-    rgb: np.ndarray  # already width x height
-    width: int  # of the source image
-    height: int
-    crop: list[int]
-
-
-class SourceReader:
-    """Streams the chosen members of the input shards of one output shard, replacing unreadable ones."""
-
-    def __init__(self, plan: SourcePlan, inputs: list[str], cfg: NegativesConfig) -> None:
-        self.plan, self.inputs, self.cfg = plan, inputs, cfg
-
-    def iter_sources(self, partition: int, specs: dict[int, SampleSpec], stats: UnitStats) -> Iterator[tuple[int, SourceImage]]:
-        """Yields (t, source) for every sample t of the partition that got a usable source."""
-        by_input: dict[int, list[SlotPick]] = {}
-        for pick in self.plan.picks(partition, len(specs)):
-            by_input.setdefault(pick.input, []).append(pick)
-        for input_pos, picks in by_input.items():  # in order of first use: each tar is read once
-            yield from self._read_input(input_pos, picks, specs, stats)
-
-    def _read_input(self, input_pos: int, picks: list[SlotPick], specs: dict,
-                    stats: UnitStats) -> Iterator[tuple[int, SourceImage]]:
-        from supirkit.datapipe.keys import display_source
-
-        url = self.inputs[input_pos]
-        tar_display = display_source(url)
-        with stats.timer("read_index"):
-            keys = shard_keys(url)
-        if not keys:
-            for p in picks:
-                stats.reject(tar_display, "no_members", f"input shard has no images (sample {specs[p.t].key})")
-            return
-        m = len(keys)
-        order = self.plan.member_order(input_pos, m)
-        want: dict[str, list[int]] = {}
-        for p in picks:
-            want.setdefault(keys[int(order[p.position % m])], []).append(p.t)
-        primaries = set(want)
-        # replacements: the members after those this output shard uses, in the seeded order, each once
-        start = max(p.position for p in picks) + 1
-        spare = (keys[int(order[pos % m])] for pos in range(start, start + m))
-        tried: set[str] = set()
-        good: list[str] = []  # members that gave a source: reused (with new seeds) when no fresh one is left
-        passes = 0
-        while want:
-            passes += 1
-            corrupt = yield from self._pass(url, tar_display, want, specs, stats)
-            tried.update(want)
-            good.extend(k for k, ts in want.items() if not ts and k not in good)
-            needing = [t for ts in want.values() for t in ts]
-            want = {}
-            for n_done, t in enumerate(needing):
-                key = None if corrupt else next((k for k in spare if k not in tried and k not in primaries), None)
-                if key is None and good and passes <= m + 1:  # the bound only guards against unstable reads
-                    key = good[n_done % len(good)]
-                if key is None:
-                    stats.reject(tar_display, "corrupt_tar" if corrupt else "no_usable_source",
-                                 f"no readable source left for sample {specs[t].key}")
-                    continue
-                tried.add(key)
-                want.setdefault(key, []).append(t)
-
-    def _pass(self, url: str, tar_display: str, want: dict[str, list[int]], specs: dict, stats: UnitStats):
-        """One sequential read of a tar: yields the wanted members' samples; the lists of the members that
-        gave a source are emptied, the others keep their samples. Returns True if the tar is corrupt."""
-        from supirkit.datapipe.decode import DecodeError, decode_rgb
-        from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS
-        from supirkit.datapipe.inputs import MEMBER_SEP
-        from supirkit.datapipe.keys import display_source
-        from supirkit.datapipe.tario import image_too_large, read_shard, sample_image
-
-        dec, gen = self.cfg.sources.decode, self.cfg.generate
-        found: set[str] = set()
-        stream = read_shard(url, max_member_bytes=dec.max_file_bytes)
-        corrupt = False
-        while True:
-            try:
-                with stats.timer("read"):
-                    sample = next(stream, None)
-            except CORRUPT_INPUT_ERRORS as exc:  # truncated tar: what was read is used, the rest cannot be
-                stats.reject(tar_display, "corrupt_tar", f"{type(exc).__name__}: {exc}")
-                corrupt = True
-                break
-            if sample is None:
-                break
-            key = sample["__key__"]
-            ts = want.get(key)
-            if not ts:
-                continue
-            found.add(key)
-            src = f"{tar_display}{MEMBER_SEP}{display_source(key)}"
-            _, data = sample_image(sample)
-            try:
-                if data is None and image_too_large(sample):  # not read: over the limit by its header
-                    raise DecodeError("too_large", f"image member larger than max_file_bytes={dec.max_file_bytes}")
-                if data is None:
-                    raise DecodeError("no_image_in_sample")
-                if len(data) > dec.max_file_bytes:
-                    raise DecodeError("too_large", f"{len(data)} bytes")
-                with stats.timer("decode"):
-                    rgb, _ = decode_rgb(data, dec.max_pixels)
-            except DecodeError as exc:
-                stats.reject(src, exc.reason, exc.detail)
-                continue
-            stats.count("sources_read")
-            h0, w0 = rgb.shape[:2]
-            for t in ts:
-                with stats.timer("resize"):
-                    fitted, crop = fit_to_size(rgb, gen.width, gen.height, self.cfg.sources.crop,
-                                               np.random.default_rng([specs[t].seed, 1]))
-                yield t, SourceImage(src, key, fitted, w0, h0, crop)
-            ts.clear()
-        if not corrupt:
-            for key, ts in want.items():
-                if ts and key not in found:
-                    stats.reject(f"{tar_display}{MEMBER_SEP}{display_source(key)}", "missing_member",
-                                 "listed in the shard's index but not in its tar")
-        return corrupt
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -401,9 +207,10 @@ class NegativesStage(Stage[Partition]):
     name = STAGE
     needs_gpu = True  # one pipeline per actor; on a cluster without GPUs the actors take none
 
-    def __init__(self, cfg: NegativesConfig, inputs: list[str]) -> None:
+    def __init__(self, cfg: NegativesConfig, inputs: list[str], work: Path) -> None:
         self.cfg = cfg
         self.inputs = inputs
+        self.work = work
         self.generator: Optional[SDXLGenerator] = None
 
     def setup(self) -> None:
@@ -425,8 +232,8 @@ class NegativesStage(Stage[Partition]):
         if cfg.generate.mode == "img2img":
             plan = SourcePlan(len(self.inputs), cfg.generate.seed, cfg.output.samples_per_shard,
                               cfg.sources.input_shards_per_partition)
-            items: Iterable = ((specs[t], src) for t, src in SourceReader(plan, self.inputs, cfg).iter_sources(
-                partition.index, specs, stats))
+            reader = SourceReader(plan, self.inputs, cfg, self.work)
+            items: Iterable = ((specs[t], src) for t, src in reader.iter_sources(partition.index, specs, stats))
         else:
             items = ((specs[t], None) for t in range(len(specs)))
         for item in items:
@@ -498,8 +305,13 @@ def check_model_ref(model_id: str) -> None:
 
 
 def freeze_inputs(work: Path, sources: list[str]) -> list[str]:
-    """The input shard list, stored by the first run and reused on resume (source rule, step 1)."""
+    """The input groups, stored by the first run and reused on resume (source rule, step 1): the input shards
+    when the sources are shard sets, else the listing's files planned into groups (``files:N``) of
+    ``sources.files_per_group``, with each tar as a group of its own. Any source ``shard`` takes works."""
+    from supirkit.datapipe.config import ShardingConfig
     from supirkit.datapipe.files import atomic_write_json, read_json
+    from supirkit.datapipe.plan import load_partition, plan_partitions
+    from supirkit.datapipe.sources import TAR, list_inputs
     from supirkit.datapipe.tario import list_shards
 
     path = work / INPUTS_FILE
@@ -507,12 +319,23 @@ def freeze_inputs(work: Path, sources: list[str]) -> list[str]:
         return read_json(path)["shards"]
     try:
         shards = list_shards(sources)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(str(exc)) from None
-    if not shards:
-        raise FileNotFoundError(f"no shards found in {' '.join(sources)}")
-    atomic_write_json(path, {"sources": sources, "shards": shards})
-    return shards
+    except FileNotFoundError:
+        shards = []
+    if shards and all(s.endswith(".tar") for s in shards):
+        groups = shards
+    else:
+        n = plan_partitions(list_inputs(sources), work, ShardingConfig(samples_per_shard=FILES_PER_GROUP))
+        groups = []
+        for i in range(n):
+            refs = load_partition(work, i).refs
+            if len(refs) == 1 and refs[0].kind == TAR:
+                groups.append(refs[0].uri)
+            elif any(r.kind != TAR for r in refs):
+                groups.append(f"{FILE_GROUP}{i}")
+    if not groups:
+        raise FileNotFoundError(f"no images or shards found in {' '.join(sources)}")
+    atomic_write_json(path, {"sources": sources, "shards": groups})
+    return groups
 
 
 def run_negatives_job(sources: Iterable[str] | None, out: str | Path, cfg: NegativesConfig,
@@ -530,7 +353,7 @@ def run_negatives_job(sources: Iterable[str] | None, out: str | Path, cfg: Negat
     layout = prepare_output(out, STAGE, chash, fresh, sources=srcs)
     inputs = freeze_inputs(layout.work, srcs) if gen.mode == "img2img" else []
     n = n_partitions(gen.count, cfg.output.samples_per_shard)
-    stage = NegativesStage(cfg, inputs)
+    stage = NegativesStage(cfg, inputs, layout.work)
     result = run_stage(Pass(stage, ShardOutput(layout.root, cfg.output.prefix), n, layout.work, chash, STAGE),
                        cfg.runner)
     write_job_summary(layout, STAGE, result, extra={"mode": gen.mode, "requested": gen.count,
@@ -539,7 +362,7 @@ def run_negatives_job(sources: Iterable[str] | None, out: str | Path, cfg: Negat
     return result
 
 
-__all__ = ["NegativesConfig", "NegativesStage", "SDXLGenerator", "SourcePlan", "SourceReader", "PromptSampler",
+__all__ = ["NegativesConfig", "NegativesStage", "SDXLGenerator", "PromptSampler",
            "SampleSpec", "ModelLoadError", "run_negatives_job", "sample_key", "sample_seed", "sample_spec",
-           "partition_range", "n_partitions", "fit_to_size", "shard_keys", "PAPER_PROMPT",
+           "partition_range", "n_partitions", "PAPER_PROMPT",
            "NEGATIVE_WORDS", "QUALITY", "SUBSET"]

@@ -14,7 +14,9 @@ def encode(rgb: np.ndarray, fmt: str) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format=fmt, quality=90) if fmt == "JPEG" else Image.fromarray(rgb).save(buf, format=fmt)
+    Image.fromarray(rgb).save(buf, format=fmt, quality=90) if fmt == "JPEG" else Image.fromarray(rgb).save(
+        buf, format=fmt
+    )
     return buf.getvalue()
 
 

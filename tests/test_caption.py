@@ -57,7 +57,9 @@ def test_every_sample_captioned_keys_and_bytes_unchanged(tmp_path, tiny_models):
         assert meta["previous_txt"] == src["txt"].decode()
         assert cap["model"] == str(tiny_models["llava"]) and cap["backend"] == "transformers"
         assert cap["prompt"] == "Describe this image and its style in a very detailed manner."
-        assert cap["chat_prompt"].endswith("USER: <image>\nDescribe this image and its style in a very detailed manner. ASSISTANT:")
+        assert cap["chat_prompt"].endswith(
+            "USER: <image>\nDescribe this image and its style in a very detailed manner. ASSISTANT:"
+        )
         assert cap["generation"] == {"do_sample": True, "temperature": 0.2, "top_p": 0.7, "num_beams": 1,
                                      "max_new_tokens": 8, "min_new_tokens": 0, "repetition_penalty": 1.0, "seed": 0}
         assert 1 <= cap["new_tokens"] <= 8 and cap["raw"]
@@ -73,7 +75,9 @@ def test_every_sample_captioned_keys_and_bytes_unchanged(tmp_path, tiny_models):
         assert row["caption"]["generation"]["temperature"] == 0.2 and row["caption"]["clip_tokens"] > 0
     summary = json.loads((tmp_path / "out" / "__supirkit__" / "summary.json").read_text())
     assert summary["samples"] == 10 and summary["caption"]["captions"] == 10
-    assert summary["caption"]["new_tokens"] == sum(json.loads(s["json"])["caption"]["new_tokens"] for s in after.values())
+    assert summary["caption"]["new_tokens"] == sum(
+        json.loads(s["json"])["caption"]["new_tokens"] for s in after.values()
+    )
 
 
 def test_corrupt_samples_are_skipped_with_a_reason(tmp_path, tiny_models):
@@ -161,7 +165,9 @@ def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path, tiny_models):
     assert _samples(out).keys() == _samples(shards).keys()
     # seeds are per shard and batch: a resumed job writes the same captions as an uninterrupted one
     assert _run(_argv(shards, tmp_path / "straight", tiny_models)) == 0
-    assert {k: s["txt"] for k, s in _samples(out).items()} == {k: s["txt"] for k, s in _samples(tmp_path / "straight").items()}
+    assert {k: s["txt"] for k, s in _samples(out).items()} == {
+        k: s["txt"] for k, s in _samples(tmp_path / "straight").items()
+    }
     # a changed config is refused on resume instead of mixing two configs' captions
     assert _run(_argv(shards, out, tiny_models, "--set", "generation.temperature=0.5")) == 2
 
@@ -238,7 +244,9 @@ def test_caption_through_ray_actors(tmp_path, tiny_models, ray_address):
     out = _samples(tmp_path / "out")
     assert out.keys() == _samples(shards).keys()
     assert all(json.loads(s["json"])["caption"]["text"] for s in out.values())
-    stats = [json.loads(p.read_text()) for p in sorted(((tmp_path / "out") / "__supirkit__" / "stats").glob("shard-*.json"))]
+    stats = [
+        json.loads(p.read_text()) for p in sorted(((tmp_path / "out") / "__supirkit__" / "stats").glob("shard-*.json"))
+    ]
     # one actor, one model replica: loaded once, reported on the first shard it captioned only
     assert sum("load_model" in s["timings_s"] for s in stats) == 1
 

@@ -377,8 +377,12 @@ def test_condition_rows_and_arrow_agree_with_three_valued_logic():
 
     from supirkit.datapipe.conditions import Condition, filter_table
 
-    rows = [{"s": 0.5, "fmt": "JPEG", "g": False, "iqa.musiq": 60.0}, {"s": 0.2, "fmt": "PNG", "g": False, "iqa.musiq": None},
-            {"s": None, "fmt": "JPEG", "g": True, "iqa.musiq": 70.0}, {"s": 0.9, "fmt": None, "g": False, "iqa.musiq": 40.0}]
+    rows = [
+        {"s": 0.5, "fmt": "JPEG", "g": False, "iqa.musiq": 60.0},
+        {"s": 0.2, "fmt": "PNG", "g": False, "iqa.musiq": None},
+        {"s": None, "fmt": "JPEG", "g": True, "iqa.musiq": 70.0},
+        {"s": 0.9, "fmt": None, "g": False, "iqa.musiq": 40.0},
+    ]
     table = pa.Table.from_pylist(rows)
     for text, expect in [("s >= 0.3 and not g", [0, 3]), ('fmt in ["PNG", "JPEG"]', [0, 1, 2]),
                          ('fmt not in ["PNG"]', [0, 2]), ("s is None", [2]), ("iqa.musiq > 50 or s > 0.8", [0, 2, 3]),

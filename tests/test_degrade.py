@@ -143,8 +143,9 @@ def test_kernels_match_basicsr_functions():
     D = basicsr_degradations()
     np.testing.assert_allclose(K.gaussian_kernel(21, 2.2, 0.8, 0.4),
                                D.bivariate_Gaussian(21, 2.2, 0.8, 0.4, isotropic=False), atol=1e-14)
-    np.testing.assert_allclose(K.gaussian_kernel(13, 1.5, 1.5, 0.0), D.bivariate_Gaussian(13, 1.5, 1.5, 0, isotropic=True),
-                               atol=1e-14)
+    np.testing.assert_allclose(
+        K.gaussian_kernel(13, 1.5, 1.5, 0.0), D.bivariate_Gaussian(13, 1.5, 1.5, 0, isotropic=True), atol=1e-14
+    )
     np.testing.assert_allclose(K.generalized_gaussian_kernel(17, 2.0, 1.0, -1.1, 0.7),
                                D.bivariate_generalized_Gaussian(17, 2.0, 1.0, -1.1, 0.7, isotropic=False), atol=1e-14)
     np.testing.assert_allclose(K.plateau_kernel(19, 1.4, 2.4, 2.2, 1.6),

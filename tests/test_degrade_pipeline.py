@@ -95,8 +95,12 @@ def test_same_seed_epoch_key_same_output_and_params():
     a = d(hq, seed=3, epoch=2, key="img-7")
     b = d(hq, seed=3, epoch=2, key="img-7")
     np.testing.assert_array_equal(a[1], b[1])
-    assert a[2] == b[2] == d.sample_params(seed=3, epoch=2, key="img-7") | {k: a[2][k] for k in
-                                                                              ("sizes", "sharpened_lq", "sharpened_target")}
+    assert (
+        a[2]
+        == b[2]
+        == d.sample_params(seed=3, epoch=2, key="img-7")
+        | {k: a[2][k] for k in ("sizes", "sharpened_lq", "sharpened_target")}
+    )
     for other in ({"seed": 4, "epoch": 2, "key": "img-7"}, {"seed": 3, "epoch": 3, "key": "img-7"},
                   {"seed": 3, "epoch": 2, "key": "img-8"}):
         c = d(hq, **other)
@@ -302,7 +306,9 @@ def test_kernel_draws_follow_the_config(draws):
     assert stats.kstest(small_k, stats.uniform(math.pi / 3, 2 * math.pi / 3).cdf).pvalue > P_MIN
     assert stats.kstest(large_k, stats.uniform(math.pi / 5, 4 * math.pi / 5).cdf).pvalue > P_MIN
     # second-stage sigma range
-    sig2 = [p["second"]["blur"]["sigma_x"] for p in ps if p["second"]["blur"] and p["second"]["blur"]["family"] != "sinc"]
+    sig2 = [
+        p["second"]["blur"]["sigma_x"] for p in ps if p["second"]["blur"] and p["second"]["blur"]["family"] != "sinc"
+    ]
     assert stats.kstest(sig2, stats.uniform(0.2, 1.3).cdf).pvalue > P_MIN
 
 
@@ -314,7 +320,10 @@ def test_resize_noise_jpeg_and_final_draws_follow_the_config(draws):
         pr = scfg.resize.probs
         assert _chi2(_count(r["direction"] for r in rs), {"up": pr.up, "down": pr.down, "keep": pr.keep}) > P_MIN
         lo, hi = scfg.resize.range
-        assert stats.kstest([r["scale"] for r in rs if r["direction"] == "up"], stats.uniform(1, hi - 1).cdf).pvalue > P_MIN
+        assert (
+            stats.kstest([r["scale"] for r in rs if r["direction"] == "up"], stats.uniform(1, hi - 1).cdf).pvalue
+            > P_MIN
+        )
         assert stats.kstest([r["scale"] for r in rs if r["direction"] == "down"],
                             stats.uniform(lo, 1 - lo).cdf).pvalue > P_MIN
         assert all(r["scale"] == 1.0 for r in rs if r["direction"] == "keep")
@@ -383,7 +392,8 @@ def _write(tmp_path: Path, data: dict) -> Path:
     (lambda d: d["realesrgan"]["final"]["jpeg"].update(quality=[30, 120]), "realesrgan.final.jpeg.quality"),
     (lambda d: d["realesrgan"]["first"]["resize"].update(range=[1.2, 1.5]), "realesrgan.first.resize.range"),
     (lambda d: d["realesrgan"]["first"]["blur"].update(rotation=["-pi", "tau"]), "realesrgan.first.blur.rotation"),
-    (lambda d: d["realesrgan"]["first"]["noise"].update(gaussian_sigmaa=[1, 2]), "realesrgan.first.noise.gaussian_sigmaa"),
+    (lambda d: d["realesrgan"]["first"]["noise"].update(gaussian_sigmaa=[1, 2]),
+     "realesrgan.first.noise.gaussian_sigmaa"),
     (lambda d: d["output"].update(size="small"), "output.size"),
     (lambda d: d["quirks"].update(poisson_levels="many"), "quirks.poisson_levels"),
     (lambda d: d["sharpen"].pop("weight"), "sharpen.weight"),

@@ -39,7 +39,11 @@ def _curate(argv: list[str], env: dict | None = None, timeout: int = 300) -> tup
 def _scores(out: Path) -> list[dict]:
     from supirkit.datapipe.manifest import open_manifest
 
-    return open_manifest(out / "__supirkit__" / "scores").to_table(columns=["source", "accepted", "stage", "reason"]).to_pylist()
+    return (
+        open_manifest(out / "__supirkit__" / "scores")
+        .to_table(columns=["source", "accepted", "stage", "reason"])
+        .to_pylist()
+    )
 
 
 def test_torture_folder_through_curate_every_input_accounted_for(tmp_path):
@@ -97,7 +101,9 @@ def test_curate_killed_in_write_pass_then_rerun_equals_uninterrupted(tmp_path):
     env = dict(os.environ, SUPIRKIT_FAULT="after_tar_rename:1")  # shard 1's tar is in place, its stats are not
     code, log, _ = _curate([*argv[:1], "--out", out, *argv[1:]], env=env)
     assert code == -9, log
-    assert (out / "curated-000001.tar").exists() and not (out / "__supirkit__" / "stats" / "curated-000001.json").exists(), log
+    assert (out / "curated-000001.tar").exists() and not (
+        out / "__supirkit__" / "stats" / "curated-000001.json"
+    ).exists(), log
     code, log, _ = _curate([*argv[:1], "--out", out, *argv[1:]])
     assert code == 0, log
     resumed = read_set(out)

@@ -48,7 +48,10 @@ def test_testset_pairs_are_a_function_of_profile_seed_and_key(photos, tmp_path, 
     assert make_testset(photos, tmp_path / "b", "--set", "crop.per_image=2") == 0
     from supirkit.evaluation.testset import pairs_folder
 
-    hq_a, lq_a = sorted((pairs_folder(tmp_path / "a") / "hq").iterdir()), sorted((pairs_folder(tmp_path / "a") / "lq").iterdir())
+    hq_a, lq_a = (
+        sorted((pairs_folder(tmp_path / "a") / "hq").iterdir()),
+        sorted((pairs_folder(tmp_path / "a") / "lq").iterdir()),
+    )
     assert len(hq_a) == len(lq_a) == 6 and [p.name for p in hq_a] == [p.name for p in lq_a]
     for p in hq_a + lq_a:  # same bytes from a second run into another folder
         assert p.read_bytes() == (pairs_folder(tmp_path / "b") / p.parent.name / p.name).read_bytes()
@@ -143,8 +146,11 @@ def test_evaluate_scores_matched_keys_and_states_conventions(restored, tmp_path,
     bad = [r for r in rows if r["error"]]
     assert len(bad) == 1 and bad[0]["error"].startswith("size_mismatch") and math.isnan(bad[0]["psnr"])
     good = [r for r in rows if not r["error"]]
-    expected = psnr(read(pred / f"{good[0]['key']}_out.png"), read(ts / "__supirkit__" / "pairs" / "hq" / f"{good[0]['key']}.png"),
-                    FidelityConvention(channel="y"))
+    expected = psnr(
+        read(pred / f"{good[0]['key']}_out.png"),
+        read(ts / "__supirkit__" / "pairs" / "hq" / f"{good[0]['key']}.png"),
+        FidelityConvention(channel="y"),
+    )
     assert good[0]["psnr"] == pytest.approx(expected) and all(np.isfinite(r["musiq"]) for r in good)
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["restorations_without_reference"] == ["stranger"] and summary["missing_restorations"] == []

@@ -145,7 +145,9 @@ def test_command_line_mistakes_are_one_line_before_any_output(tmp_path, capsys):
     _one_line_error(capsys, ["restore", image, "--out", out, "--sdxl", tmp_path / "nosdxl", "--adaptor", adaptor],
                     "--sdxl", "no such folder")
     _one_line_error(capsys, ["inspect", a_file], "not a readable tar shard")
-    _one_line_error(capsys, ["inspect", tmp_path / "empty", "--grid", tmp_path, "--no-summary"], "--grid", "is a folder")
+    _one_line_error(
+        capsys, ["inspect", tmp_path / "empty", "--grid", tmp_path, "--no-summary"], "--grid", "is a folder"
+    )
     _one_line_error(capsys, ["degrade", "preview", image, "--out", tmp_path], "--out", "is a folder")
     assert not out.exists()
 
@@ -181,7 +183,7 @@ def test_train_inputs_are_checked_before_any_process_starts(tmp_path, capsys):
     (shards / "shard-000000.tar").write_bytes(b"")
     a_file = tmp_path / "a.txt"
     a_file.write_text("x")
-    base = ["train", "--config", ROOT / "configs/train/demo.yaml", "--accelerate-config", "cpu_2proc",
+    base = ["train", "--config", ROOT / "configs/train/demo.yaml", "--launcher", "cpu_2proc",
             "--set", f"model.pretrained={sdxl}",
             "--set", f"data.mixture=[{{name: hq, shards: '{shards}', weight: 1}}]"]
     _one_line_error(capsys, [*base, "--out", a_file], "output_dir", "is a file")

@@ -110,7 +110,8 @@ def test_manifest_summary_and_pictures_reread_sources(tmp_path, capsys):
     assert s["kind"] == "manifest" and s["samples"] == 2 and s["caption_coverage"] == 0.5
     assert s["resolution_short_side"] == {"0-255": 1, "1024-2047": 1}
     html = page.read_text()
-    assert html.count("data:image/jpeg;base64,") == 1 and "image unreadable" in html  # a missing source: shown, not fatal
+    # a missing source: shown, not fatal
+    assert html.count("data:image/jpeg;base64,") == 1 and "image unreadable" in html
     assert evil not in html and "&lt;script&gt;" in html and "musiq=61.5" in html
 
 

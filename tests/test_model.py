@@ -532,7 +532,8 @@ def test_converter_accounts_for_every_official_tensor_at_full_size():
         "model.control_model.label_emb.0.2.weight": "trunk.add_embedding.linear_2.weight",
         "model.control_model.input_hint_block.0.weight": "trunk.hint_conv.weight",
         "model.diffusion_model.project_modules.7.attn.to_out.0.bias": "project_modules.7.attn.to_out.0.bias",
-        "first_stage_model.denoise_encoder.mid.attn_1.proj_out.bias": "dr_encoder.encoder.mid_block.attentions.0.to_out.0.bias",
+        "first_stage_model.denoise_encoder.mid.attn_1.proj_out.bias":
+            "dr_encoder.encoder.mid_block.attentions.0.to_out.0.bias",
         "first_stage_model.denoise_encoder.down.2.block.0.nin_shortcut.weight":
             "dr_encoder.encoder.down_blocks.2.resnets.0.conv_shortcut.weight",
     }

@@ -148,7 +148,9 @@ def test_kill_and_resume_gives_the_uninterrupted_set(reference, input_shards, ti
     proc = subprocess.run([sys.executable, "-m", "supirkit.cli", *map(str, args)], capture_output=True, text=True,
                           env=dict(os.environ, SUPIRKIT_FAULT="after_tar_rename:1"), cwd=ROOT, timeout=300)
     assert proc.returncode == -9, (proc.returncode, proc.stderr[-2000:])
-    assert (out / "__supirkit__" / "stats" / "negatives-000000.json").is_file() and (out / "negatives-000001.tar").is_file()
+    assert (out / "__supirkit__" / "stats" / "negatives-000000.json").is_file() and (
+        out / "negatives-000001.tar"
+    ).is_file()
     assert not (out / "__supirkit__" / "stats" / "negatives-000001.json").exists()
 
     # 2. the driver dies once one shard is complete (in-process stand-in for a kill at after_shards:1)
@@ -160,7 +162,9 @@ def test_kill_and_resume_gives_the_uninterrupted_set(reference, input_shards, ti
     monkeypatch.setenv("SUPIRKIT_FAULT", "after_shards:1")
     with pytest.raises(_DriverKilled):
         _cli(*args)
-    assert (out / "__supirkit__" / "stats" / "negatives-000001.json").is_file() and not (out / "negatives-000002.tar").exists()
+    assert (out / "__supirkit__" / "stats" / "negatives-000001.json").is_file() and not (
+        out / "negatives-000002.tar"
+    ).exists()
     # 3. the rerun finishes the job: the same shards, byte for byte, as the uninterrupted run
     monkeypatch.delenv("SUPIRKIT_FAULT")
     assert _cli(*args) == 0
@@ -249,7 +253,7 @@ def test_a_prompt_list_is_sampled_per_sample_and_the_count_spread_over_shards():
 
 
 def test_source_rule_is_deterministic_and_takes_fresh_members():
-    from supirkit.negatives.job import SourcePlan
+    from supirkit.negatives.sources import SourcePlan
 
     plan = SourcePlan(n_inputs=3, job_seed=5, samples_per_shard=4, shards_per_partition=1)
     assert [p.__dict__ for p in plan.picks(2, 4)] == [p.__dict__ for p in SourcePlan(3, 5, 4, 1).picks(2, 4)]
@@ -285,3 +289,28 @@ def test_demo_step_on_ray(ray_address, tiny_sdxl_dir, tmp_path):
     samples = _samples(Path(result["shards"]))
     assert len(samples) == 8
     assert {json.loads(s["json"])["quality"] for s in samples.values()} == {"negative"}
+
+
+def test_img2img_takes_a_folder_of_photos_like_every_stage(tiny_sdxl_dir, tmp_path):
+    """Any source ``shard`` takes works: a plain folder of photos is listed and planned into file groups,
+    and each sample's source is the photo it was made from."""
+    rng = np.random.default_rng(3)
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    names = []
+    for i, (h, w) in enumerate([(40, 56), (72, 48), (64, 64), (50, 90)]):
+        name = f"sub/p{i}.png" if i % 2 else f"p{i}.png"
+        (photos / name).write_bytes(_png(rng, h, w))
+        names.append(str(photos / name))
+    (photos / "notes.txt").write_text("not an image")
+    out = tmp_path / "neg"
+    assert _cli("negatives", photos, "--out", out, "--count", 4, "--model", tiny_sdxl_dir, *FAST) == 0
+    samples = _samples(out)
+    assert len(samples) == 4
+    sources = {json.loads(s["json"])["source"] for s in samples.values()}
+    assert sources and sources <= set(names)
+    inputs = json.loads((out / "__supirkit__" / "work" / "inputs.json").read_text())
+    assert inputs["shards"] == ["files:0"]
+    again = tmp_path / "again"  # the same folder gives the same samples
+    assert _cli("negatives", photos, "--out", again, "--count", 4, "--model", tiny_sdxl_dir, *FAST) == 0
+    assert _tar_bytes(again) == _tar_bytes(out)

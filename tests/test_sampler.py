@@ -235,8 +235,12 @@ def test_tiled_sampling_of_the_real_model(tiny_sdxl_dir):
     lq = torch.randn(1, 4, 12, 12, generator=g)
     pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
     ids = torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]])
-    cond = Conditioning(torch.randn(1, 77, c.cross_attention_dim, generator=g), torch.randn(1, pooled, generator=g), ids, lq)
-    uncond = Conditioning(torch.randn(1, 77, c.cross_attention_dim, generator=g), torch.randn(1, pooled, generator=g), ids, lq)
+    cond = Conditioning(
+        torch.randn(1, 77, c.cross_attention_dim, generator=g), torch.randn(1, pooled, generator=g), ids, lq
+    )
+    uncond = Conditioning(
+        torch.randn(1, 77, c.cross_attention_dim, generator=g), torch.randn(1, pooled, generator=g), ids, lq
+    )
     sampler = make_sampler(num_steps=3, tau_r=4.0)
     eps = supir_eps_fn(model)
     x = sampler.initial_latent(lq.shape, torch.Generator().manual_seed(1))

@@ -55,7 +55,9 @@ def test_torture_folder_every_input_accounted_for(tmp_path):
     # the escaped name is also what the stats JSON holds, and the exact bytes sit in the index
     import pyarrow.dataset as pads
 
-    index = pads.dataset(sorted(str(p) for p in (out / "__supirkit__" / "index").glob("shard-*.parquet")), format="parquet").to_table()
+    index = pads.dataset(
+        sorted(str(p) for p in (out / "__supirkit__" / "index").glob("shard-*.parquet")), format="parquet"
+    ).to_table()
     exact = {os.fsdecode(u) for u in index.column("source_uri").to_pylist()}
     assert str(root / NON_UTF8_NAME) in exact
     summary = json.loads((out / "__supirkit__" / "summary.json").read_text())

@@ -33,7 +33,9 @@ def _images():
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 90), (64, 64), (120, 30))]
+    return [
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 90), (64, 64), (120, 30))
+    ]
 
 
 def test_folder_layout_matches_llava_hf(tiny_llava_dir):
@@ -66,14 +68,20 @@ def test_processor_chat_template_and_tokenizer(loaded):
     assert model.config.image_token_id == image_id and model.config.pad_token_id == pad_id
     assert model.config.text_config.vocab_size == len(tok)
     assert tok.padding_side == "left"
-    assert tok.decode(tok("The cat, 3 dogs & a tree!").input_ids, skip_special_tokens=True) == "The cat, 3 dogs & a tree!"
+    assert (
+        tok.decode(tok("The cat, 3 dogs & a tree!").input_ids, skip_special_tokens=True) == "The cat, 3 dogs & a tree!"
+    )
     assert tok.decode(tok("naïve café").input_ids, skip_special_tokens=True) == "naïve café"  # byte fallback
     assert tok.convert_ids_to_tokens(tok("detailed", add_special_tokens=False).input_ids) == ["▁detailed"]
 
 
 def test_batched_generation_left_padded_mixed_sizes_seeded(loaded):
     model, processor = loaded
-    prompts = [f"USER: <image>\n{PROMPT} ASSISTANT:", "USER: <image>\nHi ASSISTANT:", f"USER: <image>\n{PROMPT} ASSISTANT:"]
+    prompts = [
+        f"USER: <image>\n{PROMPT} ASSISTANT:",
+        "USER: <image>\nHi ASSISTANT:",
+        f"USER: <image>\n{PROMPT} ASSISTANT:",
+    ]
     inputs = processor(images=_images(), text=prompts, return_tensors="pt", padding=True)
     assert inputs["pixel_values"].shape == (3, 3, 56, 56)
     image_id = model.config.image_token_id

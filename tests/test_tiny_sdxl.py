@@ -32,13 +32,19 @@ def test_txt2img_generates_and_is_seeded(tiny_sdxl_dir):
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
     pipe.set_progress_bar_config(disable=True)
     unet = pipe.unet
-    assert [type(b).__name__ for b in unet.down_blocks] == ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+    assert [type(b).__name__ for b in unet.down_blocks] == [
+        "DownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+    ]
     assert [type(b).__name__ for b in unet.up_blocks] == ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
     assert [len(b.attentions[0].transformer_blocks) for b in unet.down_blocks[1:]] == [2, 3]
     assert len(unet.mid_block.attentions[0].transformer_blocks) == 3
     assert [b.upsamplers is not None for b in unet.up_blocks] == [True, True, False]
     assert unet.config.addition_embed_type == "text_time"
-    assert unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    assert (
+        unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    )
 
     def make(seed):
         out = pipe("a photo of a cat", num_inference_steps=3, height=64, width=64, output_type="np",

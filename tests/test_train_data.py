@@ -253,22 +253,34 @@ def test_checkpoint_rotation_and_resolve(tmp_path):
 def test_supirkit_train_builds_the_accelerate_launch(capsys):
     from supirkit.cli import main
 
-    code = main(["train", "--config", str(ROOT / "configs/train/demo.yaml"), "--accelerate-config", "cpu_2proc",
+    code = main(["train", "--config", str(ROOT / "configs/train/demo.yaml"), "--launcher", "cpu_2proc",
                  "--set", "schedule.max_steps=3", "--resume", "latest", "--dry-run"])
     assert code == 0
     line = capsys.readouterr().out.strip()
     assert "-m accelerate.commands.launch --config_file" in line and "cpu_2proc.yaml" in line
+    # the precision comes from the training config (demo: no mixed precision), never from the launcher
+    assert "--mixed_precision no" in line
     assert line.endswith("-m supirkit.train --config " + str(ROOT / "configs/train/demo.yaml")
                          + " --set schedule.max_steps=3 --resume latest")
     assert main(["train", "--config", str(ROOT / "configs/train/demo.yaml"), "--set", "optim.lr=-1",
                  "--dry-run"]) == 2
-    assert main(["train", "--accelerate-config", "nope", "--config", str(ROOT / "configs/train/demo.yaml"),
+    assert main(["train", "--launcher", "nope", "--config", str(ROOT / "configs/train/demo.yaml"),
                  "--dry-run"]) == 2
-    for name in ("single_gpu", "ddp_8gpu", "multi_node", "fsdp", "deepspeed_zero2", "cpu_2proc"):
-        import yaml
+    import yaml
 
+    from supirkit.commands.train import LAUNCHERS
+
+    for name in LAUNCHERS:
         acc = yaml.safe_load((ROOT / "configs" / "accelerate" / f"{name}.yaml").read_text())
         assert acc["num_processes"] >= 1 and acc["distributed_type"] in ("NO", "MULTI_GPU", "FSDP", "DEEPSPEED")
+        # no value that the training config owns: one place for precision, accumulation and clipping
+        assert "mixed_precision" not in acc and not {"gradient_accumulation_steps", "gradient_clipping"} & set(
+            acc.get("deepspeed_config") or {}), name
+    # DeepSpeed's accumulation and clipping are passed from the training config, from any working folder
+    assert main(["train", "--config", str(ROOT / "configs/train/demo.yaml"), "--launcher", "deepspeed_zero2",
+                 "--set", "schedule.grad_accum=3", "--dry-run"]) == 0
+    line = capsys.readouterr().out
+    assert "--gradient_accumulation_steps 3" in line and "--gradient_clipping" in line
 
 
 def test_fsspec_urls_read_like_local_paths(sets):

@@ -71,7 +71,7 @@ def two_proc_run(setup):
     path = write_config(root / "two.yaml", cfg)
     out = root / "two"
     proc = subprocess.run([str(Path(sys.executable).with_name("supirkit")), "train", "--config", str(path),
-                           "--accelerate-config", "cpu_2proc", "--out", str(out)],
+                           "--launcher", "cpu_2proc", "--out", str(out)],
                           env=_env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return {"out": out, "config": path, "log": proc.stdout + proc.stderr}

@@ -1,4 +1,5 @@
-"""``python -m supirkit.train --config configs/train/supir.yaml`` (what ``accelerate launch -m supirkit.train`` runs in every process).
+"""``python -m supirkit.train --config configs/train/supir.yaml``: what ``accelerate launch -m supirkit.train``
+runs in every process.
 
 ``supirkit train`` builds this same command line and hands it to accelerate's launcher.
 """

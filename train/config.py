@@ -20,7 +20,9 @@ DEFAULT_CONFIG = "train/supir.yaml"
 class TrainModelConfig(Schema):
     """Which SDXL to build on, which SUPIR layout (the model developer's ``configs/model`` file), which LQ encoder."""
 
-    pretrained: str = Field(..., description="SDXL pipeline folder in diffusers layout (unet/, vae/, text_encoder*/, ...).")
+    pretrained: str = Field(
+        ..., description="SDXL pipeline folder in diffusers layout (unet/, vae/, text_encoder*/, ...)."
+    )
     config: str = Field("model/supir.yaml", description="SUPIR model config (trunk layout, connectors, control scale).")
     lq_encoder: Literal["dr", "vae"] = Field(
         "dr", description="Encoder of the LQ latent: the degradation-robust encoder or SDXL's own VAE encoder.")
@@ -35,7 +37,9 @@ class MixtureMemberConfig(Schema):
     """One shard set of the training mixture (HQ corpus, faces, negatives, ...)."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_\-]+$")
-    shards: Union[str, list[str]] = Field(..., description="Folder, glob, brace pattern, .tar or fsspec URL (or a list).")
+    shards: Union[str, list[str]] = Field(
+        ..., description="Folder, glob, brace pattern, .tar or fsspec URL (or a list)."
+    )
     weight: float = Field(..., gt=0, description="Relative sampling weight; normalised over the mixture.")
     prompt: Literal["assemble", "caption"] = Field(
         "assemble", description="assemble: caption + positive quality prompt (the shared rule); "
@@ -61,9 +65,13 @@ class TrainCropConfig(Schema):
 class TrainDataConfig(Schema):
     mixture: list[MixtureMemberConfig] = Field(..., min_length=1)
     crop: TrainCropConfig = Field(default_factory=TrainCropConfig)
-    degrade: str = Field("supir", description="Degradation profile name (configs/degrade/<name>.yaml) or a config path.")
-    degrade_overrides: list[str] = Field(default_factory=list, description="--set style overrides of the profile, "
-                                                                           "e.g. hq_size=null, output.size=hq for small crops.")
+    degrade: str = Field(
+        "supir", description="Degradation profile name (configs/degrade/<name>.yaml) or a config path."
+    )
+    degrade_overrides: list[str] = Field(
+        default_factory=list,
+        description="--set style overrides of the profile, e.g. hq_size=null, output.size=hq for small crops.",
+    )
     caption_drop_prob: float = Field(0.05, ge=0.0, le=1.0, description="Probability of an empty prompt (for CFG).")
     restore_config: str = Field(
         "restore/default.yaml", description="The restore config whose prompt rule (positive prompt, separator) and "
@@ -72,12 +80,17 @@ class TrainDataConfig(Schema):
         "fixed", description="fixed: the restore config's six ids (1024, 0,0, 1024); metadata: the sample's original "
                              "size and crop position, with the restore config's target size.")
     epoch_samples: Optional[int] = Field(
-        None, ge=1, description="Samples per epoch over all ranks (degradations change per epoch); None: rows in the mixture.")
+        None,
+        ge=1,
+        description="Samples per epoch over all ranks (degradations change per epoch); None: rows in the mixture.",
+    )
     split_shards_by_rank: bool = Field(
         True, description="Each rank draws from its own shards (by rows when a set has fewer shards than ranks).")
     num_workers: int = Field(4, ge=0, le=64, description="Loader processes per rank.")
     prefetch_factor: int = Field(2, ge=1)
-    max_redraws: int = Field(8, ge=0, description="Unreadable/too-small samples are replaced by a new draw, this often.")
+    max_redraws: int = Field(
+        8, ge=0, description="Unreadable/too-small samples are replaced by a new draw, this often."
+    )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Decompression-bomb guard.")
 
     @model_validator(mode="after")
@@ -119,7 +132,9 @@ class ScheduleConfig(Schema):
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
     warmup_steps: int = Field(1000, ge=0)
     seed: int = Field(0, ge=0, description="Data stream, crops, degradations, noise and init: all derive from it.")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("bf16", description="Autocast for the trained path; frozen models stored in this dtype.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "bf16", description="Autocast for the trained path; frozen models stored in this dtype."
+    )
     gradient_checkpointing: Optional[bool] = Field(None, description="None: the model config's value.")
     allow_tf32: bool = True
     timestep_range: tuple[int, int] = Field((0, 999), description="Uniform t in [lo, hi] (SDXL: 0..999).")
@@ -136,7 +151,9 @@ class ScheduleConfig(Schema):
 class CheckpointConfig(Schema):
     every_steps: int = Field(1000, ge=1)
     keep_last: int = Field(3, ge=1, description="Checkpoints kept (rotation); exports are kept apart.")
-    export_every_steps: Optional[int] = Field(None, ge=1, description="Also export a restore-ready adaptor this often (None: at the end only).")
+    export_every_steps: Optional[int] = Field(
+        None, ge=1, description="Also export a restore-ready adaptor this often (None: at the end only)."
+    )
     export_ema: bool = Field(True, description="Export the EMA weights when EMA is on.")
 
 
@@ -144,19 +161,25 @@ class LoggingConfig(Schema):
     backend: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     project: str = Field("supirkit", description="TensorBoard run folder / wandb project.")
     every_steps: int = Field(10, ge=1)
-    trace: bool = Field(False, description="Per-rank JSONL of sample keys and a parameter checksum each step (debugging determinism).")
+    trace: bool = Field(
+        False, description="Per-rank JSONL of sample keys and a parameter checksum each step (debugging determinism)."
+    )
 
 
 class ValidationConfig(Schema):
     every_steps: int = Field(0, ge=0, description="0: off. Runs on the main process.")
     num_images: int = Field(4, ge=1, le=64, description="Fixed pairs drawn (and degraded) once from the mixture.")
-    lq_folder: Optional[str] = Field(None, description="Restore these LQ images instead (no full-reference metrics unless hq_folder).")
+    lq_folder: Optional[str] = Field(
+        None, description="Restore these LQ images instead (no full-reference metrics unless hq_folder)."
+    )
     hq_folder: Optional[str] = Field(None, description="Ground truth with the same file names as lq_folder.")
     restore_overrides: list[str] = Field(
         default_factory=list, description="--set style overrides of data.restore_config for validation, "
                                           "e.g. sampler.num_steps=20, sampler.restore_cfg=4.0.")
     metrics: list[str] = Field(default_factory=lambda: ["psnr", "ssim", "lpips", "musiq", "clipiqa"])
-    loss_batches: int = Field(1, ge=0, le=64, description="Fixed batches with fixed noise whose loss is logged (val/loss).")
+    loss_batches: int = Field(
+        1, ge=0, le=64, description="Fixed batches with fixed noise whose loss is logged (val/loss)."
+    )
     at_start: bool = Field(True, description="Also validate before the first step (a baseline).")
 
 

@@ -17,7 +17,8 @@ Sampling is with replacement, as in webdataset's resampled mode; unreadable or t
 replaced by a new draw from the same seed (``attempt`` 1, 2, ...), so the replacement is deterministic too.
 
 Images are read by random access (``datapipe.tario.TarReader``): the member offsets come from the shard's
-index (or one scan of a foreign tar's headers), then just the members of the drawn key are read. Local paths and fsspec URLs both work (URLs by range reads).
+index (or one scan of a foreign tar's headers), then just the members of the drawn key are read. Local paths
+and fsspec URLs both work (URLs by range reads).
 """
 from __future__ import annotations
 
@@ -428,7 +429,8 @@ def build_loader(stream: MixtureStream, num_workers: int, prefetch_factor: int =
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
 
 
-def build_stream(data: TrainDataConfig, *, seed: int, rank: int, world: int, batch_size: int, start_micro_batch: int = 0,
+def build_stream(data: TrainDataConfig, *, seed: int, rank: int, world: int, batch_size: int,
+                 start_micro_batch: int = 0,
                  stream: Optional[int] = None, indexes: Optional[list[ShardSetIndex]] = None) -> MixtureStream:
     return MixtureStream(data, seed=seed, rank=rank, world=world, batch_size=batch_size,
                          start_micro_batch=start_micro_batch, stream=stream, indexes=indexes)

@@ -155,11 +155,21 @@ class Trainer:
         self.batches = iter(loader)
         if self.accelerator.is_main_process:
             s = self.stream
-            log.info("stage %s: %d trainable parameters, %d process(es), batch %d x accum %d x %d = %d per step; "
-                     "mixture %s (%d rows); steps %d..%d", cfg.stage, sum(p.numel() for p in self.params),
-                     self.world, sch.batch_size, sch.grad_accum, self.world, sch.batch_size * sch.grad_accum * self.world,
-                     ", ".join(f"{n} {p:.3f}" for n, p in zip(s.member_names(), s.probs)), s.total_rows,
-                     self.start_step, sch.max_steps)
+            log.info(
+                "stage %s: %d trainable parameters, %d process(es), batch %d x accum %d x %d = %d per step; "
+                "mixture %s (%d rows); steps %d..%d",
+                cfg.stage,
+                sum(p.numel() for p in self.params),
+                self.world,
+                sch.batch_size,
+                sch.grad_accum,
+                self.world,
+                sch.batch_size * sch.grad_accum * self.world,
+                ", ".join(f"{n} {p:.3f}" for n, p in zip(s.member_names(), s.probs)),
+                s.total_rows,
+                self.start_step,
+                sch.max_steps,
+            )
 
     # ------------------------------------------------------------------------------------------ steps
     def train_step(self, window: StepWindow) -> dict:

@@ -10,7 +10,7 @@ from supirkit.commands._common import (
     load,
 )
 
-HELP = "make SUPIR's negative-quality samples with SDXL (img2img from shards at strength 0.5, or txt2img)"
+HELP = "make SUPIR's negative-quality samples with SDXL (img2img from any images at strength 0.5, or txt2img)"
 DESCRIPTION = (HELP + ". Each sample is captioned with its negative-quality prompt and marked "
                '"quality": "negative"; the same config gives the same images under the same keys, and a '
                "rerun resumes shard by shard.")
@@ -18,8 +18,8 @@ DESCRIPTION = (HELP + ". Each sample is captioned with its negative-quality prom
 
 def add_arguments(p):
     p.add_argument("sources", nargs="*", metavar="SRC",
-                   help="input shard set(s) for img2img: folder, glob, brace pattern or .tar "
-                        "(not needed with --set generate.mode=txt2img)")
+                   help="img2img sources, as for `supirkit shard`: shard sets, folders of images, globs, fsspec "
+                        "URLs, .parquet/.csv path lists, .tar (not needed with --set generate.mode=txt2img)")
     add_output_args(p)
     p.add_argument("--count", type=int, metavar="N", help="samples to make (default: generate.count of the config)")
     p.add_argument("--model", metavar="ID_OR_PATH",

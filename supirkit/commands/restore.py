@@ -21,9 +21,13 @@ def add_arguments(p):
     p.add_argument("--adaptor", required=True, metavar="DIR", help="SUPIR adaptor folder (config.json + weights)")
     p.add_argument("--captioner", metavar="ID_OR_PATH", help="LLaVA-1.5 checkpoint to caption each image")
     p.add_argument("--prompt", metavar="TEXT", help="use TEXT as the caption (the positive prompt is appended)")
-    p.add_argument("--tagger", metavar="ID_OR_PATH", help="tag each image (SeeSR-style tag prompts): an open_clip model "
-                                                         "with --set tagger.vocabulary=FILE, or a transformers "
-                                                         "classifier with --set tagger.backend=classifier")
+    p.add_argument(
+        "--tagger",
+        metavar="ID_OR_PATH",
+        help="tag each image (SeeSR-style tag prompts): an open_clip model "
+        "with --set tagger.vocabulary=FILE, or a transformers "
+        "classifier with --set tagger.backend=classifier",
+    )
     p.add_argument("--tags", metavar="LIST", help="comma-separated tags to use instead of a tagger")
     p.add_argument("--prompt-source", choices=("caption", "tags", "both"),
                    help="what describes the image: the caption, the tags or both (shortcut for --set prompt.source=)")

@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 HELP = "train SUPIR's adaptor (or, with --stage encoder, its degradation-robust encoder) with accelerate"
-DESCRIPTION = (HELP + ". Validates the config, then runs `accelerate launch [--config_file A] -m supirkit.train --config C ...` "
-               "(a list argv, no shell). Rerun with --resume latest to continue a run where it stopped.")
+DESCRIPTION = (
+    HELP + ". Validates the config, then runs `accelerate launch [--config_file L] -m supirkit.train --config C ...` "
+    "(a list argv, no shell). Rerun with --resume latest to continue a run where it stopped."
+)
+
+
+#: the launchers shipped in configs/accelerate
+LAUNCHERS = ("single_gpu", "ddp_8gpu", "multi_node", "fsdp", "deepspeed_zero2", "cpu_2proc")
 
 
 def add_arguments(p):
@@ -17,10 +23,14 @@ def add_arguments(p):
                    help="continue from the newest checkpoint (latest; starts fresh when there is none), a checkpoint "
                         "folder, or a step-N name under OUT/checkpoints")
     p.add_argument("--stop-at-step", type=int, metavar="N", help="stop (with a checkpoint) after step N")
-    p.add_argument("--accelerate-config", metavar="FILE",
-                   help="accelerate config (configs/accelerate/*.yaml: single_gpu, ddp_8gpu, multi_node, fsdp, "
-                        "deepspeed_zero2, cpu_2proc); default: accelerate's own default")
-    p.add_argument("--num-processes", type=int, metavar="N", help="processes on this machine (overrides the accelerate config)")
+    p.add_argument("--launcher", "--accelerate-config", dest="launcher", metavar="NAME|FILE",
+                   help=f"accelerate config: a file, or a shipped one by name from any folder "
+                        f"({', '.join(LAUNCHERS)}); "
+                        "default: accelerate's own default. Precision, accumulation and clipping come from the "
+                        "training config")
+    p.add_argument(
+        "--num-processes", type=int, metavar="N", help="processes on this machine (overrides the accelerate config)"
+    )
     p.add_argument("--main-process-port", type=int, metavar="PORT",
                    help="rendezvous port (default: the accelerate config's, else a free port on single-machine runs)")
     p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present (gloo)")
@@ -45,63 +55,86 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def launch_argv(args, python: str) -> tuple[list[str], dict]:
-    """(argv, extra environment) of the accelerate launch for these arguments."""
-    import os
+def resolve_launcher(name: str):
+    """A launcher (accelerate config) by path, or by name from the shipped ``configs/accelerate`` from any folder."""
     from pathlib import Path
 
-    import yaml
+    from supirkit.cli import UserError
+    from supirkit.datapipe.config import CONFIG_ROOT
 
+    path = Path(name)
+    for candidate in (path, CONFIG_ROOT / "accelerate" / path.name, CONFIG_ROOT / "accelerate" / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"--launcher {name}: no such accelerate config (shipped: {', '.join(LAUNCHERS)})")
+
+
+def _process_args(args, acc: dict) -> list[str]:
+    """How many processes on how many machines, and the rendezvous port."""
     launch: list[str] = []
-    acc: dict = {}
-    if args.accelerate_config:
-        path = Path(args.accelerate_config)
-        if not path.is_file():
-            from supirkit.datapipe.config import CONFIG_ROOT
-
-            if (CONFIG_ROOT / "accelerate" / path.name).is_file():
-                path = CONFIG_ROOT / "accelerate" / path.name
-            elif (CONFIG_ROOT / "accelerate" / f"{path.name}.yaml").is_file():
-                path = CONFIG_ROOT / "accelerate" / f"{path.name}.yaml"
-            else:
-                from supirkit.cli import UserError
-
-                raise UserError(f"{args.accelerate_config}: no such accelerate config")
-        acc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        launch += ["--config_file", str(path)]
     nproc = args.num_processes or int(acc.get("num_processes", 1) or 1)
     if args.num_processes:
         launch += ["--num_processes", str(args.num_processes)]
-        if not acc:
-            launch += ["--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no"]
-            if args.num_processes > 1:
-                launch += ["--multi_gpu"]
-    elif not acc:
-        launch += ["--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no"]
+    if not acc:
+        launch += ["--num_processes", "1"] if not args.num_processes else []
+        launch += ["--num_machines", "1", "--dynamo_backend", "no"]
+        if nproc > 1:
+            launch += ["--multi_gpu"]
     if args.main_process_port:
         launch += ["--main_process_port", str(args.main_process_port)]
     elif nproc > 1 and int(acc.get("num_machines", 1) or 1) == 1 and "main_process_port" not in acc:
         launch += ["--main_process_port", str(_free_port())]  # never collide with another run on this machine
+    return launch
 
-    env = {}
-    if args.cpu or not _has_cuda():
-        # `accelerate launch --cpu` starts one process only; a multi-GPU launch on CPU runs N gloo ranks.
-        env["ACCELERATE_USE_CPU"] = "1"
-        env.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc)))
+
+def _training_owned_args(cfg, acc: dict) -> list[str]:
+    """What the training config owns, passed on the launch line (it overrides the launcher file, which
+    therefore holds none of it): the precision, and for DeepSpeed the accumulation and the clipping."""
+    sch = cfg.schedule
+    launch = ["--mixed_precision", sch.mixed_precision]
+    if acc.get("distributed_type") == "DEEPSPEED":
+        launch += ["--gradient_accumulation_steps", str(sch.grad_accum)]
+        if cfg.optim.max_grad_norm:
+            launch += ["--gradient_clipping", str(cfg.optim.max_grad_norm)]
+    return launch
+
+
+def _script_args(args) -> list[str]:
     script = ["-m", "supirkit.train"]
     if args.config:
         script += ["--config", str(args.config)]
-    elif args.stage == "encoder":
-        script += ["--config", "train/encoder.yaml"]
     else:
-        script += ["--config", args._default_config]
+        script += ["--config", "train/encoder.yaml" if args.stage == "encoder" else args._default_config]
     for o in args.overrides:
         script += ["--set", o]
     for flag, value in (("--out", args.out), ("--stage", args.stage), ("--resume", args.resume),
                         ("--stop-at-step", args.stop_at_step)):
         if value is not None:
             script += [flag, str(value)]
-    return [python, "-m", "accelerate.commands.launch", *launch, *script], env
+    return script
+
+
+def launch_argv(args, python: str, cfg) -> tuple[list[str], dict]:
+    """(argv, extra environment) of the accelerate launch for these arguments and this training config."""
+    import os
+
+    import yaml
+
+    launch: list[str] = []
+    acc: dict = {}
+    if args.launcher:
+        path = resolve_launcher(args.launcher)
+        acc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        launch += ["--config_file", str(path)]
+    launch += _process_args(args, acc) + _training_owned_args(cfg, acc)
+    env = {}
+    if args.cpu or not _has_cuda():
+        # `accelerate launch --cpu` starts one process only; a multi-GPU launch on CPU runs N gloo ranks.
+        env["ACCELERATE_USE_CPU"] = "1"
+        nproc = args.num_processes or int(acc.get("num_processes", 1) or 1)
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
+        env.setdefault("OMP_NUM_THREADS", threads)
+    return [python, "-m", "accelerate.commands.launch", *launch, *_script_args(args)], env
 
 
 def check_inputs(cfg, resume) -> None:
@@ -175,7 +208,7 @@ def run(args) -> int:
                             "or set optim.use_8bit_adam=false")
     if args.resume and args.resume != "latest" and os.sep in args.resume and not os.path.isdir(args.resume):
         raise UserError(f"--resume {args.resume}: expected 'latest', a checkpoint folder or a step-N name")
-    argv, env = launch_argv(args, sys.executable)
+    argv, env = launch_argv(args, sys.executable, cfg)
     if args.dry_run:
         print(" ".join(argv))
         return 0

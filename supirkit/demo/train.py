@@ -39,7 +39,14 @@ def step(ctx) -> dict:
     losses = [r["train/loss"] for r in log if "train/loss" in r]
     val = [r for r in log if "val/loss" in r]
     training = json.loads((out / "adaptor" / "training.json").read_text())
-    return {"adaptor": str(out / "adaptor"), "processes": 2, "steps": training["step"],
-            "mixture": "+".join(m["name"] for m in mixture), "loss_first": round(losses[0], 4),
-            "loss_last": round(losses[-1], 4), "val_psnr": round(val[-1].get("val/psnr", float("nan")), 2) if val else None,
-            "checkpoints": len(list((out / "checkpoints").glob("step-*"))), "logs": str(out / "logs")}
+    return {
+        "adaptor": str(out / "adaptor"),
+        "processes": 2,
+        "steps": training["step"],
+        "mixture": "+".join(m["name"] for m in mixture),
+        "loss_first": round(losses[0], 4),
+        "loss_last": round(losses[-1], 4),
+        "val_psnr": round(val[-1].get("val/psnr", float("nan")), 2) if val else None,
+        "checkpoints": len(list((out / "checkpoints").glob("step-*"))),
+        "logs": str(out / "logs"),
+    }
