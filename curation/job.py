@@ -60,6 +60,30 @@ def _raise_missing_weights(failed: list) -> None:
             raise MissingWeights(fail.error.split(": ", 1)[-1])
 
 
+def preflight_models(cfg: CurateConfig) -> None:
+    """Every model the config names is on this machine, checked before any output is made (the learned
+    scorers run after the whole CPU scoring pass: a missing file found there would cost that pass):
+    ``MissingWeights`` with one line per missing model. Nothing is downloaded."""
+    from supirkit.metrics import missing_weights
+    from supirkit.metrics.loading import check_open_clip
+
+    s = cfg.signals
+    lines = missing_weights(s.iqa.metrics) if s.iqa.metrics and s.iqa.pretrained else []
+    a = s.aesthetic
+    if a.enabled or cfg.dedup.semantic.enabled:
+        try:
+            check_open_clip(a.clip_model, a.clip_weights, hint="give signals.aesthetic.clip_weights as a local file")
+        except MissingWeights as exc:
+            lines.append(f"aesthetic: {exc}")
+    if a.enabled and not a.head_weights:
+        lines.append("aesthetic: signals.aesthetic.head_weights is not set: give the LAION aesthetic MLP file "
+                     "(e.g. sac+logos+ava1-l14-linearMSE.pth)")
+    elif a.enabled and not Path(os.path.expanduser(a.head_weights)).is_file():
+        lines.append(f"aesthetic: head weights not found: place the file at {a.head_weights}")
+    if lines:
+        raise MissingWeights("\n".join(lines))
+
+
 def _check_select_only(layout: ShardSetLayout, folders: CurateFolders, cfg: CurateConfig) -> int:
     if not layout.job_file.is_file():
         raise ConfigError(f"{layout.root}: --select-only needs a finished scoring run in this folder; none found")
@@ -132,6 +156,7 @@ def run_curate_job(sources: Iterable[str] | None, out: str | Path, cfg: CurateCo
     else:
         if not sources:
             raise ConfigError("give at least one SRC (or --select-only to re-select an existing run)")
+        preflight_models(cfg)
         layout = prepare_output(out, STAGE_NAME, cfg.scoring_hash(), fresh, sources=sources)
         folders = CurateFolders(layout)
     result = CurateResult(layout.root)

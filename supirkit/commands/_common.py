@@ -31,8 +31,9 @@ def check_sources(sources) -> None:
     before an output folder is bound to it. The job itself records a vanished or unreadable input as a
     rejection; a whole SRC that names nothing is a mistake on the command line. URLs are left to the job."""
     from supirkit.cli import UserError
-    from supirkit.datapipe.sources import INVALID, has_braces, is_url, list_inputs
+    from supirkit.datapipe.sources import INVALID, check_protocols, has_braces, is_url, list_inputs
 
+    check_protocols(sources)
     for src in sources:
         if is_url(src):
             continue
