@@ -107,6 +107,11 @@ def finish(stage: str, result, out, what: str, inputs: int | None = None) -> int
     print(f"{stage}: {what}; rejected: {result.rejection_line()}")
     summary = ShardSetLayout(Path(out)).summary_file
     if summary.is_file():
+        import json
+
+        pattern = json.loads(summary.read_text(encoding="utf-8")).get("pattern")
+        if pattern and result.samples:
+            print(f"{stage}: shards: {pattern}")
         print(f"{stage}: summary in {summary}")
     for fail in result.failed[:5]:
         print(f"{stage}: failed {fail.describe_failure()}")
