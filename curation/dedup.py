@@ -97,6 +97,8 @@ def _embedding_batches(parts: list[Path]) -> Iterator[tuple[np.ndarray, np.ndarr
     import pyarrow.parquet as pq
 
     for p in parts:
+        if "clip_embedding" not in pq.read_schema(p).names:
+            continue  # no scored input in this part had an embedding
         t = pq.read_table(p, columns=["order", "clip_embedding"])
         t = t.filter(t["clip_embedding"].is_valid())
         if t.num_rows == 0:

@@ -35,6 +35,7 @@ def partition_rows(folders: CurateFolders, index: int):
     import pyarrow.parquet as pq
 
     t = pq.read_table(folders.signals.part(index))
+    t = t.drop_columns([c for c in ("clip_embedding",) if c in t.column_names])  # for dedup, not a score
     mp = folders.models.part(index)
     if mp.is_file():
         m = pq.read_table(mp)
@@ -56,7 +57,8 @@ def scores_schema(folders: CurateFolders, n_parts: int):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schemas = [pq.read_schema(folders.signals.part(i)) for i in range(n_parts)]
+    schemas = [pa.schema([f for f in pq.read_schema(folders.signals.part(i)) if f.name != "clip_embedding"])
+               for i in range(n_parts)]
     for i in range(n_parts):
         mp = folders.models.part(i)
         if mp.is_file():
