@@ -138,7 +138,7 @@ def run_curate_job(sources: Iterable[str] | None, out: str | Path, cfg: CurateCo
             return result
     # the CLIP embeddings are in the scores' own parts (or, scored by an earlier version, in work/models)
     dedup = group_duplicates(_parts(folders.signals), _parts(folders.models) or _parts(folders.signals),
-                             folders.dedup, cfg.dedup, cfg.dedup_hash())
+                             folders.dedup, cfg.dedup, cfg.dedup_hash(), cfg.runner)
     done = _selection(layout, folders, cfg, n)
     result.funnel, result.selection = done["funnel"], done["selection"]
     write = run_stage(Pass(WriteStage(cfg, folders), ShardOutput(layout.root, cfg.output.prefix),

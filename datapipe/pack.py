@@ -179,7 +179,7 @@ def run_shard_job(sources: Iterable[str] | None, out: str, cfg: ShardConfig, fre
     hashed = run_stage(Pass(HashStage(cfg), hashes, n, work, chash, "shard: hash", inputs), cfg.runner)
     if not hashed.ok:
         return hashed
-    group_exact_duplicates(hashes.folder, work / DEDUP_PASS)
+    group_exact_duplicates(hashes.folder, work / DEDUP_PASS, cfg.runner)
     captions = CaptionJoin.open(manifest) if manifest else None
     write = WriteStage(cfg, hashes, str(work / DEDUP_PASS), captions)
     result = run_stage(Pass(write, ShardOutput(layout.root, cfg.sharding.prefix), n, work, chash, "shard: write",
