@@ -274,7 +274,8 @@ class WriteStage(Stage[WritePartition]):
             if tar is None:
                 for r in group:
                     try:
-                        data = read_source(uri_of(r), cfg.decode.max_file_bytes, cfg.runner.io_retries)
+                        with stats.timer("read"):
+                            data = read_source(uri_of(r), cfg.decode.max_file_bytes, cfg.runner.io_retries)
                     except OSError as exc:  # gone or broken since scoring
                         reason, detail = rejection_reason(exc)
                         stats.reject(r["source"], "vanished" if reason == "unreadable" else reason, detail)
@@ -306,7 +307,8 @@ class WriteStage(Stage[WritePartition]):
             stats.count("inputs")
             if item is None:
                 continue
-            key = content_key(item.data)
+            with stats.timer("hash"):
+                key = content_key(item.data)
             if key != row["key"]:
                 stats.reject(row["source"], "changed_during_job", "content differs from the scoring pass")
                 continue

@@ -60,9 +60,11 @@ def ensure_ray(cfg: RunnerConfig) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # a Ray started here serves this process only: no dashboard, no token (nothing else connects)
+        # a Ray started here serves this process only: no dashboard, no token (nothing else connects).
+        # "local": never the cluster another user started on this machine (ray.init() alone would join the
+        # last `ray start` it finds)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(include_dashboard=False, **kwargs)
+        ray.init(address="local", include_dashboard=False, **kwargs)
 
 
 class _RayExecutor(Executor):

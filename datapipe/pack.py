@@ -128,6 +128,7 @@ class WriteStage(Stage[Partition]):
                 sink.write(sample)
             if len(sink) == halfway:
                 faults.maybe_fail("mid_shard", partition.index)
+        stats.timings["read"] += scratch.timings.get("read", 0.0)
         for order in sorted(set(accepted) - seen):
             # accepted by pass 1, unreadable now (deleted or broken between the passes)
             stats.reject(accepted[order]["source"], "vanished", "gone between the hashing and writing passes")

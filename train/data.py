@@ -92,39 +92,48 @@ class ShardSetIndex:
         return int(self.counts.sum())
 
     def keys(self, shard: int) -> list[Optional[str]]:
-        return self.rows(shard)["key"]
+        return self.rows(shard).column("key").to_pylist()
 
-    def rows(self, shard: int) -> dict:
-        """``{"key": [...]}`` of one shard's rows (with ``txt`` and ``tags`` for a caption set)."""
+    def rows(self, shard: int):
+        """One shard's rows as an Arrow table, read once per shard (``key``, and ``members``: the member
+        offsets of each key, or for a caption set ``txt`` and ``tags``); a drawn row is converted alone."""
         return self._rows.get(shard, lambda: self._read_rows(shard))
+
+    def entry(self, shard: int, row: int) -> tuple[Optional[str], Optional[dict]]:
+        """``(key, members)`` of one row: its key (None: a row without an image) and, when the shard's
+        index has them, its members' ``{ext: (offset, size)}`` (no second read of the index to find them)."""
+        t = self.rows(shard)
+        key = t.column("key")[row].as_py()
+        if "status" in t.column_names and t.column("status")[row].as_py() != "success":
+            return None, None
+        if "members" not in t.column_names:
+            return key, None
+        members = t.column("members")[row].as_py() or []
+        return key, {m["ext"]: (m["offset"], m["size"]) for m in members}
 
     def caption(self, shard: int, row: int) -> Optional[tuple[str, list[str]]]:
         """The caption set's caption and tags of one row; None when the set has no caption tables."""
         if self.captions is None:
             return None
-        rows = self.rows(shard)
-        tags = rows["tags"][row] if "tags" in rows else None
-        return (rows["txt"][row] or "").strip(), [str(t) for t in tags or []]
+        t = self.rows(shard)
+        tags = t.column("tags")[row].as_py() if "tags" in t.column_names else None
+        return (t.column("txt")[row].as_py() or "").strip(), [str(x) for x in tags or []]
 
-    def _read_rows(self, shard: int) -> dict:
+    def _read_rows(self, shard: int):
+        import pyarrow as pa
+
         if self.captions is not None:
-            return self.captions.read(self.units[shard], ["key", "txt", "tags"]).to_pydict()
+            return self.captions.read(self.units[shard], ["key", "txt", "tags"])
         url = self.urls[shard]
         index = find_index(url)
         if index is None:
-            return {"key": image_keys(scan_members(url))}
+            return pa.table({"key": pa.array(image_keys(scan_members(url)), pa.string())})
         import pyarrow.parquet as pq
 
         with open_binary(index) as f:
             pf = pq.ParquetFile(f)
-            names = set(pf.schema_arrow.names)
-            columns = ["key"] + (["status"] if "status" in names else [])
-            table = pf.read(columns=columns)
-        keys = table.column("key").to_pylist()
-        if "status" in columns:
-            status = table.column("status").to_pylist()
-            keys = [k if s == "success" else None for k, s in zip(keys, status)]
-        return {"key": keys}
+            columns = [c for c in ("key", "members", "status") if c in pf.schema_arrow.names]
+            return pf.read(columns=columns)
 
     def __getstate__(self):  # workers rebuild their caches
         state = dict(self.__dict__)
@@ -332,10 +341,12 @@ class MixtureStream(IterableDataset):
 
         member = self.members[draw.member]
         index = self.indexes[draw.member]
-        key = index.keys(draw.shard)[draw.row]
+        key, members = index.entry(draw.shard, draw.row)
         if key is None:
             raise _Skip("row without image")
-        raw = self.reader.read(index.urls[draw.shard], key)
+        url = index.urls[draw.shard]
+        # a caption set's rows are its caption tables': the member offsets come from the captioned shard's index
+        raw = self.reader.read(url, key, members if index.captions is None else None)
         _, data = sample_image(raw)
         if data is None:
             raise _Skip(f"{key}: no image member")
