@@ -1,16 +1,19 @@
 """``supirkit curate``: the whole job, each step resumable on its own.
 
     list sources -> plan partitions
-    1. score   (CPU tasks)   header prefilter, decode, cheap signals  -> work/signals (a row per input)
-    2. models  (GPU actors)  pyiqa, aesthetics, CLIP embeddings       -> work/models   (when configured)
-    3. group   (driver)      exact / near / semantic duplicate groups -> work/dedup
-    4. select  (driver)      rules + best member of each group        -> scores table (a row per input), plan
-    5. write   (CPU tasks)   re-read the selected sources only, crop, encode -> {prefix}-NNNNNN.tar at the top
-    6. report                report.html + PNGs, summary.json (in __supirkit__/)
+    1. score   (CPU tasks, or GPU actors fed by CPU tasks when learned signals are configured)
+                             header prefilter, ONE decode, cheap signals, pyiqa, aesthetics, CLIP embeddings
+                                                                  -> work/signals (a row per input)
+    2. group   (driver)      exact / near / semantic duplicate groups -> work/dedup
+    3. select  (driver)      rules + best member of each group        -> scores table (a row per input), plan
+    4. write   (CPU tasks)   re-read the selected sources only, decode, crop, encode -> {prefix}-NNNNNN.tar
+    5. report                report.html + PNGs, summary.json (in __supirkit__/)
 
-Steps 1-2 depend on the scoring config (its hash guards the folder: another scoring config needs --fresh);
-steps 3-5 on the rest, so new thresholds re-select and rewrite without rescoring (``--select-only``
-guarantees that nothing is rescored).
+Step 1 depends on the scoring config (its hash guards the folder: another scoring config needs --fresh);
+steps 2-4 on the rest, so new thresholds re-select and rewrite without rescoring (``--select-only``
+guarantees that nothing is rescored). Each input is decoded once to be scored, each accepted one once more
+to be written. (Work folders scored by an earlier version, with the learned signals in ``work/models``, are
+still read.)
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Iterable, Optional
 from supirkit.curation.config import CurateConfig
 from supirkit.curation.dedup import group_duplicates
 from supirkit.curation.select import previous_selection, select
-from supirkit.curation.stages import CurateFolders, ModelStage, ScoreStage, WriteStage
+from supirkit.curation.stages import CurateFolders, ScoreStage, WriteStage
 from supirkit.datapipe.config import ShardingConfig
 from supirkit.datapipe.errors import ConfigError, MissingWeights
 from supirkit.datapipe.files import atomic_write_json, read_json
@@ -94,8 +97,6 @@ def _check_select_only(layout: ShardSetLayout, folders: CurateFolders, cfg: Cura
                           "and with --fresh to rescore")
     n = int(read_json(partitions_dir(layout.work) / "_DONE.json")["partitions"])
     missing = [i for i in range(n) if not folders.signals.marker(i).is_file()]
-    if cfg.needs_models:
-        missing += [i for i in range(n) if not folders.models.marker(i).is_file()]
     if missing:
         raise ConfigError(f"{layout.root}: --select-only: scoring is incomplete ({len(missing)} partition(s) "
                           "missing); rerun without --select-only to finish it")
@@ -112,7 +113,7 @@ def _clear_shards(layout: ShardSetLayout, prefix: str) -> None:
 
 def _score(sources: list[str], layout: ShardSetLayout, folders: CurateFolders, cfg: CurateConfig,
            result: CurateResult) -> int:
-    """Steps 1-2; returns the partition count."""
+    """Step 1; returns the partition count."""
     from supirkit.datapipe.sources import list_inputs
 
     chash = cfg.scoring_hash()
@@ -122,12 +123,8 @@ def _score(sources: list[str], layout: ShardSetLayout, folders: CurateFolders, c
     inputs = planned_inputs(layout.work)
     scored = run_stage(Pass(ScoreStage(cfg), folders.signals, n, layout.work, chash, "curate: score", inputs),
                        cfg.runner)
+    _raise_missing_weights(scored.failed)
     result.failed += scored.failed
-    if scored.ok and cfg.needs_models:
-        modeled = run_stage(Pass(ModelStage(cfg, folders.signals), folders.models, n, layout.work, chash,
-                                 "curate: models", inputs), cfg.runner)
-        _raise_missing_weights(modeled.failed)
-        result.failed += modeled.failed
     return n
 
 
@@ -164,8 +161,9 @@ def run_curate_job(sources: Iterable[str] | None, out: str | Path, cfg: CurateCo
         n = _score(sources, layout, folders, cfg, result)
         if result.failed:
             return result
-    dedup = group_duplicates(_parts(folders.signals), _parts(folders.models), folders.dedup, cfg.dedup,
-                             cfg.dedup_hash())
+    # the CLIP embeddings are in the scores' own parts (or, scored by an earlier version, in work/models)
+    dedup = group_duplicates(_parts(folders.signals), _parts(folders.models) or _parts(folders.signals),
+                             folders.dedup, cfg.dedup, cfg.dedup_hash(), cfg.runner)
     done = _selection(layout, folders, cfg, n)
     result.funnel, result.selection = done["funnel"], done["selection"]
     write = run_stage(Pass(WriteStage(cfg, folders), ShardOutput(layout.root, cfg.output.prefix),

@@ -5,6 +5,11 @@ itself when it reaches that point (for that shard index). Points: ``after_tar_re
 shard's rename and its stats write), ``mid_shard`` (half-way through a shard's samples),
 ``after_shards:N`` (the driver, once N shards are complete), ``train_step:N`` (training, after step N).
 No sleeps, no timing: the same point is hit on every run.
+
+``hold_unit:STAGE`` (e.g. ``hold_unit:curate:write``) does not kill: the worker that starts a unit of that
+stage (its output opened, nothing written yet) announces it with a file in ``SUPIRKIT_FAULT_DIR`` and waits
+there until it is killed, so that a drill can take its node away at that moment. Armed in the environment
+of one node's processes only, it holds the units of that node and no other.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import os
 import signal
 
 ENV = "SUPIRKIT_FAULT"
+DIR_ENV = "SUPIRKIT_FAULT_DIR"
 
 
 def _points() -> list[tuple[str, str | None]]:
@@ -23,7 +29,7 @@ def _points() -> list[tuple[str, str | None]]:
     return out
 
 
-def armed(point: str, index: int | None = None) -> bool:
+def armed(point: str, index: int | str | None = None) -> bool:
     for name, arg in _points():
         if name == point and (arg is None or index is None or str(index) == arg):
             return True
@@ -33,3 +39,15 @@ def armed(point: str, index: int | None = None) -> bool:
 def maybe_fail(point: str, index: int | None = None) -> None:
     if armed(point, index):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_hold(point: str, what: str, index: int) -> None:
+    """Wait here until this process is killed, when ``point:what`` is armed (see the module docstring)."""
+    if not armed(point, what):
+        return
+    folder = os.environ.get(DIR_ENV)
+    if folder:
+        with open(os.path.join(folder, f"{point}-{index}-{os.getpid()}"), "w") as f:
+            f.write(what)
+    while True:
+        signal.pause()  # no timer: only the drill's kill ends the wait

@@ -183,7 +183,11 @@ class Progress:
             def snapshot(self):
                 return self.units
 
-        self._actor = Counter.remote()
+        # beside the driver: a worker node that fails takes its workers, never the job's progress
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self._actor = Counter.options(scheduling_strategy=here).remote()
         return RayChannel(self._actor)
 
     def poll(self) -> None:

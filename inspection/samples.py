@@ -78,29 +78,47 @@ def iter_samples(coll: Collection, n: int, seed: Optional[int] = None,
         return
     if seed is None:
         left = n
-        for url in coll.urls:
-            for sample in read_shard(url, max_member_bytes=max_file_bytes):
-                yield _sample_from_tar(sample, url)
+        for i, url in enumerate(coll.urls):
+            for sample in _shard_samples(coll, i, None, max_file_bytes):
+                yield sample
                 left -= 1
                 if left == 0:
                     return
         return
-    chosen = _bottom_k(((u, k) for u in coll.urls for k in _keys_of(u)), n, seed)
-    wanted: dict[str, list] = {}
-    for u, k in chosen:
-        wanted.setdefault(u, []).append(k)
-    for url in coll.urls:
-        if url not in wanted:
+    chosen = _bottom_k(((i, k) for i in range(len(coll.urls)) for k in _keys_of(coll, i)), n, seed)
+    wanted: dict[int, set] = {}
+    for i, k in chosen:
+        wanted.setdefault(i, set()).add(k)
+    for i in range(len(coll.urls)):
+        if i in wanted:
+            yield from _shard_samples(coll, i, wanted[i], max_file_bytes)
+
+
+def _shard_samples(coll: Collection, i: int, keys: Optional[set], max_file_bytes: int) -> Iterator[Sample]:
+    """Samples of shard ``i`` (only ``keys`` when given); a caption set's samples with their joined caption."""
+    url = coll.urls[i]
+    captions = coll.captions.captions(coll.units[i]) if coll.captions is not None else None
+    for sample in read_shard(url, max_member_bytes=max_file_bytes):
+        key = sample["__key__"]
+        if (keys is not None and key not in keys) or (captions is not None and key not in captions):
             continue
-        keys = set(wanted[url])
-        for sample in read_shard(url, max_member_bytes=max_file_bytes):
-            if sample["__key__"] in keys:
-                yield _sample_from_tar(sample, url)
+        shown = _sample_from_tar(sample, url)
+        if captions is not None:
+            joined = captions[key]
+            shown.caption = joined.get("txt")
+            shown.meta = {**shown.meta, "caption": joined.get("caption")}
+            if joined.get("tags") is not None:
+                shown.meta["tags"] = joined["tags"]
+            shown.fields = sorted(set(shown.fields) | ({"txt"} if shown.caption is not None else set()))
+        yield shown
 
 
-def _keys_of(url: str) -> list[str]:
-    """Keys of the samples with an image, from the shard's member table (its index, or its headers)."""
-    return image_keys(member_table(url))
+def _keys_of(coll: Collection, i: int) -> list[str]:
+    """Keys of shard ``i``'s samples with an image, from its member table (its index, or its headers); for a
+    caption set, the keys of its caption table."""
+    if coll.captions is not None:
+        return [k for k in coll.captions.read(coll.units[i], ["key"]).column("key").to_pylist() if k is not None]
+    return image_keys(member_table(coll.urls[i]))
 
 
 def _iter_manifest_samples(coll: Collection, n: int, seed: Optional[int], max_file_bytes: int) -> Iterator[Sample]:

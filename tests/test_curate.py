@@ -158,7 +158,7 @@ def test_curate_on_ray_with_aesthetics_accounts_for_every_input(samples, tmp_pat
     scored = [r for r in rows if r["status"] == "scored"]
     assert scored and all(isinstance(r["aesthetic"], float) for r in scored)
     assert all(r["aesthetic"] is None for r in rows if r["status"] != "scored")
-    assert "clip_embedding" not in rows[0]  # embeddings stay in the model pass's own files
+    assert "clip_embedding" not in rows[0]  # embeddings are for grouping, not part of the scores table
     metas = _check_shards(out, rows)
     assert all("aesthetic" in m["scores"] for m in metas)
     summary = json.loads((out / "__supirkit__" / "summary.json").read_text())
