@@ -265,6 +265,12 @@ def test_demo_step_captions_the_curate_steps_shards(tmp_path, tiny_models, ray_a
     ctx.outputs["curate"] = {"shards": str(shards)}
     result = step(ctx)
     assert result["input"] == str(shards) and result["captions"] == 3 and result["skipped"] == 0
-    out = _samples(result["shards"])
-    assert out.keys() == _samples(shards).keys() and all(s["txt"].strip() for s in out.values())
+    # a caption set: the images stay in the input shards, the captions are joined by key
+    from supirkit.datapipe.captions import CaptionSet
+
+    captions = CaptionSet.open(result["shards"])
+    assert captions is not None and captions.done_units() == [0]
+    joined = captions.captions(0)
+    assert joined.keys() == _samples(shards).keys() and all(c["txt"].strip() for c in joined.values())
+    assert not list(Path(result["shards"]).glob("*.tar"))  # no copy of the corpus
     assert result["token_count"] == "clip"  # counted with the tiny SDXL's own CLIP tokenizer
