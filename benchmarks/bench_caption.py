@@ -81,7 +81,11 @@ def job_figures(out_dir: Path, wall: float) -> dict:
     """Throughput and the time split from the shards' stats (``timings_s``) of one job."""
     timings: dict = {}
     captions = new_tokens = 0
-    for sp in sorted((out_dir / "__supirkit__" / "stats").glob("shard-*.json")):
+    meta = out_dir / "__supirkit__"
+    # a caption set's unit markers (the default), or rewritten shards' stats (output.write=shards)
+    markers = sorted((meta / "captions" / "_stats").glob("*.stats.json"))
+    markers = markers or sorted((meta / "stats").glob("shard-*.json"))
+    for sp in markers:
         st = json.loads(sp.read_text())
         for k, v in st.get("timings_s", {}).items():
             timings[k] = timings.get(k, 0.0) + v

@@ -71,9 +71,14 @@ def scores_schema(folders: CurateFolders, n_parts: int):
 def _align(table, schema):
     import pyarrow as pa
 
-    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-            for f in schema]
-    return pa.Table.from_arrays(cols, schema=schema)
+    def column(f):
+        # a column that is all missing here may carry a placeholder type (``sinks.rows_to_table``): its nulls
+        # take the table's type whatever it is
+        if f.name not in table.column_names or table.column(f.name).null_count == table.num_rows:
+            return pa.nulls(table.num_rows, f.type)
+        return table.column(f.name).cast(f.type)
+
+    return pa.Table.from_arrays([column(f) for f in schema], schema=schema)
 
 
 def rank(row: dict, rank_by: list[str]) -> tuple:

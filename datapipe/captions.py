@@ -6,7 +6,9 @@ set: a folder without tars whose ``__supirkit__/`` holds
 
     captions/captions-NNNNNN.parquet     the captions of input shard N: one row per captioned sample, in the
                                          shard's order, keyed by ``key`` (columns: key, txt, caption, tags, ...)
-    captions/captions-NNNNNN.stats.json  its done marker (exactly-once and resume, as for every unit)
+    captions/_stats/captions-NNNNNN.stats.json  its done marker (exactly-once and resume, as for every unit;
+                                         in a subfolder that pyarrow and pandas skip: ``captions/`` reads
+                                         as one table)
     caption_inputs.parquet               the input shards, one row per unit: ``input`` (the shard as captioned),
                                          ``input_relative`` (the same, relative to the caption set) and ``rows``
                                          (filled in when the job ends; null: read the table's footer)
@@ -27,7 +29,7 @@ from typing import Optional
 
 from supirkit.datapipe.files import atomic_write_parquet
 from supirkit.datapipe.shard_format import CAPTIONS_DIR, JOB_FILE, META_DIR, WORK_DIR, ShardSetLayout
-from supirkit.datapipe.sinks import TableOutput
+from supirkit.datapipe.sinks import TABLE_MARKERS, TableOutput
 from supirkit.datapipe.sources import is_url, open_binary, strip_file_scheme
 from supirkit.datapipe.tario import exists
 
@@ -109,7 +111,7 @@ class CaptionSet:
 
     def done_units(self) -> list[int]:
         """Units whose caption table is complete (its done marker exists), in order."""
-        names = _listdir(_join(self.root, META_DIR, CAPTIONS_DIR))
+        names = _listdir(_join(self.root, META_DIR, CAPTIONS_DIR, TABLE_MARKERS))
         suffix = ".stats.json"
         done = []
         for name in names:

@@ -26,6 +26,14 @@ def shard_pattern(root: str | Path) -> str:
             return pattern
     shards = list_shards(str(root))
     if not shards:
+        from supirkit.datapipe.captions import CaptionSet
+
+        captions = CaptionSet.open(root)
+        if captions is not None:
+            raise FileNotFoundError(
+                f"{root}: a caption set (caption tables keyed by sample key, no images): read its input shards "
+                f"({captions.shard_url(0) if captions.inputs else 'none'}, ...) and join the tables by key, or "
+                "caption with --set output.write=shards for self-contained shards")
         raise FileNotFoundError(f"{root}: no finished shard")
     return shards[0] if len(shards) == 1 else str(Path(shards[0]).parent / "*.tar")
 

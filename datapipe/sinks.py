@@ -192,9 +192,14 @@ class ShardSink:
             self._tmp_tar.unlink(missing_ok=True)
 
 
+#: where a table output keeps its done markers: a subfolder whose name pyarrow and pandas skip, so that the
+#: table folder reads as one dataset (``pyarrow.dataset(folder)``, ``pandas.read_parquet(folder)``)
+TABLE_MARKERS = "_stats"
+
+
 class TableSink:
-    """A unit whose output is a table part: ``{prefix}-NNNNNN.parquet`` then ``{prefix}-NNNNNN.stats.json``
-    (the done marker), both in one folder."""
+    """A unit whose output is a table part: ``{prefix}-NNNNNN.parquet``, then its done marker
+    ``_stats/{prefix}-NNNNNN.stats.json``."""
 
     def __init__(self, folder: str | Path, prefix: str, index: int, config_hash: str = "") -> None:
         self.folder = Path(folder)
@@ -218,7 +223,9 @@ class TableSink:
         atomic_write(self.folder / f"{self.name}.parquet", buf.getvalue())
         stats.counts["rows"] = len(self.rows)
         record = _stats_record(self.name, self.config_hash, stats)
-        atomic_write_json(self.folder / f"{self.name}.stats.json", record)
+        markers = self.folder / TABLE_MARKERS
+        markers.mkdir(exist_ok=True)
+        atomic_write_json(markers / f"{self.name}.stats.json", record)
         return record
 
     def abort(self) -> None:
@@ -255,14 +262,15 @@ class TableOutput:
         return TableSink(self.folder, self.prefix, index, config_hash)
 
     def marker(self, index: int) -> Path:
-        return self.folder / f"{shard_name(self.prefix, index)}.stats.json"
+        return self.folder / TABLE_MARKERS / f"{shard_name(self.prefix, index)}.stats.json"
 
     def part(self, index: int) -> Path:
         return self.folder / f"{shard_name(self.prefix, index)}.parquet"
 
     @property
     def folders(self) -> list[Path]:
-        return [self.folder]
+        return [self.folder, self.folder / TABLE_MARKERS]
 
 
-__all__ = ["Sink", "UnitOutput", "ShardSink", "TableSink", "ShardOutput", "TableOutput", "rows_to_table"]
+__all__ = ["TABLE_MARKERS", "Sink", "UnitOutput", "ShardSink", "TableSink", "ShardOutput", "TableOutput",
+           "rows_to_table"]

@@ -83,7 +83,7 @@ def test_caption_tables_hold_every_caption_and_no_image(captioned):
     assert [r["rows"] for r in inputs] == [5, 5] and all(Path(r["input"]).is_absolute() for r in inputs)
     summary = json.loads((out / "__supirkit__" / "summary.json").read_text())
     assert summary["write"] == "table" and summary["caption"]["captions"] == 10 and summary["samples"] == 10
-    stats = json.loads((out / "__supirkit__" / "captions" / "captions-000000.stats.json").read_text())
+    stats = json.loads((out / "__supirkit__" / "captions" / "_stats" / "captions-000000.stats.json").read_text())
     assert stats["counts"]["rows"] == 5 and stats["caption_settings"]["generation"]["temperature"] == 0.2
 
 
@@ -171,7 +171,7 @@ def test_caption_tables_resume_exactly_once(tmp_path, tiny_models, captioned):
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     caps = out / "__supirkit__" / "captions"
-    assert sorted(p.name for p in caps.glob("*.stats.json")) == ["captions-000000.stats.json"]
+    assert sorted(p.name for p in (caps / "_stats").glob("*.stats.json")) == ["captions-000000.stats.json"]
     first = (caps / "captions-000000.parquet").read_bytes()
     assert _run(_argv(shards, out, tiny_models, "--set", "caption.prefetch_batches=0")) == 0
     summary = json.loads((out / "__supirkit__" / "summary.json").read_text())
@@ -194,7 +194,8 @@ def test_failed_samples_dropped_or_kept_uncaptioned(tmp_path, tiny_models):
     shards = make_shards(tmp_path / "in", n_shards=1, per_shard=3, corrupt=True)
     assert _run(_argv(shards, tmp_path / "drop", tiny_models)) == 0
     assert len(_tables(tmp_path / "drop")[0]) == 3
-    stats = json.loads((tmp_path / "drop" / "__supirkit__" / "captions" / "captions-000000.stats.json").read_text())
+    marker = tmp_path / "drop" / "__supirkit__" / "captions" / "_stats" / "captions-000000.stats.json"
+    stats = json.loads(marker.read_text())
     assert {r["reason"] for r in stats["rejections"]} == {"not_an_image", "no_image_in_sample"}
     assert not list(iter_rejections(tmp_path / "drop"))  # the tables' stats are not shard stats
     assert _run(_argv(shards, tmp_path / "keep", tiny_models, "--set", "caption.on_failure=keep")) == 0

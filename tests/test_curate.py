@@ -208,7 +208,7 @@ def test_select_only_reselects_without_rescoring_and_resume_after_a_kill(samples
     proc = subprocess.run([sys.executable, "-m", "supirkit.cli", *map(str, argv)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stdout + proc.stderr
-    done = sorted((out / "__supirkit__" / "work" / "signals").glob("signals-*.stats.json"))
+    done = sorted((out / "__supirkit__" / "work" / "signals" / "_stats").glob("signals-*.stats.json"))
     assert len(done) == 2
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "__supirkit__" / "work" / "signals").glob("signals-*")}
     assert _cli(argv) == 0  # the rerun finishes the job; done partitions are not redone

@@ -34,7 +34,10 @@ def outputs(tmp_path_factory, tiny_models):
     assert _cli("shard", photos, "--out", out["shard"], *LOCAL, "--set", "sharding.samples_per_shard=4") == 0
     assert _cli("curate", photos, "--out", out["curate"], "--config", "curate/demo.yaml", *LOCAL) == 0
     assert _cli("caption", out["shard"], "--out", out["caption"], "--model", tiny_models["llava"],
+                "--config", "caption/demo.yaml", *LOCAL, "--set", "output.write=shards") == 0
+    assert _cli("caption", out["shard"], "--out", root / "caption_set", "--model", tiny_models["llava"],
                 "--config", "caption/demo.yaml", *LOCAL) == 0
+    out["caption_set"] = root / "caption_set"
     assert _cli("negatives", out["shard"], "--out", out["negatives"], "--count", 3, "--model", tiny_models["sdxl"],
                 "--config", "negatives/demo.yaml", *LOCAL, "--set", "output.samples_per_shard=2") == 0
     assert _cli("testset", photos, "--out", out["testset"], "--profile", "resshift", "--set", "crop.size=64",
@@ -48,7 +51,7 @@ def _keys_from_tars(out: Path) -> set[str]:
     return {s["__key__"] for url in list_shards(out) for s in read_shard(url)}
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", STAGES + ("caption_set",))
 def test_only_shards_at_the_top_of_every_output(outputs, stage):
     out = outputs[stage]
     assert {p.name for p in out.iterdir() if p.suffix != ".tar"} == {"__supirkit__"}
@@ -132,3 +135,19 @@ def test_curate_scores_are_a_separate_typed_table(outputs):
     assert all(len(h) == 16 for h in scores.to_table(filter=pc.field("phash").is_valid())["phash"].to_pylist())
     summary = json.loads(ShardSetLayout(outputs["curate"]).summary_file.read_text())
     assert summary["samples"] == len(_keys_from_tars(outputs["curate"]))
+
+
+def test_a_caption_set_names_its_input_shards_to_readers(outputs):
+    """The default caption output holds tables only: asking it for a shard pattern says where the images are;
+    its tables read with pyarrow, one row per captioned sample, keyed like the input shards."""
+    import pyarrow.dataset as ds
+
+    from supirkit.datapipe.captions import CaptionSet
+    from supirkit.datapipe.readers import shard_pattern
+
+    with pytest.raises(FileNotFoundError, match="caption set") as info:
+        shard_pattern(outputs["caption_set"])
+    assert str(outputs["shard"]) in str(info.value)
+    captions = CaptionSet.open(outputs["caption_set"])
+    table = ds.dataset(str(Path(captions.table_url(0)).parent), format="parquet").to_table()  # markers skipped
+    assert set(table.column("key").to_pylist()) == _keys_from_tars(outputs["shard"])

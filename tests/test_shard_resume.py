@@ -50,7 +50,7 @@ def _accounting(out: Path) -> list:
      and (out / "__supirkit__" / "index" / "shard-000001.parquet").exists()
      and not (out / "__supirkit__" / "stats" / "shard-000001.json").exists()),
     ("after_shards:1", lambda out: not list(out.glob("shard-*.tar"))
-     and (out / "__supirkit__" / "work" / "hash" / "hash-000000.stats.json").exists()),
+     and (out / "__supirkit__" / "work" / "hash" / "_stats" / "hash-000000.stats.json").exists()),
     ("mid_shard:2", lambda out: not (out / "shard-000002.tar").exists() and any(out.glob(".tmp-*shard-000002.tar"))),
 ])
 def test_killed_job_resumes_to_the_uninterrupted_result(source, tmp_path, fault, left_behind):
