@@ -5,7 +5,15 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from supirkit.datapipe.config import PREFIX_PATTERN, DecodeConfig, OutputConfig, RunnerConfig, Schema, config_hash
+from supirkit.datapipe.config import (
+    PREFIX_PATTERN,
+    DecodeConfig,
+    ListingConfig,
+    OutputConfig,
+    RunnerConfig,
+    Schema,
+    config_hash,
+)
 from supirkit.datapipe.devices import Device
 from supirkit.datapipe.prefilter import PrefilterConfig
 
@@ -133,6 +141,7 @@ class ReportConfig(Schema):
 
 class CurateConfig(Schema):
     input: InputConfig = InputConfig()
+    listing: ListingConfig = ListingConfig()
     decode: DecodeConfig = DecodeConfig()
     prefilter: PrefilterConfig = PrefilterConfig(min_side=1024, max_aspect_ratio=4.0)
     signals: SignalsConfig = SignalsConfig()

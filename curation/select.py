@@ -19,7 +19,7 @@ from supirkit.curation.config import CurateConfig
 from supirkit.curation.dedup import load_groups
 from supirkit.curation.rules import CompiledRules, compile_rules
 from supirkit.curation.stages import CurateFolders
-from supirkit.datapipe.files import atomic_write_parquet, read_json
+from supirkit.datapipe.files import atomic_write_parquet, read_json_or_none
 from supirkit.datapipe.sinks import rows_to_table
 
 #: columns of the scores table that are bookkeeping, not signals (left out of each sample's scores)
@@ -234,8 +234,9 @@ def select(folders: CurateFolders, cfg: CurateConfig, n_parts: int) -> dict:
 
 
 def previous_selection(folders: CurateFolders) -> Optional[dict]:
-    marker = folders.select / "_DONE.json"
-    return read_json(marker) if marker.is_file() else None
+    """The finished selection's record; None when there is none or it is damaged (selection is redone)."""
+    done = read_json_or_none(folders.select / "_DONE.json")
+    return done if isinstance(done, dict) else None
 
 
 __all__ = ["select", "rule_verdicts", "group_winners", "decide", "Funnel", "WritePlan", "scores_schema",
