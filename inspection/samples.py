@@ -13,7 +13,15 @@ from supirkit.datapipe.decode import DEFAULT_MAX_FILE_BYTES
 from supirkit.datapipe.keys import display_source
 from supirkit.datapipe.shard_format import IMAGE_EXTS
 from supirkit.datapipe.tario import image_keys, image_too_large, member_table, read_shard, sample_image, sample_meta
-from supirkit.inspection.collection import CAPTION_COLUMNS, MANIFEST, Collection, flatten_meta
+from supirkit.inspection.collection import (
+    CAPTION_COLUMNS,
+    MANIFEST,
+    UNREADABLE_SHARD_ERRORS,
+    Collection,
+    flatten_meta,
+    limit_depth,
+    shard_error,
+)
 
 #: metadata that describes the file, not its quality: never shown as a "score"
 STRUCTURAL = {"key", "width", "height", "orig_width", "orig_height", "original_width", "original_height",
@@ -68,24 +76,27 @@ def _bottom_k(items: Iterable, n: int, seed: int) -> list:
 
 
 def iter_samples(coll: Collection, n: int, seed: Optional[int] = None,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterator[Sample]:
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, unreadable: Optional[list] = None) -> Iterator[Sample]:
     """``n`` samples: the first ones, or with ``seed`` a uniform random choice over the whole collection
-    (chosen from keys/rows alone; only the chosen samples' bytes are kept)."""
+    (chosen from keys/rows alone; only the chosen samples' bytes are kept). A shard that cannot be read (or
+    read to its end) gives the samples before the damage; it is appended to ``unreadable`` (``shard_error``)
+    and the others are read."""
     if n <= 0:
         return
     if coll.kind == MANIFEST:
         yield from _iter_manifest_samples(coll, n, seed, max_file_bytes)
         return
+    bad = unreadable if unreadable is not None else []
     if seed is None:
         left = n
         for url in coll.urls:
-            for sample in read_shard(url, max_member_bytes=max_file_bytes):
+            for sample in _read_guarded(url, max_file_bytes, bad):
                 yield _sample_from_tar(sample, url)
                 left -= 1
                 if left == 0:
                     return
         return
-    chosen = _bottom_k(((u, k) for u in coll.urls for k in _keys_of(u)), n, seed)
+    chosen = _bottom_k(((u, k) for u in coll.urls for k in _keys_guarded(u, bad)), n, seed)
     wanted: dict[str, list] = {}
     for u, k in chosen:
         wanted.setdefault(u, []).append(k)
@@ -93,9 +104,25 @@ def iter_samples(coll: Collection, n: int, seed: Optional[int] = None,
         if url not in wanted:
             continue
         keys = set(wanted[url])
-        for sample in read_shard(url, max_member_bytes=max_file_bytes):
+        for sample in _read_guarded(url, max_file_bytes, bad):
             if sample["__key__"] in keys:
                 yield _sample_from_tar(sample, url)
+
+
+def _read_guarded(url: str, max_file_bytes: int, unreadable: list) -> Iterator[dict]:
+    try:
+        yield from read_shard(url, max_member_bytes=max_file_bytes)
+    except UNREADABLE_SHARD_ERRORS as exc:
+        if not any(u["shard"] == url for u in unreadable):
+            unreadable.append(shard_error(url, exc))
+
+
+def _keys_guarded(url: str, unreadable: list) -> list[str]:
+    try:
+        return _keys_of(url)
+    except UNREADABLE_SHARD_ERRORS as exc:
+        unreadable.append(shard_error(url, exc))
+        return []
 
 
 def _keys_of(url: str) -> list[str]:
@@ -148,7 +175,7 @@ def format_sample(s: Sample) -> str:
     lines = [f"== {s.key}  ({display_source(s.where)})", f"fields: {', '.join(s.fields)}"]
     if s.error:
         lines.append(f"image: unreadable ({s.error})")
-    lines.append(json.dumps(s.meta, indent=1, ensure_ascii=False, sort_keys=True, default=str))
+    lines.append(json.dumps(limit_depth(s.meta), indent=1, ensure_ascii=False, sort_keys=True, default=str))
     lines.append("caption: " + (s.caption if s.caption is not None else "(none)"))
     return "\n".join(lines)
 
