@@ -5,6 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
+from supirkit.curation.keep import DEFAULT_RANK_BY
 from supirkit.datapipe.config import (
     PREFIX_PATTERN,
     DecodeConfig,
@@ -82,9 +83,10 @@ class DedupConfig(Schema):
     exact: bool = True
     near: NearDedupConfig = NearDedupConfig()
     semantic: SemanticDedupConfig = SemanticDedupConfig()
-    rank_by: list[str] = Field(default_factory=lambda: ["short_side", "jpeg_quality", "sharpness"],
-                               description="Columns (higher is better, in order) choosing the member kept in "
-                                           "a group; a missing jpeg_quality (lossless file) counts as 101.")
+    rank_by: list[str] = Field(default_factory=lambda: list(DEFAULT_RANK_BY),
+                               description="Criteria choosing the member kept in a group, best first: score "
+                                           "columns (higher is better; -name: lower is better) or derived ones "
+                                           "(reencoded, fidelity); see curation/keep.py")
 
 
 class RuleCheckConfig(Schema):

@@ -17,6 +17,7 @@ from typing import Optional
 
 from supirkit.curation.config import CurateConfig
 from supirkit.curation.dedup import load_groups
+from supirkit.curation.keep import columns_for, rank
 from supirkit.curation.rules import CompiledRules, compile_rules
 from supirkit.curation.stages import CurateFolders
 from supirkit.datapipe.files import atomic_write_parquet, read_json_or_none
@@ -74,18 +75,6 @@ def _align(table, schema):
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def rank(row: dict, rank_by: list[str]) -> tuple:
-    """Higher is better, column by column; a missing value ranks last, except a missing jpeg_quality, which
-    means a lossless file and ranks above every JPEG (as 101). Ties: the earlier input."""
-    vals = []
-    for c in rank_by:
-        v = row.get(c)
-        if v is None and c == "jpeg_quality":
-            v = 101
-        vals.append(float("-inf") if v is None else float(v))
-    return (*vals, -int(row["order"]))
-
-
 @dataclass
 class Verdicts:
     failed: dict[int, list[list[str]]] = field(default_factory=dict)  # partition -> failed rules per row
@@ -100,7 +89,8 @@ def rule_verdicts(folders: CurateFolders, n_parts: int, rules: CompiledRules, gr
         t = partition_rows(folders, i)
         failed = rules.evaluate_table(t)
         v.failed[i] = failed
-        cols = {c: t.column(c).to_pylist() for c in ["order", "status", "source"] + rank_by if c in t.column_names}
+        wanted = ["order", "status", "source"] + columns_for(rank_by)
+        cols = {c: t.column(c).to_pylist() for c in wanted if c in t.column_names}
         for r in range(t.num_rows):
             o = cols["order"][r]
             if o in groups and cols["status"][r] == "scored":
