@@ -13,8 +13,8 @@
 
 Design decisions [I]: one noise field is drawn from the generator at every step, churn or not, so that the
 tiled and the untiled sampler consume the generator identically; sigma_max is the schedule's own sigma_999
-(14.614641...) where the official code hard-codes 14.6146; the Gaussian tile weights are centred at
-(n - 1) / 2 on both axes (the official map centres the y axis at n / 2).
+(14.614641...) where the official code hard-codes 14.6146. The Gaussian tile weights are the official ones
+(rows centred at n / 2, columns at (n - 1) / 2); ``tiling.weights: centred`` centres both at (n - 1) / 2.
 """
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ class RestoreEDMSampler:
     @torch.no_grad()
     def sample_tiled(self, eps_fn: EpsFn, x, cond: Conditioning, uncond: Optional[Conditioning], x_center=None,
                      generator: Optional[torch.Generator] = None, tile_size: int = 128, tile_stride: int = 64,
-                     on_step=None) -> torch.Tensor:
+                     on_step=None, weights: str = "official") -> torch.Tensor:
         """Official ``TiledRestoreEDMSampler``: each step runs per latent tile (own control and x_center
         slices, one global noise field sliced per tile) and blends tiles with Gaussian weights."""
         from supirkit.model.tiling import gaussian_weights, sliding_windows
@@ -239,7 +239,7 @@ class RestoreEDMSampler:
         h, w = x.shape[-2:]
         windows = sliding_windows(h, w, tile_size, tile_stride)
         th, tw = windows[0][1] - windows[0][0], windows[0][3] - windows[0][2]
-        weights = gaussian_weights(th, tw).to(x.device, x.dtype)
+        blend = gaussian_weights(th, tw, centre=weights).to(x.device, x.dtype)
         for i in range(len(sigmas) - 1):
             eps_noise = _noise_like(x, generator)
             if len(windows) == 1:  # the image fits in one tile: no blending, identical to `sample`
@@ -253,8 +253,8 @@ class RestoreEDMSampler:
                 tile_uncond = uncond.with_control(uncond.control[sl]) if uncond is not None else None
                 center = x_center[sl] if x_center is not None else None
                 out = self.step(eps_fn, x[sl], i, sigmas, tile_cond, tile_uncond, center, eps_noise[sl])
-                x_next[sl] += out * weights
-                count[sl] += weights
+                x_next[sl] += out * blend
+                count[sl] += blend
             x = x_next / count
         return x
 

@@ -106,6 +106,8 @@ class EMAConfig(Schema):
     decay: float = Field(0.9999, gt=0.0, lt=1.0)
     update_every: int = Field(1, ge=1, description="Optimizer steps between EMA updates.")
     start_step: int = Field(0, ge=0, description="Copy the weights (no averaging) until this step.")
+    warmup: Literal["litema", "none"] = Field(
+        "litema", description="litema: decay min(decay, (1+n)/(10+n)) at update n, as sgm's LitEma; none: fixed")
 
 
 class OptimConfig(Schema):
