@@ -10,13 +10,17 @@ distributed: tests/test_degrade_pipeline.py). Two statistics per LQ, compared be
 variant of ours with a two-sample Kolmogorov-Smirnov test, plus the mean difference:
 
 * PSNR of the LQ (bicubic back to 256) against the HQ crop: how strong the degradation is;
-* chroma blockiness: on the LQ's Cb and Cr planes, the mean absolute step across pixel pairs (1|2, 3|4, ...)
-  over the mean step inside them (0|1, 2|3, ...), minus 1. DiffJPEG upsamples chroma by repeating each
-  sample 2x2, so steps inside pairs vanish when its JPEG is the last step; libjpeg interpolates.
+* chroma blockiness: on the LQ's Cb and Cr planes, with ``a`` the mean absolute step across pixel pairs
+  (1|2, 3|4, ...) and ``i`` the mean step inside them (0|1, 2|3, ...), ``(a - i) / (a + i)`` in [-1, 1].
+  DiffJPEG upsamples chroma by repeating each sample 2x2, so steps inside pairs vanish (towards 1) when its
+  JPEG is the last step; libjpeg interpolates (near 0).
 
 Variants: ``default`` (libjpeg, 256 Poisson levels, aligned first resize), each switch alone, and ``all`` (the
 three switches: ``jpeg_codec: diffjpeg``, ``poisson_levels: count``, ``first_resize_coords: scale_factor``).
-Prints a markdown table and writes bench_out/degrade_parity.json.
+Last, the cost of the two codecs on one 512 x 512 crop (one thread, the same run): libjpeg (the anchor) and
+DiffJPEG, milliseconds per call.
+
+Prints markdown tables and writes bench_out/degrade_parity.json.
 """
 from __future__ import annotations
 
@@ -59,7 +63,7 @@ def chroma_blockiness(lq: np.ndarray) -> float:
         for d in (np.abs(np.diff(c, axis=1)), np.abs(np.diff(c, axis=0)).T):
             inside += d[:, 0::2].mean()
             across += d[:, 1::2].mean()
-    return float(across / max(inside, 1e-9) - 1.0)
+    return float((across - inside) / max(across + inside, 1e-9))
 
 
 def _stats(pairs) -> dict:
@@ -77,6 +81,24 @@ def compare(ref: dict, ours: dict) -> dict:
         out[name] = {"mean_ref": float(a.mean()), "mean_ours": float(b.mean()), "diff": float(b.mean() - a.mean()),
                      "diff_se": se, "ks": float(ks.statistic), "p": float(ks.pvalue)}
     return out
+
+
+def codec_cost(side: int = 512, calls: int = 40) -> dict:
+    """Milliseconds per call of each codec on one crop, alternating in rounds (load hits both alike)."""
+    from supirkit.degrade.diffjpeg import diffjpeg_roundtrip
+    from supirkit.degrade.jpeg import jpeg_roundtrip
+
+    img = bench_degrade.photo_like(99, side).astype(np.float32) / 255.0
+    fns = {"libjpeg (jpeg_codec: libjpeg)": lambda: jpeg_roundtrip(img, 60),
+           "DiffJPEG (jpeg_codec: diffjpeg)": lambda: diffjpeg_roundtrip(img, 60.0)}
+    spent = {name: 0.0 for name in fns}
+    for _ in range(4):
+        for name, fn in fns.items():
+            t = time.process_time()
+            for _ in range(calls // 4):
+                fn()
+            spent[name] += time.process_time() - t
+    return {name: 1000 * s / calls for name, s in spent.items()}
 
 
 def main(argv=None) -> int:
@@ -115,6 +137,10 @@ def main(argv=None) -> int:
         a, c = r["psnr"], r["chroma"]
         print(f"| {name} | {a['diff']:+.2f} ± {a['diff_se']:.2f} | {a['ks']:.2f} | {a['p']:.2g} | "
               f"{c['diff']:+.3f} ± {c['diff_se']:.3f} | {c['ks']:.2f} | {c['p']:.2g} |")
+    results["codec_ms"] = codec_cost()
+    print("| codec, 512 x 512, one thread | ms per call |\n|---|---:|")
+    for name, ms in results["codec_ms"].items():
+        print(f"| {name} | {ms:.2f} |")
     out = Path("bench_out")
     out.mkdir(exist_ok=True)
     (out / "degrade_parity.json").write_text(json.dumps(results, indent=1))

@@ -104,9 +104,9 @@ def limit_depth(value: Any, depth: int = MAX_META_DEPTH) -> Any:
     return value
 
 
-def shard_error(url: str, exc: BaseException) -> dict:
-    """One unreadable shard, as the summary and the command report it."""
-    return {"shard": url, "error": f"{type(exc).__name__}: {exc}"[:300]}
+def shard_error(url: str, exc: BaseException, read: int = 0) -> dict:
+    """One unreadable shard, as the summary and the command report it (``read``: samples read before it failed)."""
+    return {"shard": url, "error": f"{type(exc).__name__}: {exc}"[:300], "read": read}
 
 
 def flatten_structs(table):

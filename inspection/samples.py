@@ -110,11 +110,13 @@ def iter_samples(coll: Collection, n: int, seed: Optional[int] = None,
 
 
 def _read_guarded(url: str, max_file_bytes: int, unreadable: list) -> Iterator[dict]:
+    read = 0
     try:
-        yield from read_shard(url, max_member_bytes=max_file_bytes)
+        for sample in read_shard(url, max_member_bytes=max_file_bytes):
+            read += 1
+            yield sample
     except UNREADABLE_SHARD_ERRORS as exc:
-        if not any(u["shard"] == url for u in unreadable):
-            unreadable.append(shard_error(url, exc))
+        unreadable.append(shard_error(url, exc, read))
 
 
 def _keys_guarded(url: str, unreadable: list) -> list[str]:

@@ -127,8 +127,39 @@ def test_case_through_inspect(case, tmp_path, capsys):
     assert code == 0, text
     for tar in sorted(p for p in root.glob("*.tar") if p.is_file()):
         damaged = expected.get(tar.name) == "corrupt_tar"
+        shown = sum(1 for k, v in expected.items() if k.startswith(f"{tar.name}#") and v == "ok")
         code, text = _cli(["inspect", str(tar), "--show", "20", "--grid", str(tmp_path / "t.png")], capsys)
+        if damaged and not shown:  # not a tar at all: one line, as for any file that is no shard
+            assert code == 2 and f"{tar}: not a readable tar shard" in text, text
+            continue
         assert code == (1 if damaged else 0), text
         assert (f"unreadable shard {tar}" in text) == damaged, text
-        shown = sum(1 for k, v in expected.items() if k.startswith(f"{tar.name}#") and v == "ok")
         assert text.count("\n== ") >= shown, text  # every readable sample is shown (bad json as {})
+
+
+def test_inspect_a_folder_of_tars_with_damaged_ones_names_each_and_reports_the_rest(tmp_path, capsys):
+    """The whole torture folder as a shard set (its tars: hostile members and metadata, one cut short, one
+    not a tar, a FIFO named .tar), then a supirkit shard set with one shard truncated afterwards."""
+    from torture import make_torture_folder
+
+    root = tmp_path / "torture"
+    make_torture_folder(root)
+    code, text = _cli(["inspect", str(root), "--show", "50", "--grid", str(tmp_path / "g.png")], capsys)
+    assert code == 1, text
+    for bad in ("cut.tar", "garbage.tar", "fifo.tar"):
+        assert f"unreadable shard {root / bad}" in text, (bad, text)
+    assert "inspect: 3 of 6 shard(s) could not be read whole" in text, text
+    assert "unreadable shard" not in "\n".join(ln for ln in text.splitlines() if "members.tar" in ln)
+
+    src = tmp_path / "photos"
+    from datapipe_fixtures import make_images
+
+    make_images(src, 9)
+    out = tmp_path / "set"
+    assert _cli(["shard", str(src), "--out", str(out), *LOCAL, "--set", "sharding.samples_per_shard=3"],
+                capsys)[0] == 0
+    tar = out / "shard-000001.tar"
+    tar.write_bytes(tar.read_bytes()[:1500])  # cut inside its first sample
+    code, text = _cli(["inspect", str(out), "--show", "9"], capsys)
+    assert code == 1 and f"unreadable shard {tar}" in text, text
+    assert text.count("\n== ") >= 6, text  # the two whole shards' samples

@@ -92,6 +92,11 @@ def run(args) -> int:
         raise UserError(str(exc)) from None
     unreadable: list[dict] = []
     code = _show(args, cfg, coll, make_pair, unreadable)
+    if (coll.urls and {bad["shard"] for bad in unreadable} >= set(coll.urls)
+            and not any(bad["read"] for bad in unreadable)):  # nothing could be read at all: not a shard
+        first = unreadable[0]
+        what = "not a readable tar shard" if len(coll.urls) == 1 else f"none of its {len(coll.urls)} shards is readable"
+        raise UserError(f"{args.path}: {what} ({first['shard']}: {first['error']})")
     seen = set()
     for bad in unreadable:  # each damaged shard once, by name; the rest was reported above
         if bad["shard"] not in seen:
