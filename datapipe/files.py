@@ -4,7 +4,7 @@ A file that a resume reads (a shard, its index, a stats marker, a plan, the job 
 temporary name in its own folder, flushed and fsynced, then renamed over its final name: a reader (or a
 rerun after a crash, a full disk or a SIGKILL) sees the old file, or the new one, never half of one.
 Temporary names start with ``TMP_PREFIX`` and carry the writer's host and pid, so that a later run can
-tell the leftovers of a dead writer from a live one's work in progress.
+tell the leftovers of a dead writer from a live one's work in progress (``lock.remove_stale_temporaries``).
 """
 from __future__ import annotations
 
@@ -181,21 +181,6 @@ def read_bookkeeping(path: str | Path, what: str = "bookkeeping file") -> Any:
                           "--fresh to start over, or choose another --out") from None
 
 
-def remove_temporaries(folder: str | Path, recursive: bool = False) -> int:
-    """Remove the temporary files that writers left in ``folder`` (all of them: call this only where no
-    other writer of this job can be running, e.g. before a unit is started); returns how many."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    pattern = f"**/{TMP_PREFIX}*" if recursive else f"{TMP_PREFIX}*"
-    n = 0
-    for p in folder.glob(pattern):
-        if p.is_file() or p.is_symlink():
-            p.unlink(missing_ok=True)
-            n += 1
-    return n
-
-
 __all__ = ["TMP_PREFIX", "NO_SPACE", "this_host", "temporary_name", "parse_temporary_name", "format_bytes",
            "free_bytes", "disk_full", "atomic_output", "atomic_write", "atomic_write_json", "atomic_write_parquet",
-           "read_json", "read_json_or_none", "read_bookkeeping", "remove_temporaries"]
+           "read_json", "read_json_or_none", "read_bookkeeping"]

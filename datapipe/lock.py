@@ -88,16 +88,16 @@ def writer_alive(name: str) -> bool:
     return pid != os.getpid() and pid_alive(pid)
 
 
-def remove_stale_temporaries(root: str | Path, other_hosts_dead: bool = False) -> int:
-    """Remove, anywhere under ``root``, the temporary files of writers that are no longer alive (and of this
-    process: called where it writes nothing). ``other_hosts_dead``: also those of other hosts, for a caller
-    that holds the folder's lock between passes (every writer of the folder is then this job's, and none
-    of its workers is running). Returns how many were removed."""
+def remove_stale_temporaries(root: str | Path, other_hosts_dead: bool = False, recursive: bool = True) -> int:
+    """Remove, in ``root`` (and below it unless ``recursive`` is False), the temporary files of writers that
+    are no longer alive (and of this process: called where it writes nothing). ``other_hosts_dead``: also those
+    of other hosts, for a caller that holds the folder's lock between passes (every writer of the folder is
+    then this job's, and none of its workers is running). Returns how many were removed."""
     root = Path(root)
     if not root.is_dir():
         return 0
     n = 0
-    for p in root.rglob(f"{TMP_PREFIX}*"):
+    for p in (root.rglob if recursive else root.glob)(f"{TMP_PREFIX}*"):
         owner = parse_temporary_name(p.name)
         if owner is None or not (p.is_file() or p.is_symlink()):
             continue

@@ -171,7 +171,7 @@ def run_stage(job_pass: Pass, runner: RunnerConfig) -> JobResult:
     output = job_pass.output
     for folder in getattr(output, "folders", []):
         # a killed run's partial files; the lock is this job's, so every writer of them is gone
-        remove_stale_temporaries(folder, other_hosts_dead=True)
+        remove_stale_temporaries(folder, other_hosts_dead=True, recursive=False)
     result = JobResult(units=job_pass.units)
     todo = []
     for i in range(job_pass.units):
