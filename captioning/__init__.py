@@ -21,7 +21,8 @@ from supirkit.captioning.clean import CaptionCleaner, TokenCount, TokenCounter, 
 from supirkit.captioning.config import SUPIR_INSTRUCTION, VICUNA_SYSTEM, CaptionConfig, TaggerConfig
 from supirkit.captioning.images import fit_image
 from supirkit.captioning.job import CaptionJobResult, CaptionStage, run_caption_job, token_report
-from supirkit.captioning.tags import TAGGERS, ClassifierTagger, ClipTagger, TaggerError, format_tags, load_tagger
+from supirkit.captioning.tags import TAGGERS, ClassifierTagger, ClipTagger, TaggerError, load_tagger
+from supirkit.datapipe.captions import format_tags
 
 __all__ = [
     "BackendError", "Generation", "TransformersCaptioner", "VLLMCaptioner", "load_backend", "render_prompt",

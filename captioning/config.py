@@ -154,6 +154,13 @@ class TaggerConfig(Schema):
         return v
 
 
+class CaptionOutputConfig(OutputConfig):
+    write: Literal["table", "shards"] = Field(
+        "table", description="table: one caption table per input shard, keyed by sample key (a caption set: the "
+        "training loader, inspect and shard --from-manifest join it to the input shards); shards: rewrite every "
+        "shard with .txt members (self-contained tars, a copy of the corpus)")
+
+
 class CaptionConfig(Schema):
     model: CaptionModelConfig = CaptionModelConfig()
     prompt: CaptionPromptConfig = CaptionPromptConfig()
@@ -163,6 +170,6 @@ class CaptionConfig(Schema):
     tokens: TokenConfig = TokenConfig()
     caption: CaptionBatchingConfig = CaptionBatchingConfig()
     tags: TaggerConfig = TaggerConfig()
-    output: OutputConfig = OutputConfig()
+    output: CaptionOutputConfig = CaptionOutputConfig()
     decode: DecodeConfig = DecodeConfig()
     runner: RunnerConfig = RunnerConfig()

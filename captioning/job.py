@@ -1,10 +1,13 @@
-"""``supirkit caption``: a shard set in, the same samples out with a ``.txt`` caption and caption metadata.
+"""``supirkit caption``: a shard set in, a caption for every sample out.
 
-Input shard i becomes output shard i (exactly-once and resumable through ``datapipe.runner``: a shard is
-done when its stats JSON exists; a rerun redoes only the others). Every member of a sample is copied
-byte for byte except ``.json`` (gains a ``caption`` object) and ``.txt`` (the cleaned caption; an earlier
-``.txt`` is kept in the json as ``previous_txt``). A sample that cannot be captioned is recorded with a
-reason and dropped (or kept uncaptioned with ``caption.on_failure: keep``); it never fails the shard.
+Input shard i becomes output unit i (exactly-once and resumable through ``datapipe.runner``: a unit is
+done when its stats JSON exists; a rerun redoes only the others). By default the unit is a caption table
+keyed by sample key (``datapipe.captions``: a caption set, read with its input shards by the training
+loader, ``inspect`` and ``shard --from-manifest``); with ``output.write: shards`` it is a rewritten shard
+whose members are copied byte for byte except ``.json`` (gains a ``caption`` object) and ``.txt`` (the
+cleaned caption; an earlier ``.txt`` is kept as ``previous_txt``), ``captioning.writers``. A sample that
+cannot be captioned is recorded with a reason and dropped (or kept uncaptioned with ``caption.on_failure:
+keep``); it never fails the unit.
 
 Inside a worker, one thread reads and decodes the next batches while the model generates the current one.
 """
@@ -21,7 +24,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from supirkit.captioning.config import CaptionConfig
-from supirkit.captioning.tags import check_tagger, format_tags
+from supirkit.captioning.tags import check_tagger
+from supirkit.datapipe.captions import INPUTS_FILE, caption_output, finish_caption_inputs, write_caption_inputs
 from supirkit.datapipe.config import ShardingConfig
 from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS, rejection_reason
 from supirkit.datapipe.files import read_json
@@ -29,8 +33,7 @@ from supirkit.datapipe.inputs import MEMBER_REJECTIONS
 from supirkit.datapipe.keys import display_source
 from supirkit.datapipe.plan import Partition, plan_partitions
 from supirkit.datapipe.runner import Pass, prepare_output, run_stage, write_job_summary
-from supirkit.datapipe.shard_format import ShardSetLayout
-from supirkit.datapipe.sinks import ShardOutput, ShardSink
+from supirkit.datapipe.sinks import ShardOutput
 from supirkit.datapipe.sources import TAR, InputRef
 from supirkit.datapipe.stage import Stage
 from supirkit.datapipe.stats import JobResult, UnitStats
@@ -227,7 +230,7 @@ class CaptionStage(Stage[Partition]):
                     results.append(one)
             return results
 
-    def process(self, partition: Partition, sink: ShardSink, stats: UnitStats) -> None:
+    def process(self, partition: Partition, sink, stats: UnitStats) -> None:
         from supirkit.datapipe import faults
 
         url = partition.refs[0].uri
@@ -238,32 +241,22 @@ class CaptionStage(Stage[Partition]):
                    "clip_tokens_sum": 0, "clip_tokens_over_limit": 0, "clip_tokens_method": self.counter.method}
         uncaptioned: list[dict] = []
         written = 0
+        writer = self._writer(sink, url)
         for b_index, batch in enumerate(self._prefetched(url)):
             for name, seconds in batch.timings.items():
                 stats.timings[name] += seconds
             for source, reason, detail in batch.rejections:
                 stats.count("inputs")
                 stats.reject(source, reason, detail)
-            ok = [item for item in batch.items if item.error is None]
-            gens = self._caption([item.image for item in ok], batch_seed(self.cfg.generation.seed, partition.index,
-                                                                        b_index), stats) if ok else []
-            if self.tagger is not None and ok:
-                with stats.timer("tag"):
-                    for item, tags in zip(ok, self.tagger([item.image for item in ok])):
-                        item.tags = tags
-            for item, gen in zip(ok, gens):
-                if isinstance(gen, Exception):
-                    item.error = ("caption_failed", f"{type(gen).__name__}: {gen}")
-                else:
-                    item.generation, item.image = gen, None
+            self._generate(batch, batch_seed(self.cfg.generation.seed, partition.index, b_index), stats)
             with stats.timer("write"):
                 for item in batch.items:
                     stats.count("inputs")
-                    if item.error is not None:
-                        self._failed(item, sink, stats, uncaptioned)
-                        continue
                     try:
-                        self._write(item, item.generation, sink, summary)
+                        if item.error is not None:
+                            self._failed(item, writer, stats, uncaptioned)
+                            continue
+                        self._write(item, item.generation, writer, summary)
                     except (ValueError, TypeError) as exc:  # e.g. a key seen twice in the input shard
                         stats.reject(item.source, "invalid_sample", str(exc))
                         continue
@@ -276,43 +269,53 @@ class CaptionStage(Stage[Partition]):
         stats.counts["captioned"] = summary["captions"]
         stats.counts["new_tokens"] = summary["new_tokens"]
         stats.extra["caption"] = summary
+        if self.cfg.output.write == "table":
+            stats.counts["samples"] = len(sink)  # the caption set's samples: its rows
+            stats.extra["caption_settings"] = self.caption_base  # the settings every row shares, once per unit
         if uncaptioned:
             stats.extra["uncaptioned"] = uncaptioned
 
-    def _write(self, item: Prepared, gen, sink: ShardSink, summary: dict) -> None:
+    def _generate(self, batch: Batch, seed: int, stats: UnitStats) -> None:
+        """Caption (and tag) the batch's prepared images; a failed generation becomes that item's error."""
+        ok = [item for item in batch.items if item.error is None]
+        if not ok:
+            return
+        gens = self._caption([item.image for item in ok], seed, stats)
+        if self.tagger is not None:
+            with stats.timer("tag"):
+                for item, tags in zip(ok, self.tagger([item.image for item in ok])):
+                    item.tags = tags
+        for item, gen in zip(ok, gens):
+            if isinstance(gen, Exception):
+                item.error = ("caption_failed", f"{type(gen).__name__}: {gen}")
+            else:
+                item.generation, item.image = gen, None
+
+    def _writer(self, sink, url: str):
+        from supirkit.captioning.writers import ShardCaptionWriter, TableCaptionWriter
+
+        if self.cfg.output.write == "table":
+            return TableCaptionWriter(sink, url, display_source(url))
+        return ShardCaptionWriter(sink, self.caption_base)
+
+    def _write(self, item: Prepared, gen, writer, summary: dict) -> None:
         text = self.cleaner(gen.raw)
         count = self.counter.count(text)
-        meta = dict(item.meta)
-        sample = _copy_members(item.sample)
-        if "txt" in item.sample:
-            meta["previous_txt"] = item.sample["txt"].decode("utf-8", errors="replace")
-        meta["caption"] = {**self.caption_base, "text": text, "raw": gen.raw, "new_tokens": gen.new_tokens,
-                           "finished": gen.finished, "clip_tokens": count.tokens, "fits_clip_limit": count.fits,
-                           "image_size": list(item.size)}
-        if item.tags is not None:  # tag prompts next to the caption: json list + a tags.txt member
-            meta["tags"] = item.tags
-            sample["tags.txt"] = format_tags(item.tags)
-        sample["json"] = meta
-        sample["txt"] = text
-        sink.write(sample)  # raises before anything is written for an invalid sample
+        caption = {"text": text, "raw": gen.raw, "new_tokens": gen.new_tokens, "finished": gen.finished,
+                   "clip_tokens": count.tokens, "fits_clip_limit": count.fits, "image_size": list(item.size)}
+        writer.captioned(item, caption, text, item.tags)  # raises before anything is written for an invalid sample
         summary["captions"] += 1
         summary["new_tokens"] += gen.new_tokens
         summary["unfinished"] += int(not gen.finished)
         summary["clip_tokens_sum"] += count.tokens
         summary["clip_tokens_over_limit"] += int(not count.fits)
 
-    def _failed(self, item: Prepared, sink: ShardSink, stats: UnitStats, uncaptioned: list) -> None:
+    def _failed(self, item: Prepared, writer, stats: UnitStats, uncaptioned: list) -> None:
         reason, detail = item.error
         if self.cfg.caption.on_failure == "drop" or item.sample.get("__key__") is None:
             stats.reject(item.source, reason, detail)
             return
-        sample = _copy_members(item.sample)
-        meta = dict(item.meta)
-        meta["caption"] = {"error": reason, "detail": detail[:300], "model": self.caption_base["model"]}
-        sample["json"] = meta
-        if "txt" in item.sample:
-            sample["txt"] = item.sample["txt"]
-        sink.write(sample)
+        writer.uncaptioned(item, {"error": reason, "detail": detail[:300], "model": self.caption_base["model"]})
         stats.count("uncaptioned")
         uncaptioned.append({"source": item.source, "reason": reason, "detail": detail[:300]})
 
@@ -325,16 +328,6 @@ def _release_cuda_cache(exc: Exception) -> None:
         return
     if isinstance(exc, torch.OutOfMemoryError):
         torch.cuda.empty_cache()
-
-
-def _copy_members(sample: dict) -> dict:
-    """Every member byte for byte (image included), except json/txt which the caller sets."""
-    out = {"__key__": sample["__key__"]}
-    for name, value in sample.items():
-        if name.startswith("__") or name in ("json", "txt"):
-            continue
-        out[name] = value
-    return out
 
 
 # ------------------------------------------------------------------------------------------ the job
@@ -350,73 +343,13 @@ class CaptionJobResult:
         return self.result.ok
 
 
-def check_model(cfg: CaptionConfig) -> None:
-    """Fail before any shard is touched when the checkpoint cannot be a LLaVA (one line for the user)."""
-    from transformers import AutoConfig
-
-    from supirkit.captioning.backends import SUPPORTED_MODEL_TYPES, BackendError
-
-    name = cfg.model.name
-    try:
-        config = AutoConfig.from_pretrained(name, revision=cfg.model.revision, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackendError(f"model {name!r} cannot be loaded: {first}") from None
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise BackendError(f"model {name!r} is a {config.model_type!r} checkpoint; expected one of "
-                           f"{', '.join(SUPPORTED_MODEL_TYPES)} (LLaVA-1.5 / LLaVA-NeXT)")
-
-
-def check_backend(cfg: CaptionConfig) -> None:
-    """Fail before any shard is touched when a GPU-only option cannot run where the job will run: the vLLM
-    backend and 8/4-bit loading (bitsandbytes) need their package and a CUDA GPU. Without this check the
-    error would surface inside every worker as a failed shard, with the advice to rerun."""
-    import importlib.util
-
-    from supirkit.captioning.backends import BackendError
-
-    m = cfg.model
-    if m.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise BackendError("model.backend vllm needs the vllm package, which is not installed here "
-                           "(pip install 'supirkit[vllm]', GPU only); or use model.backend transformers")
-    if m.backend == "vllm" and m.quantization == "8bit":
-        raise BackendError("vLLM quantizes in flight to 4-bit only: use model.quantization 4bit or "
-                           "model.backend transformers")
-    if m.backend == "vllm" and cfg.generation.num_beams != 1:
-        raise BackendError("model.backend vllm samples one sequence per image: set generation.num_beams 1")
-    if m.backend == "transformers" and m.quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
-        raise BackendError(f"model.quantization {m.quantization} needs the bitsandbytes package, which is not "
-                           "installed here (pip install 'supirkit[quant]'); or use model.quantization none")
-    if m.backend != "vllm" and m.quantization == "none":
-        return
-    what = "model.backend vllm" if m.backend == "vllm" else f"model.quantization {m.quantization}"
-    if m.device == "cpu":
-        raise BackendError(f"{what} runs on a CUDA GPU only, but model.device is cpu")
-    if cfg.runner.executor == "local" or m.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BackendError(f"{what} runs on a CUDA GPU only and none is visible here; use model.quantization "
-                               "none and model.backend transformers on CPU")
-    elif cfg.runner.num_gpus_per_actor == 0:
-        raise BackendError(f"{what} runs on a CUDA GPU only, but runner.num_gpus_per_actor is 0")
-    else:
-        import ray
-
-        from supirkit.datapipe.executors import ensure_ray
-
-        ensure_ray(cfg.runner)
-        if not ray.cluster_resources().get("GPU", 0):
-            raise BackendError(f"{what} runs on a CUDA GPU only, and the Ray cluster has no GPU")
-
-
-def token_report(layout: ShardSetLayout, prefix: str, n_shards: int, warn_share: float, limit: int) -> dict:
-    """Caption totals over every done shard, and a warning when most captions exceed the CLIP context."""
+def token_report(markers: Iterable[Path], warn_share: float, limit: int) -> dict:
+    """Caption totals over every done unit (``markers``: the units' stats files; those missing are not done),
+    and a warning when most captions exceed the CLIP context."""
     captions = over = new_tokens = unfinished = 0
     token_sum = 0.0
     methods = set()
-    for i in range(n_shards):
-        sp = layout.stats(prefix, i)
+    for sp in markers:
         if not sp.is_file():
             continue
         cap = read_json(sp).get("caption") or {}
@@ -452,27 +385,45 @@ def job_hash(cfg: CaptionConfig) -> str:
     data = cfg.model_dump(mode="json", exclude=EXECUTION_ONLY)
     if not cfg.tags.model:  # no tagger: the hash of a job configured before tags existed stays the same
         data.pop("tags")
+    if cfg.output.write == "shards":  # likewise for a job that rewrites shards, the only output there was
+        data["output"].pop("write")
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def run_caption_job(shards: Iterable[str], out: str | Path, cfg: CaptionConfig, fresh: bool = False,
                     backend_factory=None) -> CaptionJobResult:
     """The whole ``supirkit caption`` job over the shards named by ``shards`` (folders, patterns, tars)."""
-    urls = list_shards(list(shards))
+    from supirkit.datapipe.sources import normalize_source
+
+    # absolute: the caption tables and their provenance name the input shards from any working folder
+    urls = [normalize_source(u) for u in list_shards(list(shards))]
     if not urls:
         raise FileNotFoundError("no input shards found")
     if backend_factory is None:
+        from supirkit.captioning.preflight import check_backend, check_model
+
         check_backend(cfg)
         check_model(cfg)
     check_tagger(cfg.tags)
     chash = job_hash(cfg)
     layout = prepare_output(out, STAGE, chash, fresh, sources=urls)
     n = plan_partitions((InputRef(u, TAR, -1) for u in urls), layout.work, ShardingConfig())
+    table = cfg.output.write == "table"
+    if table:
+        output = caption_output(layout)
+        if not (layout.meta / INPUTS_FILE).is_file():
+            write_caption_inputs(layout, urls)
+    else:
+        output = ShardOutput(layout.root, cfg.output.prefix)
     stage = CaptionStage(cfg, backend_factory)
-    result = run_stage(Pass(stage, ShardOutput(layout.root, cfg.output.prefix), n, layout.work, chash, "caption"),
-                       cfg.runner)
-    report = token_report(layout, cfg.output.prefix, n, cfg.tokens.warn_share, cfg.tokens.limit)
-    write_job_summary(layout, STAGE, result, extra={"model": cfg.model.name, "backend": cfg.model.backend,
-                                                    "config_hash": chash, "caption": report,
-                                                    "pattern": layout.pattern(cfg.output.prefix, n)})
+    result = run_stage(Pass(stage, output, n, layout.work, chash, "caption"), cfg.runner)
+    report = token_report((output.marker(i) for i in range(n)), cfg.tokens.warn_share, cfg.tokens.limit)
+    extra = {"model": cfg.model.name, "backend": cfg.model.backend, "config_hash": chash, "caption": report,
+             "write": cfg.output.write}
+    if table:
+        finish_caption_inputs(layout, urls)
+        extra["captions"] = str(layout.captions_dir)
+    else:
+        extra["pattern"] = layout.pattern(cfg.output.prefix, n)
+    write_job_summary(layout, STAGE, result, extra=extra)
     return CaptionJobResult(result, report, layout.root)

@@ -54,10 +54,6 @@ def read_vocabulary(path: Optional[str]) -> list[str]:
     return list(seen)
 
 
-def format_tags(tags: Sequence[str]) -> str:
-    return ", ".join(tags)
-
-
 def _select(probs: np.ndarray, names: Sequence[str], top_k: int, threshold: float) -> list[list[str]]:
     out = []
     for row in probs:

@@ -6,73 +6,86 @@ decided later, at selection (the best-scoring member that passes the rules), so 
 re-select without regrouping.
 
 Exact matches come from datapipe's bounded-memory grouping of content hashes (the same function
-``supirkit shard`` uses). Scale: near matching holds two 64-bit columns per input (20M inputs: a few
-hundred MB) and uses sorting, never all pairs: near matches within ``k`` bits share at least one of ``k+1``
-bit bands exactly
-(pigeonhole), so only inputs equal on a band are compared. Semantic matching fits k-means centroids
-on a sample, spills embeddings to bucket files by centroid, then compares pairs only inside a cluster
-(torch matmul), so memory holds one bucket at a time.
+``supirkit shard`` uses). Near matches: every pair of perceptual hashes within ``k`` bits, by sorting
+(``curation.near``: exact, n log n per table). Semantic matching fits k-means centroids on a sample,
+spills embeddings to bucket files by centroid, then compares pairs only inside a cluster (torch matmul),
+so memory holds one bucket at a time.
+
+Scale: the driver holds two 64-bit columns per scored input (the listing order, the perceptual hash: 20M
+inputs, 320 MB) and the edges; the per-bucket work (exact groups of a bucket, near pairs of a table,
+semantic pairs of a bucket) runs here or, with ``runner.executor=ray``, as Ray tasks over the spilled
+buckets (``datapipe.executors.map_tasks``), and the driver only joins the components.
 """
 from __future__ import annotations
 
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from supirkit.datapipe.files import atomic_write_json, atomic_write_parquet, read_json_or_none
 
 GROUPS_FILE = "groups.parquet"
-MAX_RUN = 2000  # inputs equal on one band beyond this are compared in windows (flat images all hash alike)
 
 
-def exact_edges(signals_dir: Path, work: Path, index_of: dict[int, int]) -> np.ndarray:
+def rows_of(orders: np.ndarray, wanted) -> np.ndarray:
+    """Row index (position in the sorted ``orders``) of each order in ``wanted``; -1 where it is not there."""
+    wanted = np.asarray(wanted, np.int64)
+    pos = np.searchsorted(orders, wanted)
+    pos = np.minimum(pos, max(len(orders) - 1, 0))
+    hit = (orders[pos] == wanted) if len(orders) else np.zeros(len(wanted), bool)
+    return np.where(hit, pos, -1)
+
+
+def _pairs_of_orders(orders: np.ndarray, a, b) -> np.ndarray:
+    ra, rb = rows_of(orders, a), rows_of(orders, b)
+    keep = (ra >= 0) & (rb >= 0)
+    return np.stack([ra[keep], rb[keep]], axis=1).astype(np.int64)
+
+
+def exact_edges(signals_dir: Path, work: Path, orders: np.ndarray, runner=None) -> np.ndarray:
     """Pairs (copy, first copy) of inputs with identical bytes, as row indexes."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from supirkit.datapipe.dedup import DUP_FILE, group_exact_duplicates
 
-    group_exact_duplicates(signals_dir, work)
+    group_exact_duplicates(signals_dir, work, runner)
     if not (work / DUP_FILE).is_file():
         return np.zeros((0, 2), np.int64)
-    t = pq.read_table(work / DUP_FILE, columns=["order", "primary_order", "is_primary"]).to_pydict()
-    pairs = [(index_of[o], index_of[p]) for o, p, first in zip(t["order"], t["primary_order"], t["is_primary"])
-             if not first and o in index_of and p in index_of]
-    return np.asarray(pairs, np.int64).reshape(-1, 2)
+    t = pq.read_table(work / DUP_FILE, columns=["order", "primary_order", "is_primary"])
+    t = t.filter(pc.invert(t["is_primary"]))
+    return _pairs_of_orders(orders, t["order"].to_numpy(), t["primary_order"].to_numpy())
 
 
-def phash_values(hexes: Iterable[str]) -> np.ndarray:
-    """Perceptual hashes (16 hex digits, imagehash's format) as unsigned 64-bit integers."""
-    return np.array([int(h, 16) for h in hexes], np.uint64)
+_HEX = np.full(256, 255, np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _HEX[_c] = 10 + _i
 
 
-def near_edges(phash: np.ndarray, max_hamming: int) -> np.ndarray:
-    """Pairs whose 64-bit hashes (``uint64``) differ in at most ``max_hamming`` bits."""
-    n_bands = max_hamming + 1
-    bits = 64 // n_bands
-    u = np.asarray(phash, np.uint64)
-    edges = []
-    for b in range(n_bands):
-        width = bits if b < n_bands - 1 else 64 - bits * (n_bands - 1)
-        band = (u >> np.uint64(b * bits)) & np.uint64((1 << width) - 1)
-        order = np.argsort(band, kind="stable")
-        sb = band[order]
-        starts = np.flatnonzero(np.r_[True, sb[1:] != sb[:-1]])
-        ends = np.r_[starts[1:], len(sb)]
-        for s, e in zip(starts, ends):
-            if e - s < 2:
-                continue
-            idx = order[s:e]
-            for w0 in range(0, len(idx), MAX_RUN):
-                win = idx[w0:w0 + 2 * MAX_RUN]
-                x = u[win]
-                dist = np.bitwise_count(x[:, None] ^ x[None, :])
-                i, j = np.nonzero(np.triu(dist <= max_hamming, 1))
-                if i.size:
-                    edges.append(np.stack([win[i], win[j]], axis=1))
-    return np.concatenate(edges) if edges else np.zeros((0, 2), np.int64)
+def phash_values(hexes) -> tuple[np.ndarray, np.ndarray]:
+    """Perceptual hashes (16 hex digits, imagehash's format; an Arrow string array or a list) as unsigned
+    64-bit integers, with a mask of the valid ones (missing or malformed: False), without a Python loop."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = hexes if isinstance(hexes, (pa.Array, pa.ChunkedArray)) else pa.array(list(hexes), pa.string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if len(arr) == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, bool)
+    sixteen = pc.fill_null(pc.equal(pc.utf8_length(arr), 16), False)
+    fixed = pc.if_else(sixteen, arr, "0" * 16).cast(pa.binary(16))
+    raw = np.frombuffer(fixed.buffers()[1], np.uint8)[fixed.offset * 16:(fixed.offset + len(fixed)) * 16]
+    digits = _HEX[raw].reshape(-1, 16)
+    valid = sixteen.to_numpy(zero_copy_only=False) & (digits != 255).all(axis=1)
+    weights = np.uint64(1) << (np.uint64(4) * np.arange(15, -1, -1, dtype=np.uint64))
+    values = (digits.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+    return np.where(valid, values, np.uint64(0)), valid
 
 
 def _kmeans(x: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
@@ -97,6 +110,8 @@ def _embedding_batches(parts: list[Path]) -> Iterator[tuple[np.ndarray, np.ndarr
     import pyarrow.parquet as pq
 
     for p in parts:
+        if "clip_embedding" not in pq.read_schema(p).names:
+            continue  # no scored input in this part had an embedding
         t = pq.read_table(p, columns=["order", "clip_embedding"])
         t = t.filter(t["clip_embedding"].is_valid())
         if t.num_rows == 0:
@@ -138,8 +153,8 @@ def _spill_by_cluster(parts: list[Path], cent: np.ndarray, n_buckets: int, spill
         flush(b)
 
 
-def _bucket_pairs(files: list[Path], threshold: float, index_of: dict[int, int]) -> list[np.ndarray]:
-    """Pairs at cosine similarity >= ``threshold`` inside each cluster of one bucket, as row indexes."""
+def bucket_pairs(threshold: float, files: list[Path]) -> np.ndarray:
+    """Pairs of orders at cosine similarity >= ``threshold`` inside each cluster of one spilled bucket."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
@@ -159,14 +174,15 @@ def _bucket_pairs(files: list[Path], threshold: float, index_of: dict[int, int])
             i, j = np.nonzero((x[s:s + 4096] @ x.T).numpy() >= threshold)
             keep = (i + s) < j
             if keep.any():
-                a = [index_of[int(o)] for o in orders[idx[i[keep] + s]]]
-                b = [index_of[int(o)] for o in orders[idx[j[keep]]]]
-                edges.append(np.stack([np.asarray(a), np.asarray(b)], axis=1))
-    return edges
+                edges.append(np.stack([orders[idx[i[keep] + s]], orders[idx[j[keep]]]], axis=1))
+    return np.concatenate(edges).astype(np.int64) if edges else np.zeros((0, 2), np.int64)
 
 
-def semantic_edges(parts: list[Path], index_of: dict[int, int], cfg, work: Path) -> np.ndarray:
-    """Pairs with cosine similarity >= threshold, via k-means buckets (see the module docstring)."""
+def semantic_edges(parts: list[Path], orders: np.ndarray, cfg, work: Path, runner=None) -> np.ndarray:
+    """Row pairs with cosine similarity >= threshold, via k-means buckets (see the module docstring); the
+    buckets are compared here or as Ray tasks."""
+    from supirkit.datapipe.executors import map_tasks
+
     n = sum(len(o) for o, _ in _embedding_batches(parts))
     if n < 2:
         return np.zeros((0, 2), np.int64)
@@ -177,34 +193,70 @@ def semantic_edges(parts: list[Path], index_of: dict[int, int], cfg, work: Path)
     spill = work / "semantic"
     spill.mkdir(parents=True, exist_ok=True)
     _spill_by_cluster(parts, cent, cfg.n_buckets, spill)
-    edges = []
-    for b in range(cfg.n_buckets):
-        files = sorted(spill.glob(f"b{b:04d}-*.parquet"))
-        if files:
-            edges += _bucket_pairs(files, cfg.threshold, index_of)
-            for f in files:
-                f.unlink()
-    return np.concatenate(edges).astype(np.int64) if edges else np.zeros((0, 2), np.int64)
+    buckets = [sorted(spill.glob(f"b{b:04d}-*.parquet")) for b in range(cfg.n_buckets)]
+    buckets = [files for files in buckets if files]
+    found = [pairs for pairs in map_tasks(bucket_pairs, buckets, runner, shared=(cfg.threshold,)) if len(pairs)]
+    shutil.rmtree(spill)
+    if not found:
+        return np.zeros((0, 2), np.int64)
+    pairs = np.concatenate(found)
+    return _pairs_of_orders(orders, pairs[:, 0], pairs[:, 1])
 
 
 def components(n: int, edges: np.ndarray) -> np.ndarray:
-    """Component label per node (the smallest node index in the component)."""
+    """Component label per node (the smallest node index in the component). Only the nodes that have an
+    edge enter the graph: the others are their own component."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    labels = np.arange(n)
     if len(edges) == 0:
-        return np.arange(n)
-    g = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
-    _, labels = connected_components(g, directed=False)
-    first = np.full(labels.max() + 1, n, np.int64)
-    np.minimum.at(first, labels, np.arange(n))
-    return first[labels]
+        return labels
+    nodes, inverse = np.unique(edges.ravel(), return_inverse=True)  # sorted: a component's first node first
+    inverse = inverse.reshape(-1, 2)
+    m = len(nodes)
+    g = coo_matrix((np.ones(len(inverse), np.int8), (inverse[:, 0], inverse[:, 1])), shape=(m, m))
+    _, comp = connected_components(g, directed=False)
+    first = np.full(comp.max() + 1, m, np.int64)
+    np.minimum.at(first, comp, np.arange(m))
+    labels[nodes] = nodes[first[comp]]
+    return labels
 
 
-def group_duplicates(signal_parts: list[Path], model_parts: list[Path], out_dir: Path, cfg, cfg_hash: str) -> dict:
-    """Write ``out_dir/groups.parquet`` (order, group, kinds) for inputs that have duplicates."""
+def scored_hashes(signal_parts: list[Path], batch_rows: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(orders, phash, has_phash)`` of the scored inputs, sorted by order, read batch by batch (no Python
+    object per input)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    if not signal_parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, bool)
+    ds = pads.dataset([str(p) for p in signal_parts], format="parquet")
+    names = ds.schema.names
+    if "status" not in names:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, bool)
+    cols = ["order"] + (["phash"] if "phash" in names else [])
+    orders, hashes, valid = [], [], []
+    for batch in ds.to_batches(columns=cols, filter=pc.field("status") == "scored", batch_size=batch_rows):
+        orders.append(batch.column("order").to_numpy())
+        if "phash" in cols:
+            h, v = phash_values(batch.column("phash"))
+        else:
+            h, v = np.zeros(batch.num_rows, np.uint64), np.zeros(batch.num_rows, bool)
+        hashes.append(h)
+        valid.append(v)
+    if not orders:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, bool)
+    o, h, v = np.concatenate(orders).astype(np.int64), np.concatenate(hashes), np.concatenate(valid)
+    by_order = np.argsort(o, kind="stable")
+    return o[by_order], h[by_order], v[by_order]
+
+
+def group_duplicates(signal_parts: list[Path], model_parts: list[Path], out_dir: Path, cfg, cfg_hash: str,
+                     runner=None) -> dict:
+    """Write ``out_dir/groups.parquet`` (order, group) for inputs that have duplicates. ``runner``: where
+    the per-bucket work runs (``runner.executor=ray``: Ray tasks), else here."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     marker = out_dir / "_DONE.json"
     done = read_json_or_none(marker)  # missing or damaged: group again
@@ -213,34 +265,25 @@ def group_duplicates(signal_parts: list[Path], model_parts: list[Path], out_dir:
     if out_dir.exists():
         shutil.rmtree(out_dir)  # another dedup config, or an interrupted attempt: group again from scratch
     out_dir.mkdir(parents=True, exist_ok=True)
-    orders, hashes = [], []
-    for p in signal_parts:
-        cols = [c for c in ("order", "phash", "status") if c in pq.read_schema(p).names]
-        t = pq.read_table(p, columns=cols).to_pydict()
-        for i, st in enumerate(t.get("status", [])):
-            if st != "scored":
-                continue
-            orders.append(t["order"][i])
-            hashes.append(t["phash"][i] if "phash" in t and t["phash"][i] is not None else None)
-    n = len(orders)
-    order_arr = np.asarray(orders, np.int64)
-    index_of = {int(o): i for i, o in enumerate(order_arr)}
+    order_arr, phash, has_phash = scored_hashes(signal_parts)
+    n = len(order_arr)
     kinds: dict[str, int] = {}
     all_edges = []
     if cfg.exact and n and signal_parts:
-        e = exact_edges(signal_parts[0].parent, out_dir / "exact", index_of)
+        e = exact_edges(signal_parts[0].parent, out_dir / "exact", order_arr, runner)
         kinds["exact"] = len(e)
         all_edges.append(e)
     if cfg.near.enabled and n:
-        have = np.array([h is not None for h in hashes])
-        ph = phash_values(h if h is not None else "0" for h in hashes)
-        idx = np.flatnonzero(have)
-        e = near_edges(ph[idx], cfg.near.max_hamming)
+        from supirkit.curation.near import near_edges
+
+        idx = np.flatnonzero(has_phash)
+        e = near_edges(phash[idx], cfg.near.max_hamming, runner)
         e = idx[e] if len(e) else e
         kinds["near"] = len(e)
         all_edges.append(e)
+    del phash, has_phash
     if cfg.semantic.enabled and n and model_parts:
-        e = semantic_edges(model_parts, index_of, cfg.semantic, out_dir)
+        e = semantic_edges(model_parts, order_arr, cfg.semantic, out_dir, runner)
         kinds["semantic"] = len(e)
         all_edges.append(e)
     edges = np.concatenate(all_edges) if all_edges else np.zeros((0, 2), np.int64)

@@ -1,16 +1,19 @@
 """``supirkit curate``: the whole job, each step resumable on its own.
 
     list sources -> plan partitions
-    1. score   (CPU tasks)   header prefilter, decode, cheap signals  -> work/signals (a row per input)
-    2. models  (GPU actors)  pyiqa, aesthetics, CLIP embeddings       -> work/models   (when configured)
-    3. group   (driver)      exact / near / semantic duplicate groups -> work/dedup
-    4. select  (driver)      rules + best member of each group        -> scores table (a row per input), plan
-    5. write   (CPU tasks)   re-read the selected sources only, crop, encode -> {prefix}-NNNNNN.tar at the top
-    6. report                report.html + PNGs, summary.json (in __supirkit__/)
+    1. score   (CPU tasks, or GPU actors fed by CPU tasks when learned signals are configured)
+                             header prefilter, ONE decode, cheap signals, pyiqa, aesthetics, CLIP embeddings
+                                                                  -> work/signals (a row per input)
+    2. group   (driver)      exact / near / semantic duplicate groups -> work/dedup
+    3. select  (driver)      rules + best member of each group        -> scores table (a row per input), plan
+    4. write   (CPU tasks)   re-read the selected sources only, decode, crop, encode -> {prefix}-NNNNNN.tar
+    5. report                report.html + PNGs, summary.json (in __supirkit__/)
 
-Steps 1-2 depend on the scoring config (its hash guards the folder: another scoring config needs --fresh);
-steps 3-5 on the rest, so new thresholds re-select and rewrite without rescoring (``--select-only``
-guarantees that nothing is rescored).
+Step 1 depends on the scoring config (its hash guards the folder: another scoring config needs --fresh);
+steps 2-4 on the rest, so new thresholds re-select and rewrite without rescoring (``--select-only``
+guarantees that nothing is rescored). Each input is decoded once to be scored, each accepted one once more
+to be written. (Work folders scored by an earlier version, with the learned signals in ``work/models``, are
+still read.)
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Iterable, Optional
 from supirkit.curation.config import CurateConfig
 from supirkit.curation.dedup import group_duplicates
 from supirkit.curation.select import previous_selection, select
-from supirkit.curation.stages import CurateFolders, ModelStage, ScoreStage, WriteStage
+from supirkit.curation.stages import CurateFolders, ScoreStage, WriteStage
 from supirkit.datapipe.config import ShardingConfig
 from supirkit.datapipe.errors import ConfigError, MissingWeights
 from supirkit.datapipe.files import atomic_write_json, read_bookkeeping
@@ -60,6 +63,30 @@ def _raise_missing_weights(failed: list) -> None:
             raise MissingWeights(fail.error.split(": ", 1)[-1])
 
 
+def preflight_models(cfg: CurateConfig) -> None:
+    """Every model the config names is on this machine, checked before any output is made (the learned
+    scorers run after the whole CPU scoring pass: a missing file found there would cost that pass):
+    ``MissingWeights`` with one line per missing model. Nothing is downloaded."""
+    from supirkit.metrics import missing_weights
+    from supirkit.metrics.loading import check_open_clip
+
+    s = cfg.signals
+    lines = missing_weights(s.iqa.metrics) if s.iqa.metrics and s.iqa.pretrained else []
+    a = s.aesthetic
+    if a.enabled or cfg.dedup.semantic.enabled:
+        try:
+            check_open_clip(a.clip_model, a.clip_weights, hint="give signals.aesthetic.clip_weights as a local file")
+        except MissingWeights as exc:
+            lines.append(f"aesthetic: {exc}")
+    if a.enabled and not a.head_weights:
+        lines.append("aesthetic: signals.aesthetic.head_weights is not set: give the LAION aesthetic MLP file "
+                     "(e.g. sac+logos+ava1-l14-linearMSE.pth)")
+    elif a.enabled and not Path(os.path.expanduser(a.head_weights)).is_file():
+        lines.append(f"aesthetic: head weights not found: place the file at {a.head_weights}")
+    if lines:
+        raise MissingWeights("\n".join(lines))
+
+
 def _check_select_only(layout: ShardSetLayout, folders: CurateFolders, cfg: CurateConfig) -> int:
     if not layout.job_file.is_file():
         raise ConfigError(f"{layout.root}: --select-only needs a finished scoring run in this folder; none found")
@@ -70,8 +97,6 @@ def _check_select_only(layout: ShardSetLayout, folders: CurateFolders, cfg: Cura
                           "and with --fresh to rescore")
     n = int(read_bookkeeping(partitions_dir(layout.work) / "_DONE.json", "partition plan marker")["partitions"])
     missing = [i for i in range(n) if not folders.signals.marker(i).is_file()]
-    if cfg.needs_models:
-        missing += [i for i in range(n) if not folders.models.marker(i).is_file()]
     if missing:
         raise ConfigError(f"{layout.root}: --select-only: scoring is incomplete ({len(missing)} partition(s) "
                           "missing); rerun without --select-only to finish it")
@@ -88,7 +113,7 @@ def _clear_shards(layout: ShardSetLayout, prefix: str) -> None:
 
 def _score(sources: list[str], layout: ShardSetLayout, folders: CurateFolders, cfg: CurateConfig,
            result: CurateResult) -> int:
-    """Steps 1-2; returns the partition count."""
+    """Step 1; returns the partition count."""
     from supirkit.datapipe.sources import list_inputs
 
     chash = cfg.scoring_hash()
@@ -99,12 +124,8 @@ def _score(sources: list[str], layout: ShardSetLayout, folders: CurateFolders, c
     inputs = planned_inputs(layout.work)
     scored = run_stage(Pass(ScoreStage(cfg), folders.signals, n, layout.work, chash, "curate: score", inputs),
                        cfg.runner)
+    _raise_missing_weights(scored.failed)
     result.failed += scored.failed
-    if scored.ok and cfg.needs_models:
-        modeled = run_stage(Pass(ModelStage(cfg, folders.signals), folders.models, n, layout.work, chash,
-                                 "curate: models", inputs), cfg.runner)
-        _raise_missing_weights(modeled.failed)
-        result.failed += modeled.failed
     return n
 
 
@@ -136,6 +157,7 @@ def run_curate_job(sources: Iterable[str] | None, out: str | Path, cfg: CurateCo
     else:
         if not sources:
             raise ConfigError("give at least one SRC (or --select-only to re-select an existing run)")
+        preflight_models(cfg)
         layout = prepare_output(out, STAGE_NAME, cfg.scoring_hash(), fresh, sources=sources)
         folders = CurateFolders(layout)
     result = CurateResult(layout.root)
@@ -143,8 +165,9 @@ def run_curate_job(sources: Iterable[str] | None, out: str | Path, cfg: CurateCo
         n = _score(sources, layout, folders, cfg, result)
         if result.failed:
             return result
-    dedup = group_duplicates(_parts(folders.signals), _parts(folders.models), folders.dedup, cfg.dedup,
-                             cfg.dedup_hash())
+    # the CLIP embeddings are in the scores' own parts (or, scored by an earlier version, in work/models)
+    dedup = group_duplicates(_parts(folders.signals), _parts(folders.models) or _parts(folders.signals),
+                             folders.dedup, cfg.dedup, cfg.dedup_hash(), cfg.runner)
     done = _selection(layout, folders, cfg, n)
     result.funnel, result.selection = done["funnel"], done["selection"]
     write = run_stage(Pass(WriteStage(cfg, folders), ShardOutput(layout.root, cfg.output.prefix),

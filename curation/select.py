@@ -36,6 +36,7 @@ def partition_rows(folders: CurateFolders, index: int):
     import pyarrow.parquet as pq
 
     t = pq.read_table(folders.signals.part(index))
+    t = t.drop_columns([c for c in ("clip_embedding",) if c in t.column_names])  # for dedup, not a score
     mp = folders.models.part(index)
     if mp.is_file():
         m = pq.read_table(mp)
@@ -57,7 +58,8 @@ def scores_schema(folders: CurateFolders, n_parts: int):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schemas = [pq.read_schema(folders.signals.part(i)) for i in range(n_parts)]
+    schemas = [pa.schema([f for f in pq.read_schema(folders.signals.part(i)) if f.name != "clip_embedding"])
+               for i in range(n_parts)]
     for i in range(n_parts):
         mp = folders.models.part(i)
         if mp.is_file():
@@ -77,26 +79,37 @@ def _align(table, schema):
 
 @dataclass
 class Verdicts:
-    failed: dict[int, list[list[str]]] = field(default_factory=dict)  # partition -> failed rules per row
+    """What the choice of each group's kept member needs: only the members of groups are held (the rule
+    verdicts of every other row are computed again, partition by partition, when rows are decided)."""
+
     members: dict[int, list[tuple]] = field(default_factory=dict)  # group -> [(passes, rank, order)]
     source_of: dict[int, str] = field(default_factory=dict)  # order -> source, for members of groups
 
 
 def rule_verdicts(folders: CurateFolders, n_parts: int, rules: CompiledRules, groups: dict[int, int],
                   rank_by: list[str]) -> Verdicts:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     v = Verdicts()
+    if not groups:
+        return v
+    members = pa.array(sorted(groups), pa.int64())
     for i in range(n_parts):
         t = partition_rows(folders, i)
+        if t.num_rows == 0 or "order" not in t.column_names:
+            continue
+        t = t.filter(pc.and_(pc.is_in(t["order"], value_set=members), pc.equal(t["status"], "scored")))
+        if t.num_rows == 0:
+            continue
         failed = rules.evaluate_table(t)
-        v.failed[i] = failed
-        wanted = ["order", "status", "source"] + columns_for(rank_by)
+        wanted = ["order", "source"] + columns_for(rank_by)
         cols = {c: t.column(c).to_pylist() for c in wanted if c in t.column_names}
         for r in range(t.num_rows):
             o = cols["order"][r]
-            if o in groups and cols["status"][r] == "scored":
-                row = {c: cols[c][r] for c in cols}
-                v.members.setdefault(groups[o], []).append((not rules.rejects(failed[r]), rank(row, rank_by), o))
-                v.source_of[o] = cols["source"][r]
+            row = {c: cols[c][r] for c in cols}
+            v.members.setdefault(groups[o], []).append((not rules.rejects(failed[r]), rank(row, rank_by), o))
+            v.source_of[o] = cols["source"][r]
     return v
 
 
@@ -210,8 +223,9 @@ def select(folders: CurateFolders, cfg: CurateConfig, n_parts: int) -> dict:
     folders.scores.mkdir(parents=True, exist_ok=True)
     schema = scores_schema(folders, n_parts)
     for i in range(n_parts):
-        rows = partition_rows(folders, i).to_pylist()
-        for row, failed in zip(rows, verdicts.failed[i]):
+        table = partition_rows(folders, i)
+        rows = table.to_pylist()
+        for row, failed in zip(rows, rules.evaluate_table(table)):
             passed = decide(row, failed, rules, groups, kept, verdicts.source_of)
             funnel.count(row, passed)
             if row["accepted"]:

@@ -1,8 +1,8 @@
 """The three partitioned passes of ``supirkit curate`` (see ``curation.job`` for the whole flow).
 
-ScoreStage (CPU tasks): header prefilter, decode, cheap signals -> one table row per input.
-ModelStage (GPU actors, when configured): pyiqa metrics, aesthetics and CLIP embeddings, batched.
-WriteStage (CPU tasks): re-read only the selected sources, crop, encode once -> curated shards.
+ScoreStage: header prefilter, one decode, cheap signals (and, when configured, pyiqa metrics, aesthetics
+and CLIP embeddings from the same decode, on GPU actors fed by CPU tasks) -> one table row per input.
+WriteStage (CPU tasks): re-read only the selected sources, decode once, crop, encode once -> curated shards.
 """
 from __future__ import annotations
 
@@ -55,54 +55,164 @@ def _one_cv2_thread() -> None:
     cv2.setNumThreads(1)  # one worker per core: cv2's own threads would only compete
 
 
+@dataclass
+class ScoredChunk:
+    """Some inputs of a partition, scored: their rows (cheap signals), the learned scorers' prepared inputs
+    of each scored row (None for the others), and the statistics of reading them."""
+
+    rows: list[dict]
+    inputs: list
+    stats: UnitStats
+
+
+def iter_scored(cfg: CurateConfig, scorers: list, model_scorers: list, options, partition: Partition,
+                stats: UnitStats):
+    """``(row, model inputs)`` per readable input of ``partition``: header, prefilter, ONE decode, content
+    hash, the cheap signals and, from the same decoded image, what each learned scorer reads (its tiles,
+    its resized crop). Inputs that cannot be read are recorded in ``stats`` (rows for them come later)."""
+    from supirkit.curation.signals import ImageView, decode_for, score_views
+
+    decode_with = scorers + model_scorers  # a full decode when any of them reads native pixels
+    for item in iter_raw_items(partition, stats, cfg.decode.max_file_bytes, cfg.runner.io_retries):
+        row = {"order": item.order, "partition": partition.index, "source": item.source,
+               "source_uri": os.fsencode(item.uri), "bytes": len(item.data)}
+        try:
+            with stats.timer("probe"):
+                header = probe(item.data)
+            row.update(width=header.width, height=header.height, short_side=min(header.width, header.height),
+                       format=header.format)
+            reason = prefilter_reason(header, cfg.prefilter, cfg.decode.max_pixels)
+            if reason:
+                stats.count("prefiltered")
+                yield {**row, "status": "rejected", "stage": "prefilter", "reason": reason}, None
+                continue
+            with stats.timer("decode"):
+                rgb, header = decode_for(decode_with, item.data, cfg.decode.max_pixels, options)
+            stats.count("decodes")
+        except DecodeError as exc:
+            stats.count("undecodable")
+            yield {**row, "status": "rejected", "stage": "decode", "reason": exc.reason,
+                   "detail": exc.detail[:300]}, None
+            continue
+        with stats.timer("hash"):
+            row["key"] = content_key(item.data)
+        with stats.timer("signals"):
+            view = ImageView(rgb, header, item.data, options)
+            row.update(score_views(scorers, [view])[0])
+        inputs = None
+        if model_scorers:
+            with stats.timer("prepare"):
+                inputs = [m.prepare(view) for m in model_scorers]
+        row["status"] = "scored"
+        stats.count("scored")
+        yield row, inputs
+
+
+def score_chunk(cfg: CurateConfig, scorers: list, model_scorers: list, options, partition: Partition) -> ScoredChunk:
+    """``iter_scored`` over a chunk of a partition, as one CPU task (its result goes to the model actor)."""
+    _one_cv2_thread()
+    stats = UnitStats()
+    rows, inputs = [], []
+    for row, prepared in iter_scored(cfg, scorers, model_scorers, options, partition, stats):
+        rows.append(row)
+        inputs.append(prepared)
+    return ScoredChunk(rows, inputs, stats)
+
+
+#: inputs per CPU task when a model actor fans its partition out
+CHUNK_INPUTS = 32
+
+
 class ScoreStage(Stage[Partition]):
-    """One row per input: its provenance, header, the prefilter/decode verdict and the cheap signals."""
+    """One row per input: provenance, header, the prefilter/decode verdict and the cheap signals; with
+    learned signals configured (pyiqa, aesthetics, CLIP embeddings), those too, from the same decode.
+
+    Without learned signals a unit is a CPU task. With them it runs on an actor holding the models: the
+    actor cuts its partition into chunks that CPU tasks read, decode and score (cheap signals and each
+    model's prepared input, ``iter_scored``), anywhere in the cluster, a few chunks ahead; it runs the
+    models on what comes back, in batches, and writes one row per input. Each input is read and decoded
+    once; the write pass decodes only the accepted ones, once more."""
 
     name = "curate:score"
 
     def __init__(self, cfg: CurateConfig) -> None:
         self.cfg = cfg
+        self.needs_gpu = cfg.needs_models
 
     def setup(self) -> None:
         from supirkit.curation.signals import build_cheap_scorers
 
         _one_cv2_thread()
         self.scorers = build_cheap_scorers(self.cfg.signals.cheap.enabled)
+        self.model_scorers = []
+        if self.cfg.needs_models:
+            from supirkit.curation.signals.models import build_model_scorers
+
+            self.model_scorers = build_model_scorers(self.cfg)
         self.view_options = _view_options(self.cfg)
 
-    def process(self, partition: Partition, sink: TableSink, stats: UnitStats) -> None:
-        from supirkit.curation.signals import ImageView, decode_for, score_views
+    def _chunks(self, partition: Partition, stats: UnitStats):
+        """The partition scored chunk by chunk: by CPU tasks (learned signals on Ray: the actor keeps a few
+        chunks in flight), else here (a tar partition is read here too: its members stream from one read)."""
+        remote = self.model_scorers and self.cfg.runner.executor == "ray" and len(partition.refs) > 1
+        if remote:
+            import ray
 
-        cfg = self.cfg
+            remote = ray.is_initialized()
+        if not remote:
+            rows, inputs = [], []
+            for row, prepared in iter_scored(self.cfg, self.scorers, self.model_scorers, self.view_options,
+                                             partition, stats):
+                rows.append(row)
+                inputs.append(prepared)
+                if len(rows) >= CHUNK_INPUTS:
+                    yield ScoredChunk(rows, inputs, UnitStats())
+                    rows, inputs = [], []
+            yield ScoredChunk(rows, inputs, UnitStats())
+            return
+        yield from self._remote_chunks(partition, stats)
+
+    def _remote_chunks(self, partition: Partition, stats: UnitStats):
+        from collections import deque
+
+        import ray
+
+        from supirkit.datapipe.progress import report
+
+        task = ray.remote(num_cpus=self.cfg.runner.num_cpus_per_task, max_retries=self.cfg.runner.max_retries)(
+            score_chunk)
+        shared = [ray.put(x) for x in (self.cfg, self.scorers, self.model_scorers, self.view_options)]
+        starts = deque(range(0, len(partition.refs), CHUNK_INPUTS))
+        pending: deque = deque()
+        while starts or pending:
+            while starts and len(pending) < max(2, self.cfg.runner.max_in_flight):
+                s = starts.popleft()
+                chunk = Partition(partition.index, partition.refs[s:s + CHUNK_INPUTS], partition.first_order + s)
+                pending.append(task.remote(*shared, chunk))
+            with stats.timer("wait_cpu_tasks"):
+                done = ray.get(pending.popleft())
+            stats.merge(done.stats)
+            report(inputs=int(done.stats.counts.get("inputs", 0)), rejected=sum(done.stats.rejected.values()))
+            yield done
+
+    def _score_models(self, chunk: ScoredChunk, stats: UnitStats) -> None:
+        """The learned signals of the chunk's scored rows, in batches of the smallest scorer batch size."""
+        scored = [(row, prepared) for row, prepared in zip(chunk.rows, chunk.inputs) if prepared is not None]
+        size = max(1, min([m.batch_size for m in self.model_scorers] or [1]))
+        for s in range(0, len(scored), size):
+            batch = scored[s:s + size]
+            with stats.timer("models"):
+                for k, scorer in enumerate(self.model_scorers):
+                    for (row, _), values in zip(batch, scorer.score_prepared([p[k] for _, p in batch])):
+                        row.update(values)
+
+    def process(self, partition: Partition, sink: TableSink, stats: UnitStats) -> None:
         first_rejection = len(stats.rejections)
-        for item in iter_raw_items(partition, stats, cfg.decode.max_file_bytes, cfg.runner.io_retries):
-            row = {"order": item.order, "partition": partition.index, "source": item.source,
-                   "source_uri": os.fsencode(item.uri), "bytes": len(item.data)}
-            try:
-                with stats.timer("probe"):
-                    header = probe(item.data)
-                row.update(width=header.width, height=header.height, short_side=min(header.width, header.height),
-                           format=header.format)
-                reason = prefilter_reason(header, cfg.prefilter, cfg.decode.max_pixels)
-                if reason:
-                    sink.write({**row, "status": "rejected", "stage": "prefilter", "reason": reason})
-                    stats.count("prefiltered")
-                    continue
-                with stats.timer("decode"):
-                    rgb, header = decode_for(self.scorers, item.data, cfg.decode.max_pixels, self.view_options)
-            except DecodeError as exc:
-                sink.write({**row, "status": "rejected", "stage": "decode", "reason": exc.reason,
-                            "detail": exc.detail[:300]})
-                stats.count("undecodable")
-                continue
-            with stats.timer("hash"):
-                row["key"] = content_key(item.data)
-            with stats.timer("signals"):
-                view = ImageView(rgb, header, item.data, self.view_options)
-                row.update(score_views(self.scorers, [view])[0])
-            row["status"] = "scored"
-            sink.write(row)
-            stats.count("scored")
+        for chunk in self._chunks(partition, stats):
+            if self.model_scorers:
+                self._score_models(chunk, stats)
+            for row in chunk.rows:
+                sink.write(row)
         # inputs that could not even be read were recorded by iter_raw_items: they get rows too. Their
         # order is the listing position's when the source is a listed one; a tar member or a damaged
         # tar's tail gets a fresh order after the tar's readable members (unique, deterministic).
@@ -118,56 +228,6 @@ class ScoreStage(Stage[Partition]):
             sink.write({"order": order, "partition": partition.index, "source": rej["source"],
                         "status": "rejected", "stage": "read", "reason": rej["reason"],
                         "detail": rej.get("detail", "")})
-
-
-class ModelStage(Stage[Partition]):
-    """Learned signals for the inputs the CPU pass scored: pyiqa metrics on native tiles, aesthetics
-    and CLIP embeddings; images are batched, models are loaded once per actor."""
-
-    name = "curate:models"
-    needs_gpu = True
-
-    def __init__(self, cfg: CurateConfig, signals: TableOutput) -> None:
-        self.cfg, self.signals = cfg, signals
-
-    def setup(self) -> None:
-        from supirkit.curation.signals.models import build_model_scorers
-
-        _one_cv2_thread()
-        self.scorers = build_model_scorers(self.cfg)
-        self.view_options = _view_options(self.cfg)
-
-    def process(self, partition: Partition, sink: TableSink, stats: UnitStats) -> None:
-        import pyarrow.parquet as pq
-
-        from supirkit.curation.signals import ImageView, decode_for, score_views
-
-        part = self.signals.part(partition.index)
-        t = pq.read_table(part, columns=["order", "status"]).to_pydict()
-        wanted = {o for o, s in zip(t["order"], t["status"]) if s == "scored"}
-        batch_size = max(1, min([s.batch_size for s in self.scorers] or [1]))
-        batch: list[tuple[int, object]] = []
-
-        def flush():
-            if not batch:
-                return
-            with stats.timer("models"):
-                rows = score_views(self.scorers, [v for _, v in batch])
-            for (order, _), row in zip(batch, rows):
-                sink.write({"order": order, **row})
-            stats.count("scored", len(batch))
-            batch.clear()
-
-        scratch = UnitStats()
-        for item in iter_raw_items(partition, scratch, self.cfg.decode.max_file_bytes, self.cfg.runner.io_retries):
-            if item.order not in wanted:
-                continue
-            with stats.timer("decode"):
-                rgb, header = decode_for(self.scorers, item.data, self.cfg.decode.max_pixels, self.view_options)
-            batch.append((item.order, ImageView(rgb, header, item.data, self.view_options)))
-            if len(batch) >= batch_size:
-                flush()
-        flush()
 
 
 # ------------------------------------------------------------------------------------------------ write
@@ -214,7 +274,8 @@ class WriteStage(Stage[WritePartition]):
             if tar is None:
                 for r in group:
                     try:
-                        data = read_source(uri_of(r), cfg.decode.max_file_bytes, cfg.runner.io_retries)
+                        with stats.timer("read"):
+                            data = read_source(uri_of(r), cfg.decode.max_file_bytes, cfg.runner.io_retries)
                     except OSError as exc:  # gone or broken since scoring
                         reason, detail = rejection_reason(exc)
                         stats.reject(r["source"], "vanished" if reason == "unreadable" else reason, detail)
@@ -246,12 +307,14 @@ class WriteStage(Stage[WritePartition]):
             stats.count("inputs")
             if item is None:
                 continue
-            key = content_key(item.data)
+            with stats.timer("hash"):
+                key = content_key(item.data)
             if key != row["key"]:
                 stats.reject(row["source"], "changed_during_job", "content differs from the scoring pass")
                 continue
             with stats.timer("decode"):
                 rgb, header = decode_rgb(item.data, cfg.decode.max_pixels)
+            stats.count("decodes")
             detail = None
             if out.crop.mode == "grid":
                 from supirkit.curation.signals import ImageView

@@ -120,13 +120,16 @@ def _group_bucket(path: Path):
     return pa.table(rows, schema=schema), n_dups
 
 
-def group_exact_duplicates(parts_dir: str | Path, dedup_dir: str | Path) -> int:
+def group_exact_duplicates(parts_dir: str | Path, dedup_dir: str | Path, runner=None) -> int:
     """Write ``dedup_dir/dups-all.parquet``; returns the number of inputs that are duplicates.
 
-    Done once: a ``_DONE`` marker makes a rerun (resume) skip it; an interrupted run is redone whole.
+    Done once: a ``_DONE`` marker makes a rerun (resume) skip it; an interrupted run is redone whole. The
+    buckets are grouped here, or as Ray tasks with a ``runner`` whose executor is ray (``map_tasks``).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from supirkit.datapipe.executors import map_tasks
 
     out = Path(dedup_dir)
     marker = out / "_DONE"
@@ -147,12 +150,10 @@ def group_exact_duplicates(parts_dir: str | Path, dedup_dir: str | Path) -> int:
         n_buckets = max(1, math.ceil(n_rows / ROWS_PER_BUCKET))
         tmp = out / ".spill"
         tmp.mkdir()
-        for path in _spill(files, cols, tmp, n_buckets):
-            table, n = _group_bucket(path)
+        for table, n in map_tasks(_group_bucket, _spill(files, cols, tmp, n_buckets), runner):
             if table.num_rows:
                 groups.append(table)
             n_dups += n
-            path.unlink()
         shutil.rmtree(tmp)
     if groups:
         table = pa.concat_tables(groups).sort_by([("partition", "ascending"), ("order", "ascending")])

@@ -12,7 +12,7 @@ import signal
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
-from typing import Iterator
+from typing import Iterator, Optional
 
 from supirkit.datapipe.config import RunnerConfig
 from supirkit.datapipe.errors import ConfigError
@@ -67,9 +67,11 @@ def ensure_ray(cfg: RunnerConfig) -> None:
         check_reachable(address, cfg.connect_timeout_s)
         ray.init(address=address, **kwargs)
     else:
-        # a Ray started here serves this process only: no dashboard, no token (nothing else connects)
+        # a Ray started here serves this process only: no dashboard, no token (nothing else connects).
+        # "local": never the cluster another user started on this machine (ray.init() alone would join the
+        # last `ray start` it finds)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(include_dashboard=False, **kwargs)
+        ray.init(address="local", include_dashboard=False, **kwargs)
     if sigterm is not None:
         signal.signal(signal.SIGTERM, sigterm)
 
@@ -216,5 +218,26 @@ def executor_for(stage: Stage, cfg: RunnerConfig, progress: Progress) -> Executo
     return RayTaskExecutor(cfg, progress)
 
 
+def map_tasks(fn, items: list, cfg: Optional[RunnerConfig] = None, shared: tuple = ()) -> Iterator:
+    """``fn(*shared, item)`` for every item, results in item order: in this process (no ``cfg``, or
+    ``runner.executor=local``), else as Ray tasks, at most ``runner.max_in_flight`` ahead. ``shared`` is put
+    in the object store once (numpy arrays reach the tasks of a node without a copy). For work that is
+    neither a unit nor resumable on its own: the per-bucket steps of a job's global grouping."""
+    if cfg is None or cfg.executor == "local":
+        for item in items:
+            yield fn(*shared, item)
+        return
+    import ray
+
+    ensure_ray(cfg)
+    remote = ray.remote(num_cpus=cfg.num_cpus_per_task, max_retries=cfg.max_retries)(fn)
+    refs = [ray.put(x) for x in shared]
+    queue, pending = deque(items), deque()
+    while queue or pending:
+        while queue and len(pending) < cfg.max_in_flight:
+            pending.append(remote.remote(*refs, queue.popleft()))
+        yield ray.get(pending.popleft())
+
+
 __all__ = ["Executor", "LocalExecutor", "RayTaskExecutor", "RayActorExecutor", "executor_for", "ensure_ray",
-           "check_reachable", "check_resources"]
+           "map_tasks", "check_reachable", "check_resources"]

@@ -6,6 +6,11 @@ signal instead, as a scheduler would. Points: ``after_tar_rename`` (between a sh
 write), ``mid_shard`` (half-way through a shard's samples), ``after_shards:N`` (the driver, once N shards
 are complete), ``train_step:N`` (training, after step N). No sleeps, no timing: the same point is hit on
 every run.
+
+``hold_unit:STAGE`` (e.g. ``hold_unit:curate:write``) does not kill: the worker that starts a unit of that
+stage (its output opened, nothing written yet) announces it with a file in ``SUPIRKIT_FAULT_DIR`` and waits
+there until it is killed, so that a drill can take its node away at that moment. Armed in the environment
+of one node's processes only, it holds the units of that node and no other.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import os
 import signal
 
 ENV = "SUPIRKIT_FAULT"
+DIR_ENV = "SUPIRKIT_FAULT_DIR"
 
 
 def _points() -> list[tuple[str, str | None, str]]:
@@ -25,14 +31,14 @@ def _points() -> list[tuple[str, str | None, str]]:
     return out
 
 
-def _matching(point: str, index: int | None) -> str | None:
+def _matching(point: str, index: int | str | None) -> str | None:
     for name, arg, sig in _points():
         if name == point and (arg is None or index is None or str(index) == arg):
             return sig
     return None
 
 
-def armed(point: str, index: int | None = None) -> bool:
+def armed(point: str, index: int | str | None = None) -> bool:
     return _matching(point, index) is not None
 
 
@@ -40,3 +46,15 @@ def maybe_fail(point: str, index: int | None = None) -> None:
     sig = _matching(point, index)
     if sig is not None:
         os.kill(os.getpid(), getattr(signal, f"SIG{sig.upper()}"))
+
+
+def maybe_hold(point: str, what: str, index: int) -> None:
+    """Wait here until this process is killed, when ``point:what`` is armed (see the module docstring)."""
+    if not armed(point, what):
+        return
+    folder = os.environ.get(DIR_ENV)
+    if folder:
+        with open(os.path.join(folder, f"{point}-{index}-{os.getpid()}"), "w") as f:
+            f.write(what)
+    while True:
+        signal.pause()  # no timer: only the drill's kill ends the wait

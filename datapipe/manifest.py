@@ -17,11 +17,15 @@ from supirkit.datapipe.sources import FILE, TAR, InputRef
 
 def manifest_folder(path: str | Path) -> Path:
     """The table a path names: a parquet file or a folder of parts as given; a supirkit output folder
-    means its scores table (``curate``), else its shard index."""
+    means its scores table (``curate``), its caption tables (a caption set: a row per captioned sample,
+    whose ``source`` is the sample in its input shard), else its shard index."""
     p = Path(path)
     layout = ShardSetLayout(p)
     if p.is_dir() and layout.is_supirkit_output():
-        return layout.scores_dir if layout.scores_dir.is_dir() else layout.index_dir
+        for folder in (layout.scores_dir, layout.captions_dir):
+            if folder.is_dir():
+                return folder
+        return layout.index_dir
     return p
 
 

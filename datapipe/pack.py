@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 from pydantic import Field
 
 from supirkit.datapipe import faults
+from supirkit.datapipe.captions import CaptionJoin
 from supirkit.datapipe.config import DecodeConfig, ListingConfig, RunnerConfig, Schema, ShardingConfig, config_hash
 from supirkit.datapipe.decode import EXT_BY_FORMAT, DecodeError, decode_rgb, probe
 from supirkit.datapipe.dedup import duplicates_for_partition, group_exact_duplicates
@@ -94,8 +95,10 @@ class WriteStage(Stage[Partition]):
 
     name = "shard:write"
 
-    def __init__(self, cfg: ShardConfig, hashes: TableOutput, dedup_dir: str) -> None:
+    def __init__(self, cfg: ShardConfig, hashes: TableOutput, dedup_dir: str,
+                 captions: Optional[CaptionJoin] = None) -> None:
         self.cfg, self.hashes, self.dedup_dir = cfg, hashes, dedup_dir
+        self.captions = captions  # a caption set named as the manifest: its captions go into the new shards
 
     def process(self, partition: Partition, sink: ShardSink, stats: UnitStats) -> None:
         import pyarrow.parquet as pq
@@ -120,9 +123,13 @@ class WriteStage(Stage[Partition]):
                 stats.reject(item.source, "duplicate", f"same content as {dup['primary_source']}")
                 continue
             with stats.timer("write"):
-                sink.write(self.sample(item, row, dup))
+                sample = self.sample(item, row, dup)
+                if self.captions is not None:
+                    self.captions.apply(item.uri, sample)
+                sink.write(sample)
             if len(sink) == halfway:
                 faults.maybe_fail("mid_shard", partition.index)
+        stats.timings["read"] += scratch.timings.get("read", 0.0)
         for order in sorted(set(accepted) - seen):
             # accepted by pass 1, unreadable now (deleted or broken between the passes)
             stats.reject(accepted[order]["source"], "vanished", "gone between the hashing and writing passes")
@@ -176,8 +183,9 @@ def run_shard_job(sources: Iterable[str] | None, out: str, cfg: ShardConfig, fre
     if not hashed.ok:
         release_output(layout)
         return hashed
-    group_exact_duplicates(hashes.folder, work / DEDUP_PASS)
-    write = WriteStage(cfg, hashes, str(work / DEDUP_PASS))
+    group_exact_duplicates(hashes.folder, work / DEDUP_PASS, cfg.runner)
+    captions = CaptionJoin.open(manifest) if manifest else None
+    write = WriteStage(cfg, hashes, str(work / DEDUP_PASS), captions)
     result = run_stage(Pass(write, ShardOutput(layout.root, cfg.sharding.prefix), n, work, chash, "shard: write",
                             inputs), cfg.runner)
     write_job_summary(layout, "shard", result, {"pattern": layout.pattern(cfg.sharding.prefix, n)})

@@ -21,13 +21,14 @@ SEND_EVERY_S = 0.5
 class _UnitReporter:
     def __init__(self, channel, unit: int) -> None:
         self.channel, self.unit = channel, unit
-        self.pending = [0, 0, 0]
+        self.pending = [0, 0, 0, 0]
         self.last = time.monotonic()
 
-    def add(self, samples: int, inputs: int, rejected: int) -> None:
+    def add(self, samples: int, inputs: int, rejected: int, steps: int) -> None:
         self.pending[0] += samples
         self.pending[1] += inputs
         self.pending[2] += rejected
+        self.pending[3] += steps
         if time.monotonic() - self.last >= SEND_EVERY_S:
             self.flush()
 
@@ -37,17 +38,18 @@ class _UnitReporter:
                 self.channel.add(self.unit, *self.pending)
             except Exception:  # progress is best effort: it never fails a unit
                 pass
-            self.pending = [0, 0, 0]
+            self.pending = [0, 0, 0, 0]
         self.last = time.monotonic()
 
 
 _current: Optional[_UnitReporter] = None
 
 
-def report(samples: int = 0, inputs: int = 0, rejected: int = 0) -> None:
-    """Count work done by the unit running in this process (no-op outside a unit)."""
+def report(samples: int = 0, inputs: int = 0, rejected: int = 0, steps: int = 0) -> None:
+    """Count work done by the unit running in this process (no-op outside a unit); ``steps`` counts the
+    model steps of generative stages (denoising steps of a batch), which move long before a sample is out."""
     if _current is not None:
-        _current.add(samples, inputs, rejected)
+        _current.add(samples, inputs, rejected, steps)
 
 
 @contextmanager
@@ -71,8 +73,8 @@ class RayChannel:
     def __init__(self, actor) -> None:
         self.actor = actor
 
-    def add(self, unit: int, samples: int, inputs: int, rejected: int) -> None:
-        self.actor.add.remote(unit, samples, inputs, rejected)
+    def add(self, unit: int, samples: int, inputs: int, rejected: int, steps: int = 0) -> None:
+        self.actor.add.remote(unit, samples, inputs, rejected, steps)
 
 
 def _duration(seconds: float) -> str:
@@ -96,7 +98,7 @@ class Progress:
         self.desc, self.mode, self.every = desc, mode, log_every_s
         self.units_total, self.inputs_total = units, inputs
         self.units_done = self.failed = 0
-        self.settled = [0, 0, 0]  # exact counts of the units finished in this run
+        self.settled = [0, 0, 0, 0]  # exact counts of the units finished in this run
         self.live: dict[int, list[int]] = {}  # what units in flight reported so far
         self.finished: set[int] = set()
         self.done_before = done_before  # units found done on disk: not part of this run's rate
@@ -128,14 +130,17 @@ class Progress:
     def rejected(self) -> int:
         return self._total(2)
 
-    def add(self, unit: int, samples: int = 0, inputs: int = 0, rejected: int = 0) -> None:
+    @property
+    def steps(self) -> int:
+        return self._total(3)
+
+    def add(self, unit: int, samples: int = 0, inputs: int = 0, rejected: int = 0, steps: int = 0) -> None:
         """A worker's counts for ``unit`` (the local channel; Ray workers go through ``ray_channel``)."""
         if unit in self.finished:
             return
-        v = self.live.setdefault(unit, [0, 0, 0])
-        v[0] += samples
-        v[1] += inputs
-        v[2] += rejected
+        v = self.live.setdefault(unit, [0, 0, 0, 0])
+        for i, n in enumerate((samples, inputs, rejected, steps)):
+            v[i] += n
         self._moved()
 
     def _moved(self) -> None:
@@ -156,6 +161,7 @@ class Progress:
             self.settled[0] += int(counts.get("samples", counts.get("rows", 0)))
             self.settled[1] += int(counts.get("inputs", 0))
             self.settled[2] += int(rejected)
+            self.settled[3] += int(counts.get("steps", 0))
         if self.bar is not None and not self.inputs_total:
             self.bar.update(1)
         self._moved()
@@ -169,16 +175,19 @@ class Progress:
             def __init__(self):
                 self.units = {}
 
-            def add(self, unit, samples, inputs, rejected):
-                v = self.units.setdefault(unit, [0, 0, 0])
-                v[0] += samples
-                v[1] += inputs
-                v[2] += rejected
+            def add(self, unit, samples, inputs, rejected, steps=0):
+                v = self.units.setdefault(unit, [0, 0, 0, 0])
+                for i, n in enumerate((samples, inputs, rejected, steps)):
+                    v[i] += n
 
             def snapshot(self):
                 return self.units
 
-        self._actor = Counter.remote()
+        # beside the driver: a worker node that fails takes its workers, never the job's progress
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self._actor = Counter.options(scheduling_strategy=here).remote()
         return RayChannel(self._actor)
 
     def poll(self) -> None:
@@ -206,7 +215,8 @@ class Progress:
             frac = (self.units_done - self.done_before) / todo
             where = f"{self.inputs:,} inputs"
         eta = elapsed / frac * (1 - frac) if 0 < frac < 1 else 0.0
-        return (f"[{self.desc}] {where}, {self.samples:,} samples at {rate:.1f}/s, {self.rejected:,} rejected, "
+        steps = f"{self.steps:,} model steps at {self.steps / elapsed:.1f}/s, " if self.steps and elapsed > 0 else ""
+        return (f"[{self.desc}] {where}, {steps}{self.samples:,} samples at {rate:.1f}/s, {self.rejected:,} rejected, "
                 f"{self.units_done}/{self.units_total} units, {self.failed} failed, elapsed {_duration(elapsed)}"
                 + (f", ETA {_duration(eta)}" if eta else ""))
 

@@ -25,7 +25,8 @@ from supirkit.datapipe.lock import LOCK_FILE, OutputLock, held_lock, remove_stal
 from supirkit.datapipe.plan import planned_bytes
 from supirkit.datapipe.progress import Progress
 from supirkit.datapipe.shard_format import META_DIR, ShardSetLayout
-from supirkit.datapipe.sinks import UnitOutput
+from supirkit.datapipe.shard_table import drop_shard_table, write_shard_table
+from supirkit.datapipe.sinks import ShardOutput, UnitOutput
 from supirkit.datapipe.sources import normalize_source
 from supirkit.datapipe.stage import DISK_FULL, Stage, UnitOfWork, new_setup_token
 from supirkit.datapipe.stats import JobResult, UnitResult
@@ -180,6 +181,8 @@ def run_stage(job_pass: Pass, runner: RunnerConfig) -> JobResult:
             result.add(UnitResult.from_stats(output.marker(i).name, i, "skipped", stats))
         else:
             todo.append(i)
+    if todo and isinstance(output, ShardOutput):
+        drop_shard_table(output.layout)  # shards are about to change: readers count footers until the summary
     token = new_setup_token()
     units = [UnitOfWork(job_pass.stage, str(job_pass.work_dir), output, i, job_pass.config_hash, token)
              for i in todo]
@@ -203,6 +206,10 @@ def run_stage(job_pass: Pass, runner: RunnerConfig) -> JobResult:
                 faults.maybe_fail("after_shards", completed)
     finally:
         progress.close()
+    for folder in getattr(output, "folders", []):
+        # every unit has reported: what is left under a temporary name belongs to a worker that died with
+        # its node (its unit was retried elsewhere), never to a writer still running
+        remove_stale_temporaries(folder, other_hosts_dead=True, recursive=False)
     result.wall_s = time.time() - t0
     return result
 
@@ -252,7 +259,9 @@ def job_summary(name: str, result: JobResult, extra: Optional[dict] = None) -> d
 
 
 def write_job_summary(layout: ShardSetLayout, name: str, result: JobResult, extra: Optional[dict] = None) -> Path:
+    """The job's ``summary.json``; for a shard set also the consolidated row counts (``shard_table``)."""
     layout.meta.mkdir(parents=True, exist_ok=True)
+    write_shard_table(layout)
     atomic_write_json(layout.summary_file, job_summary(name, result, extra))
     return layout.summary_file
 

@@ -10,12 +10,17 @@ A shard set written by supirkit::
         index/{prefix}-000000.parquet   one row per sample of the shard: key, member offsets, metadata columns
         stats/{prefix}-000000.json      counts, rejections with reasons, timings: written LAST = "shard done"
         scores/                          curate: one row per input (a separate table from the index)
+        shards.parquet                   one row per completed shard with its row count (readers of 25,000
+                                         shards open this one file instead of 25,000 footers)
         summary.json, report.html        the job's summary (and curate's report)
         work/                            bookkeeping of resumable jobs: job.json, partitions, passes, plans
 
 Member names follow webdataset: the key is the base name up to its FIRST dot, the extension the rest
 (``abc.seg.png`` is field ``seg.png`` of sample ``abc``); keys therefore never contain dots. A member name
 that is absolute, climbs out with ``..`` or names a drive is unsafe and never used.
+
+A caption set (``supirkit caption``, tables) holds no tars: ``__supirkit__/captions/`` has one table per
+input shard, keyed by sample key, and ``caption_inputs.parquet`` names the input shards (``datapipe.captions``).
 
 Shard sets written by other tools (img2dataset: ``00000.tar`` beside ``00000.parquet`` and ``00000_stats.json``)
 are read as they are: an index beside the tar is found as well.
@@ -32,9 +37,10 @@ IMAGE_EXTS = ("jpg", "jpeg", "jpe", "png", "webp", "bmp", "tif", "tiff", "gif", 
 #: file-name suffixes of images in a listing
 IMAGE_SUFFIXES = tuple(f".{e}" for e in IMAGE_EXTS)
 META_DIR = "__supirkit__"
-INDEX_DIR, STATS_DIR, WORK_DIR, SCORES_DIR = "index", "stats", "work", "scores"
+INDEX_DIR, STATS_DIR, WORK_DIR, SCORES_DIR, CAPTIONS_DIR = "index", "stats", "work", "scores", "captions"
 JOB_FILE = "job.json"
 SUMMARY_FILE = "summary.json"
+SHARD_TABLE_FILE = "shards.parquet"
 #: the key ends at the first dot of the base name (webdataset's ``base_plus_ext``)
 _MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
@@ -97,6 +103,14 @@ class ShardSetLayout:
         return self.meta / WORK_DIR
 
     @property
+    def captions_dir(self) -> Path:
+        return self.meta / CAPTIONS_DIR
+
+    @property
+    def shard_table(self) -> Path:
+        return self.meta / SHARD_TABLE_FILE
+
+    @property
     def job_file(self) -> Path:
         return self.work / JOB_FILE
 
@@ -148,6 +162,7 @@ def stats_candidates(tar_url: str) -> list[str]:
     return [_sibling(tar_url, META_DIR, STATS_DIR, f"{stem}.json"), _sibling(tar_url, f"{stem}_stats.json")]
 
 
-__all__ = ["IMAGE_EXTS", "IMAGE_SUFFIXES", "META_DIR", "JOB_FILE", "SUMMARY_FILE", "UnsafeMember", "shard_name",
+__all__ = ["IMAGE_EXTS", "IMAGE_SUFFIXES", "META_DIR", "JOB_FILE", "SUMMARY_FILE", "SHARD_TABLE_FILE", "CAPTIONS_DIR",
+           "UnsafeMember", "shard_name",
            "split_member", "check_member", "check_key", "is_image_field", "ShardSetLayout", "index_candidates",
            "stats_candidates"]

@@ -74,7 +74,26 @@ def rows_to_table(rows: list[dict]):
                                   for v in values], type=pa.string())
     if not arrays:
         return pa.table({"key": pa.array([], pa.string())})
-    return pa.table(arrays)
+    return pa.table({k: _without_null_type(a) for k, a in arrays.items()})
+
+
+def _concrete(t):
+    """A type with every ``null`` (a column empty in this part: all missing, or only empty lists) made a
+    string, so that the parts of one table agree and a reader of the folder can combine them."""
+    import pyarrow as pa
+
+    if pa.types.is_null(t):
+        return pa.string()
+    if pa.types.is_list(t):
+        return pa.list_(_concrete(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _concrete(f.type)) for f in t])
+    return t
+
+
+def _without_null_type(array):
+    target = _concrete(array.type)
+    return array if target == array.type else array.cast(target)
 
 
 def _no_empty_structs(value: Any) -> Any:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
-from supirkit.datapipe.errors import FileTooLarge, NotARegularFile, TransientIOError
+from supirkit.datapipe.errors import FileTooLarge, NotARegularFile, PreflightError, TransientIOError
 from supirkit.datapipe.keys import display_source
 from supirkit.datapipe.shard_format import IMAGE_SUFFIXES
 
@@ -288,6 +288,32 @@ def _walk_remote(fs, root: str, full) -> Iterator[InputRef]:
             yield InputRef(full(p), TAR, int(info.get("size") or -1))
         elif _is_image_name(name):
             yield InputRef(full(p), FILE, int(info.get("size") or -1))
+
+
+#: the package each fsspec protocol needs, and the supirkit extra that installs it
+PROTOCOL_EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
+                   "az": ("adlfs", "azure"), "abfs": ("adlfs", "azure"), "abfss": ("adlfs", "azure")}
+
+
+def check_protocols(sources: Iterable[str]) -> None:
+    """``PreflightError`` (one line, before any output is made) for a URL whose fsspec protocol is unknown or
+    whose filesystem package is not installed, naming the extra to install (``supirkit[s3]``, ...)."""
+    import fsspec
+
+    for source in sources:
+        source = str(source)
+        if not is_url(source):
+            continue
+        proto = source.split("://", 1)[0].lower()
+        try:
+            fsspec.get_filesystem_class(proto)
+        except ImportError:
+            package, extra = PROTOCOL_EXTRAS.get(proto, (f"the fsspec backend of {proto}://", None))
+            how = f"pip install 'supirkit[{extra}]'" if extra else "install the fsspec backend for it"
+            raise PreflightError(f"{source}: reading {proto}:// needs {package}, which is not installed: "
+                                 f"{how}") from None
+        except ValueError:
+            raise PreflightError(f"{source}: unknown protocol {proto}:// (fsspec knows no such filesystem)") from None
 
 
 def list_inputs(sources: Iterable[str], follow_symlinks_outside: bool = False) -> Iterator[InputRef]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Optional, TypeVar
 
+from supirkit.datapipe import faults
 from supirkit.datapipe.errors import DiskFull, TransientIOError
 from supirkit.datapipe.files import NO_SPACE, read_json
 from supirkit.datapipe.plan import Partition, load_partition
@@ -96,6 +97,7 @@ def run_unit(unit: UnitOfWork) -> UnitResult:
         sink = output.open(unit.index, unit.config_hash)
     except Exception as exc:
         return _failure(name, unit.index, exc, stage, partition)
+    faults.maybe_hold("hold_unit", stage.name, unit.index)
     stats = UnitStats()
     try:
         with reporting(unit.progress, unit.index):

@@ -395,11 +395,13 @@ class TarReader:
     def table(self, url: str) -> MemberTable:
         return self._tables.get(url, lambda: member_table(url))
 
-    def read(self, url: str, key: str) -> dict:
+    def read(self, url: str, key: str, members: Optional[dict] = None) -> dict:
         """``{__key__, __shard__, ext: bytes, ...}``; ``KeyError`` for an unknown key, ``FileTooLarge`` for a
-        member over ``max_member_bytes`` (refused from the table, never read)."""
+        member over ``max_member_bytes`` (refused from the table, never read). ``members``: the key's
+        ``{ext: (offset, size)}`` when the caller has them already (no member table is built)."""
         self._check_pid()
-        members = self.table(url).get(key)
+        if members is None:
+            members = self.table(url).get(key)
         if members is None:
             raise KeyError(f"{url}: no member {key!r}")
         limit = self.max_member_bytes

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from supirkit.datapipe.captions import CaptionSet
 from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS
 from supirkit.datapipe.shard_format import ShardSetLayout, stats_candidates
 from supirkit.datapipe.tario import find_index, list_shards
@@ -24,11 +25,15 @@ class Collection:
     spec: str
     urls: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    captions: Optional[CaptionSet] = None  # a caption set: ``urls`` are its input shards, unit ``units[i]`` each
+    units: list[int] = field(default_factory=list)
 
     @property
     def layout(self) -> str:
         if self.kind == MANIFEST:
             return "manifest"
+        if self.captions is not None:
+            return "caption set"
         if any(_stats_file(u) and _stats_file(u).endswith("_stats.json") for u in self.urls[:1]):
             return "img2dataset"
         if any(ShardSetLayout(Path(u).parent).is_supirkit_output() for u in self.urls[:1] if _is_local(u)):
@@ -41,10 +46,16 @@ def _is_local(url: str) -> bool:
 
 
 def open_collection(spec: str | Path) -> Collection:
-    """A shard (``.tar``), a shard set (folder, brace pattern, glob) or a manifest (``.parquet`` file,
-    or a folder of parquet files without tars)."""
+    """A shard (``.tar``), a shard set (folder, brace pattern, glob), a caption set (read with the shards it
+    captions) or a manifest (``.parquet`` file, or a folder of parquet files without tars)."""
     spec = str(spec)
     p = Path(spec)
+    captions = CaptionSet.open(spec)
+    if captions is not None:  # captions joined by key to the shards they caption
+        units = captions.done_units()
+        if not units:
+            raise FileNotFoundError(f"{spec}: caption set without a finished caption table")
+        return Collection(SHARDS, spec, urls=[captions.shard_url(u) for u in units], captions=captions, units=units)
     if spec.endswith(".parquet") and (p.is_file() or "://" in spec):
         return Collection(MANIFEST, spec, files=[spec])
     if p.is_dir() and not any(p.glob("*.tar")):

@@ -89,24 +89,20 @@ def iter_samples(coll: Collection, n: int, seed: Optional[int] = None,
     bad = unreadable if unreadable is not None else []
     if seed is None:
         left = n
-        for url in coll.urls:
-            for sample in _read_guarded(url, max_file_bytes, bad):
-                yield _sample_from_tar(sample, url)
+        for i, url in enumerate(coll.urls):
+            for sample in _shard_samples(coll, i, None, max_file_bytes, bad):
+                yield sample
                 left -= 1
                 if left == 0:
                     return
         return
-    chosen = _bottom_k(((u, k) for u in coll.urls for k in _keys_guarded(u, bad)), n, seed)
-    wanted: dict[str, list] = {}
-    for u, k in chosen:
-        wanted.setdefault(u, []).append(k)
-    for url in coll.urls:
-        if url not in wanted:
-            continue
-        keys = set(wanted[url])
-        for sample in _read_guarded(url, max_file_bytes, bad):
-            if sample["__key__"] in keys:
-                yield _sample_from_tar(sample, url)
+    chosen = _bottom_k(((i, k) for i in range(len(coll.urls)) for k in _keys_guarded(coll, i, bad)), n, seed)
+    wanted: dict[int, set] = {}
+    for i, k in chosen:
+        wanted.setdefault(i, set()).add(k)
+    for i in range(len(coll.urls)):
+        if i in wanted:
+            yield from _shard_samples(coll, i, wanted[i], max_file_bytes, bad)
 
 
 def _read_guarded(url: str, max_file_bytes: int, unreadable: list) -> Iterator[dict]:
@@ -119,17 +115,41 @@ def _read_guarded(url: str, max_file_bytes: int, unreadable: list) -> Iterator[d
         unreadable.append(shard_error(url, exc, read))
 
 
-def _keys_guarded(url: str, unreadable: list) -> list[str]:
+def _shard_samples(coll: Collection, i: int, keys: Optional[set], max_file_bytes: int,
+                   unreadable: list) -> Iterator[Sample]:
+    """Samples of shard ``i`` (only ``keys`` when given); a caption set's samples with their joined caption. A
+    shard that cannot be read to its end gives the samples before the damage and is added to ``unreadable``."""
+    url = coll.urls[i]
+    captions = coll.captions.captions(coll.units[i]) if coll.captions is not None else None
+    for sample in _read_guarded(url, max_file_bytes, unreadable):
+        key = sample["__key__"]
+        if (keys is not None and key not in keys) or (captions is not None and key not in captions):
+            continue
+        shown = _sample_from_tar(sample, url)
+        if captions is not None:
+            joined = captions[key]
+            shown.caption = joined.get("txt")
+            shown.meta = {**shown.meta, "caption": joined.get("caption")}
+            if joined.get("tags") is not None:
+                shown.meta["tags"] = joined["tags"]
+            shown.fields = sorted(set(shown.fields) | ({"txt"} if shown.caption is not None else set()))
+        yield shown
+
+
+def _keys_guarded(coll: Collection, i: int, unreadable: list) -> list[str]:
     try:
-        return _keys_of(url)
+        return _keys_of(coll, i)
     except UNREADABLE_SHARD_ERRORS as exc:
-        unreadable.append(shard_error(url, exc))
+        unreadable.append(shard_error(coll.urls[i], exc))
         return []
 
 
-def _keys_of(url: str) -> list[str]:
-    """Keys of the samples with an image, from the shard's member table (its index, or its headers)."""
-    return image_keys(member_table(url))
+def _keys_of(coll: Collection, i: int) -> list[str]:
+    """Keys of shard ``i``'s samples with an image, from its member table (its index, or its headers); for a
+    caption set, the keys of its caption table."""
+    if coll.captions is not None:
+        return [k for k in coll.captions.read(coll.units[i], ["key"]).column("key").to_pylist() if k is not None]
+    return image_keys(member_table(coll.urls[i]))
 
 
 def _iter_manifest_samples(coll: Collection, n: int, seed: Optional[int], max_file_bytes: int) -> Iterator[Sample]:

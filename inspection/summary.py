@@ -209,11 +209,14 @@ class Summary:
 
 # ------------------------------------------------------------------------------------------ summary
 
-def _tar_fields(url: str) -> tuple[Counter, int, set]:
-    """Fields per extension, sample count and keys of one tar, from its member table (the index's member
-    offsets, or the tar's headers; members the readers refuse, absolute or ``..`` names, are not there)."""
+def _tar_fields(url: str, keys: Optional[set] = None) -> tuple[Counter, int, set]:
+    """Fields per extension, sample count and keys of one tar (only ``keys`` when given), from its member
+    table (the index's member offsets, or the tar's headers; members the readers refuse, absolute or ``..``
+    names, are not there)."""
     fields: Counter = Counter()
     table = member_table(url)
+    if keys is not None:
+        table = {k: v for k, v in table.items() if k in keys}
     for exts in table.values():
         for ext in exts:
             fields[ext] += 1
@@ -267,9 +270,42 @@ def summarize(spec: str | Path | Collection, reservoir: int = 10_000, max_distin
     s = Summary(coll, reservoir, max_distinct)
     if coll.kind == MANIFEST:
         _summarize_manifest(coll, s)
+    elif coll.captions is not None:
+        _summarize_caption_set(coll, s)
     else:
         _summarize_shards(coll, s)
     return s.to_dict()
+
+
+def _summarize_caption_set(coll: Collection, s: Summary) -> None:
+    """A caption set: its samples are the rows of its caption tables; their index rows (from the captioned
+    shards) and caption columns are summarised together, as rewritten shards would be."""
+    import pyarrow.compute as pc
+
+    for i, url in enumerate(coll.urls):
+        s.units += 1
+        caps = flatten_structs(coll.captions.read(coll.units[i]).drop_columns(["source_uri"]))
+        keys = set(caps.column("key").to_pylist())
+        fields, _, _ = _tar_fields(url, keys)
+        has_text = pc.and_(pc.is_valid(caps["txt"]), pc.greater(pc.utf8_length(caps["txt"]), 0))
+        captioned = int(pc.sum(has_text).as_py() or 0)
+        fields["txt"] = captioned  # the caption replaces an earlier .txt, as in rewritten shards
+        s.fields.update(fields)
+        s.samples += caps.num_rows
+        s.captioned += captioned
+        s.caption_known = True
+        if _is_local(url):
+            s.bytes += os.path.getsize(url)
+        index = _index_file(url)
+        table = _read_index(index, keys) if index is not None else _meta_table_from_tar(url)
+        table = table.filter(pc.is_in(table["key"], value_set=caps["key"]))
+        s.metadata_from.update({"parquet index" if index is not None else "tar json", "caption tables"})
+        at = pc.index_in(table["key"], value_set=caps["key"])
+        for name in caps.column_names:  # the caption facts (token counts, ...), not the texts themselves
+            if (name.startswith("caption.") or name == "tags") and name not in ("caption.text", "caption.raw") \
+                    and name not in table.column_names:
+                table = table.append_column(name, caps[name].take(at))
+        s.add_table(table.drop_columns([c for c in ("has_caption",) if c in table.column_names]))
 
 
 def _summarize_shards(coll: Collection, s: Summary) -> None:

@@ -222,6 +222,30 @@ def resolve_open_clip(model: str, weights: Optional[str]) -> tuple[str, Optional
     return model, weights
 
 
+def check_open_clip(model: str, weights: Optional[str], hint: str = "") -> None:
+    """``MissingWeights`` when an open_clip model's weights are not on this machine, found without building
+    the model: a local file must exist; a pretrained tag must be in open_clip's cache (never downloaded)."""
+    from open_clip import pretrained
+
+    name, weights = resolve_open_clip(model, weights)
+    if weights is None or os.path.isfile(weights):
+        return
+    cfg = pretrained.get_pretrained_cfg(name, weights)
+    if not cfg:
+        raise MissingWeights(f"open_clip model {name!r} has no pretrained tag {weights!r} and no such file")
+    try:
+        with no_downloads(), contextlib.redirect_stderr(io.StringIO()):
+            pretrained.download_pretrained(cfg)
+    except NotLocal as exc:
+        raise MissingWeights(f"open_clip model {name!r} ({weights}) needs {os.path.basename(exc.dst)!r}, which is not "
+                             f"on this machine: place it at {exc.dst} (published at {exc.url})") from None
+    except Exception as exc:
+        if not is_download_error(exc):
+            raise
+        where = missing_from_traceback(exc) or hint or "give the weights as a local file"
+        raise MissingWeights(f"open_clip model {name!r} ({weights}) is not on this machine: {where}") from None
+
+
 def build_open_clip(model: str, weights: Optional[str], device: str = "auto", hint: str = "") -> tuple:
     """(model in eval mode, its open_clip name): ``open_clip.create_model`` from local files only
     (``resolve_open_clip`` names). A missing file raises ``MissingWeights``; ``hint`` says which

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -199,7 +200,7 @@ class SUPIRRestorer:
         return self.tagger([tensor_to_pil(x_stage1)])[0] if self.tagger is not None else []
 
     def restore(self, image, prompt: Optional[str] = None, seed: Optional[int] = None,
-                tags: Optional[list[str]] = None) -> RestoreResult:
+                tags: Optional[list[str]] = None, on_progress=None) -> RestoreResult:
         import torch
         import torch.nn.functional as F
 
@@ -229,15 +230,14 @@ class SUPIRRestorer:
         settings = SamplerSettings.from_config(cfg.sampler)
         sampler = RestoreEDMSampler(self.schedule, settings)
         latent = sampler.initial_latent(z_dr.shape, generator).to(self.device)
-        latent, tiled = self._sample(sampler, latent, cond, uncond, x_center, generator)
+        latent, tiled = self._sample(sampler, latent, cond, uncond, x_center, generator, on_progress)
         out = color_fix(self._decode(latent), x_stage1, cfg.image.color_fix)
         if (w, h) != (w0, h0):
             out = F.interpolate(out, size=(h0, w0), mode="bicubic", align_corners=False)
         return RestoreResult(tensor_to_pil(out), caption, assembled.text, assembled.truncated, (w, h), tiled,
                              tuple(tags))
 
-
-    def _sample(self, sampler, latent, cond, uncond, x_center, generator):
+    def _sample(self, sampler, latent, cond, uncond, x_center, generator, on_progress=None):
         """(latent, tiled): the whole latent at once (``tiling.mode`` auto/never; the official CLI never tiles),
         or in tiles (``always``, when it exceeds one tile; ``auto``, when the device runs out of memory: then
         sampling starts again from the same generator state, so the result is the tiled one exactly)."""
@@ -250,14 +250,14 @@ class SUPIRRestorer:
 
         def tiles():
             return sampler.sample_tiled(eps_fn, latent, cond, uncond, x_center, generator, t.tile_size,
-                                        t.tile_stride, weights=t.weights)
+                                        t.tile_stride, weights=t.weights, on_progress=on_progress)
 
         fits_one_tile = max(latent.shape[-2:]) <= t.tile_size
         if t.mode == "always" and not fits_one_tile:
             return tiles(), True
         state = generator.get_state()
         try:
-            return sampler.sample(eps_fn, latent, cond, uncond, x_center, generator), False
+            return sampler.sample(eps_fn, latent, cond, uncond, x_center, generator, on_progress=on_progress), False
         except torch.OutOfMemoryError:
             if t.mode == "never" or fits_one_tile:
                 raise
@@ -307,11 +307,13 @@ def restore_images(images, out_dir, sdxl: str, adaptor, config, captioner: Optio
     out.mkdir(parents=True, exist_ok=True)
     restorer = restorer or SUPIRRestorer.load(sdxl, adaptor, config, captioner=captioner)
     written = []
+    progress = ImageStepProgress(len(images), config.sampler.num_steps)
     for path in images:
         path = Path(path)
         with Image.open(path) as im:
             im.load()
-            result = restorer.restore(im, prompt=prompt, tags=tags)
+            with progress.image(path.name) as on_step:
+                result = restorer.restore(im, prompt=prompt, tags=tags, on_progress=on_step)
         target = out / f"{path.stem}.png"
         result.image.save(target)
         meta = {"source": str(path), "caption": result.caption, "tags": list(result.tags), "prompt": result.prompt,
@@ -321,4 +323,56 @@ def restore_images(images, out_dir, sdxl: str, adaptor, config, captioner: Optio
         target.with_suffix(".json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         log.info("%s -> %s (%dx%d)", path, target, *result.image.size)
         written.append(target)
+    progress.close()
     return written
+
+
+class ImageStepProgress:
+    """Images done and the sampler's steps of the current one: two bars on a terminal, else a line per image
+    and a line every few seconds within one."""
+
+    def __init__(self, images: int, steps: int, log_every_s: float = 5.0) -> None:
+        import sys
+
+        self.images, self.steps, self.every = images, steps, log_every_s
+        self.done = 0
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=images, desc="restore", unit="image", file=sys.stderr)
+
+    @contextmanager
+    def image(self, name: str):
+        import sys
+        import time
+
+        step_bar = None
+        if self.bar is not None:
+            from tqdm import tqdm
+
+            step_bar = tqdm(total=self.steps, desc=name, unit="step", leave=False, file=sys.stderr)
+        t0 = last = time.monotonic()
+
+        def on_step(done: int, total: int) -> None:
+            nonlocal last
+            if step_bar is not None:
+                step_bar.update(1)
+            elif time.monotonic() - last >= self.every:
+                last = time.monotonic()
+                print(f"[restore] {name}: step {done}/{total}", file=sys.stderr, flush=True)
+
+        try:
+            yield on_step
+        finally:
+            self.done += 1
+            if step_bar is not None:
+                step_bar.close()
+                self.bar.update(1)
+            else:
+                print(f"[restore] {self.done}/{self.images} images, {name} in {time.monotonic() - t0:.1f}s",
+                      file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -217,19 +217,22 @@ class RestoreEDMSampler:
     # ------------------------------------------------------------------ loops
     @torch.no_grad()
     def sample(self, eps_fn: EpsFn, x, cond: Conditioning, uncond: Optional[Conditioning], x_center=None,
-               generator: Optional[torch.Generator] = None, on_step=None) -> torch.Tensor:
-        """Denoise ``x`` (from ``initial_latent``) over the whole latent at once."""
+               generator: Optional[torch.Generator] = None, on_step=None, on_progress=None) -> torch.Tensor:
+        """Denoise ``x`` (from ``initial_latent``) over the whole latent at once. ``on_progress(done, total)``
+        is called after every step (progress display)."""
         self._check_guidance(x_center)
         sigmas = self.sigmas()
         for i in range(len(sigmas) - 1):
             eps_noise = _noise_like(x, generator)
             x = self.step(eps_fn, x, i, sigmas, cond, uncond, x_center, eps_noise, on_step)
+            if on_progress is not None:
+                on_progress(i + 1, len(sigmas) - 1)
         return x
 
     @torch.no_grad()
     def sample_tiled(self, eps_fn: EpsFn, x, cond: Conditioning, uncond: Optional[Conditioning], x_center=None,
                      generator: Optional[torch.Generator] = None, tile_size: int = 128, tile_stride: int = 64,
-                     on_step=None, weights: str = "official") -> torch.Tensor:
+                     on_step=None, weights: str = "official", on_progress=None) -> torch.Tensor:
         """Official ``TiledRestoreEDMSampler``: each step runs per latent tile (own control and x_center
         slices, one global noise field sliced per tile) and blends tiles with Gaussian weights."""
         from supirkit.model.tiling import gaussian_weights, sliding_windows
@@ -244,19 +247,25 @@ class RestoreEDMSampler:
             eps_noise = _noise_like(x, generator)
             if len(windows) == 1:  # the image fits in one tile: no blending, identical to `sample`
                 x = self.step(eps_fn, x, i, sigmas, cond, uncond, x_center, eps_noise, on_step)
-                continue
-            x_next = torch.zeros_like(x)
-            count = torch.zeros_like(x)
-            for h0, h1, w0, w1 in windows:
-                sl = (slice(None), slice(None), slice(h0, h1), slice(w0, w1))
-                tile_cond = cond.with_control(cond.control[sl])
-                tile_uncond = uncond.with_control(uncond.control[sl]) if uncond is not None else None
-                center = x_center[sl] if x_center is not None else None
-                out = self.step(eps_fn, x[sl], i, sigmas, tile_cond, tile_uncond, center, eps_noise[sl])
-                x_next[sl] += out * blend
-                count[sl] += blend
-            x = x_next / count
+            else:
+                x = self._tiled_step(eps_fn, x, i, sigmas, cond, uncond, x_center, eps_noise, windows, blend)
+            if on_progress is not None:
+                on_progress(i + 1, len(sigmas) - 1)
         return x
+
+    def _tiled_step(self, eps_fn, x, i, sigmas, cond, uncond, x_center, eps_noise, windows, weights):
+        """One step over every latent tile, blended with Gaussian weights."""
+        x_next = torch.zeros_like(x)
+        count = torch.zeros_like(x)
+        for h0, h1, w0, w1 in windows:
+            sl = (slice(None), slice(None), slice(h0, h1), slice(w0, w1))
+            tile_cond = cond.with_control(cond.control[sl])
+            tile_uncond = uncond.with_control(uncond.control[sl]) if uncond is not None else None
+            center = x_center[sl] if x_center is not None else None
+            out = self.step(eps_fn, x[sl], i, sigmas, tile_cond, tile_uncond, center, eps_noise[sl])
+            x_next[sl] += out * weights
+            count[sl] += weights
+        return x_next / count
 
     def _check_guidance(self, x_center):
         if self.settings.tau_r is not None and x_center is None:

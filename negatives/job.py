@@ -50,6 +50,7 @@ from supirkit.datapipe.config import config_hash
 from supirkit.datapipe.devices import resolve_device, resolve_dtype
 from supirkit.datapipe.errors import ConfigError
 from supirkit.datapipe.plan import Partition
+from supirkit.datapipe.progress import report
 from supirkit.datapipe.runner import Pass, prepare_output, run_stage, write_job_summary
 from supirkit.datapipe.sinks import ShardOutput, ShardSink
 from supirkit.datapipe.stage import Stage
@@ -191,6 +192,11 @@ class SDXLGenerator:
             kwargs.update(image=[Image.fromarray(im) for im in images], strength=gen.strength)
         else:
             kwargs.update(height=gen.height, width=gen.width)
+        def step_done(pipe, step, timestep, callback_kwargs):  # live progress: one denoising step of the batch
+            report(steps=1)
+            return callback_kwargs
+
+        kwargs["callback_on_step_end"] = step_done
         with torch.inference_mode():
             out = self.pipe(**kwargs).images
         out = np.asarray(out, dtype=np.float32)
@@ -254,6 +260,7 @@ class NegativesStage(Stage[Partition]):
         with stats.timer("pipeline"):
             pixels = self.generator(specs, images)
         stats.count("batches")
+        stats.count("steps", _denoising_steps(gen))
         for (spec, src), rgb in zip(batch, pixels):
             with stats.timer("encode"):
                 if out_cfg.codec == "png":

@@ -31,9 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     from supirkit import __version__
 
     parser.add_argument("--version", action="version", version=f"supirkit {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show our INFO lines and every library's own warnings and progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", default=False,
+                        help="show our INFO lines and every library's own warnings and progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in _command_modules():
-        p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
+        p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
+                           parents=[common])
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -46,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from supirkit.datapipe.lock import release_output_locks
+    from supirkit.logs import configure
+
+    configure(verbose=args.verbose)
 
     previous = _handle_sigterm()
     try:

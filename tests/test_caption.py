@@ -1,5 +1,7 @@
-"""``supirkit caption`` with the tiny LLaVA loaded through from_pretrained: every sample captioned, keys and
-image bytes unchanged, mixed sizes, corrupt samples skipped with a reason, kill-and-resume, Ray actors."""
+"""``supirkit caption`` with the tiny LLaVA loaded through from_pretrained, writing rewritten shards
+(``output.write=shards``; the caption tables, the default, are tested in test_caption_tables.py): every
+sample captioned, keys and image bytes unchanged, mixed sizes, corrupt samples skipped with a reason,
+kill-and-resume, Ray actors."""
 from __future__ import annotations
 
 import json
@@ -15,7 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--set", "runner.executor=local", "--set", "generation.max_new_tokens=8", "--set", "caption.batch_size=4"]
+FAST = ["--set", "runner.executor=local", "--set", "generation.max_new_tokens=8", "--set", "caption.batch_size=4",
+        "--set", "output.write=shards"]
 
 
 def _argv(shards, out, tiny_models, *extra):
@@ -113,7 +116,8 @@ def test_a_failing_generation_costs_only_its_sample(tmp_path, tiny_models):
 
     shards = make_shards(tmp_path / "in", n_shards=1, per_shard=5)
     cfg = load_config(CaptionConfig, "caption/demo.yaml",
-                      [f"model.name={tiny_models['llava']}", "runner.executor=local", "generation.max_new_tokens=4"])
+                      [f"model.name={tiny_models['llava']}", "runner.executor=local", "generation.max_new_tokens=4",
+                       "output.write=shards"])
     job = run_caption_job([str(shards)], tmp_path / "out", cfg,
                           backend_factory=lambda: Picky(cfg.model, cfg.prompt, cfg.generation))
     assert job.ok and job.summary["captions"] == 4

@@ -121,9 +121,10 @@ def test_token_report_warns_when_most_captions_exceed_the_clip_context(tmp_path)
 
     shard(0, 4, 3, 90.0)
     shard(1, 6, 3, 70.0)  # shard 2 is not done: not counted
-    report = token_report(layout, "shard", 3, warn_share=0.5, limit=77)
+    markers = [layout.stats("shard", i) for i in range(3)]
+    report = token_report(markers, warn_share=0.5, limit=77)
     assert (report["captions"], report["clip_tokens_over_limit"], report["over_limit_share"]) == (10, 6, 0.6)
     assert report["clip_tokens_mean"] == 78.0 and report["new_tokens"] == 100
     assert len(report["warnings"]) == 1 and "60% of captions exceed SDXL's 77-token" in report["warnings"][0]
-    quiet = token_report(layout, "shard", 3, warn_share=0.7, limit=77)
+    quiet = token_report(markers, warn_share=0.7, limit=77)
     assert quiet["warnings"] == []

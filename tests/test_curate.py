@@ -158,7 +158,7 @@ def test_curate_on_ray_with_aesthetics_accounts_for_every_input(samples, tmp_pat
     scored = [r for r in rows if r["status"] == "scored"]
     assert scored and all(isinstance(r["aesthetic"], float) for r in scored)
     assert all(r["aesthetic"] is None for r in rows if r["status"] != "scored")
-    assert "clip_embedding" not in rows[0]  # embeddings stay in the model pass's own files
+    assert "clip_embedding" not in rows[0]  # embeddings are for grouping, not part of the scores table
     metas = _check_shards(out, rows)
     assert all("aesthetic" in m["scores"] for m in metas)
     summary = json.loads((out / "__supirkit__" / "summary.json").read_text())
@@ -311,6 +311,27 @@ def test_missing_pyiqa_weights_is_one_clear_error(samples, tmp_path, capsys):
     assert len(errors) == 1 and "Traceback" not in err, err
     assert f"place it at {weight}" in errors[0] and "musiq_koniq_ckpt-e95806b9.pth" in errors[0]
     assert not weight.exists()  # nothing was downloaded
+    assert not (tmp_path / "out").exists()  # found before any output was made (no scoring pass first)
+    # every missing model is named, one line each, before any work
+    code = _cli(["curate", folder, "--out", tmp_path / "out2", *FAST, "--set", "signals.iqa.metrics=[musiq]",
+                 "--set", "signals.aesthetic.enabled=true", "--set", "signals.aesthetic.clip_model=/nowhere/clip"])
+    err = capsys.readouterr().err
+    assert code == 2 and "musiq" in err and "aesthetic:" in err and "head_weights is not set" in err, err
+    assert not (tmp_path / "out2").exists()
+
+
+def test_a_url_whose_filesystem_is_not_installed_fails_in_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    import fsspec
+
+    def missing(protocol):
+        raise ImportError(f"Install s3fs to access {protocol}")
+
+    monkeypatch.setattr(fsspec, "get_filesystem_class", missing)
+    assert _cli(["curate", "s3://bucket/photos", "--out", tmp_path / "out", *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["supirkit curate: error: s3://bucket/photos: reading s3:// needs s3fs, which is not installed: "
+                   "pip install 'supirkit[s3]'"]
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------ pieces

@@ -314,3 +314,17 @@ def test_img2img_takes_a_folder_of_photos_like_every_stage(tiny_sdxl_dir, tmp_pa
     again = tmp_path / "again"  # the same folder gives the same samples
     assert _cli("negatives", photos, "--out", again, "--count", 4, "--model", tiny_sdxl_dir, *FAST) == 0
     assert _tar_bytes(again) == _tar_bytes(out)
+
+
+def test_progress_counts_denoising_steps_before_any_sample_is_out(input_shards, tiny_sdxl_dir, tmp_path, capsys,
+                                                                   monkeypatch):
+    """Generative stages show per-step progress: the log lines count the model steps as they run."""
+    from supirkit.datapipe import progress
+
+    monkeypatch.setattr(progress, "SEND_EVERY_S", 0.0)  # every report goes out at once (in-process run)
+    folder, _ = input_shards
+    assert _cli("negatives", folder, "--out", tmp_path / "o", "--count", 2, "--model", tiny_sdxl_dir, *FAST,
+                "--set", "runner.progress=log", "--set", "runner.log_every_s=0.001") == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("[negatives]")]
+    assert lines and "model steps at" in lines[-1] and "2 samples" in lines[-1], lines
+    assert any(" 0 samples" in x and "model steps" in x for x in lines), lines  # steps move first

@@ -54,8 +54,10 @@ def test_restore_cli_end_to_end_and_deterministic(tiny_sdxl_dir, adaptor_dir, lq
     assert restore_cli(*common, "--out", tmp_path / "a", "--prompt", "a photo of a cat", "--seed", 7) == 0
     assert restore_cli(*common, "--out", tmp_path / "b", "--prompt", "a photo of a cat", "--seed", 7) == 0
     assert restore_cli(*common, "--out", tmp_path / "c", "--prompt", "a photo of a cat", "--seed", 8) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert str(tmp_path / "a" / "photo.png") in out
+    assert "[restore] 1/1 images, photo.png in" in captured.err  # progress per image (no terminal: log lines)
     a, b, c = (read(tmp_path / d / "photo.png") for d in "abc")
     assert a.shape == (96, 64, 3) and a.std() > 0
     np.testing.assert_array_equal(a, b)

@@ -139,7 +139,7 @@ def test_caption_job_writes_tags_next_to_captions(tmp_path, tiny_models, tag_cli
     argv = ["caption", str(shards), "--out", str(tmp_path / "out"), "--model", str(tiny_models["llava"]),
             "--config", "caption/demo.yaml", "--set", "runner.executor=local", "--set", "generation.max_new_tokens=4",
             "--set", f"tags.model={tag_clip}", "--set", f"tags.vocabulary={vocabulary}", "--set", "tags.top_k=2",
-            "--set", "tags.device=cpu"]
+            "--set", "tags.device=cpu", "--set", "output.write=shards"]
     if "sdxl" in tiny_models:
         argv += ["--set", f"tokens.tokenizer={tiny_models['sdxl']}"]
     assert main(argv) == 0

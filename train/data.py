@@ -5,7 +5,8 @@ Sample ``i`` of rank ``r`` is chosen from a random generator seeded with ``(seed
 1. the mixture member, by weight;
 2. a row of that member's rows owned by rank ``r`` (shards are split by rank; a set with fewer shards than
    ranks is split by rows), through the per-shard parquet indexes: only their row counts are read up
-   front (parquet footers), a shard's ``key`` column only when a row of it is drawn;
+   front (one consolidated table, or the parquet footers), a shard's ``key`` column only when a row of it
+   is drawn (a caption set: the rows of its caption tables, joined by key to the captioned shards);
 3. the crop position and the horizontal flip;
 4. whether the caption is dropped (classifier-free guidance);
 5. the degradation, seeded by the draw: ``(seed, r, i)`` through ``degrade.draw_key`` (``data.degrade_seed:
@@ -46,67 +47,98 @@ class DataError(RuntimeError):
 
 # ----------------------------------------------------------------------------------------- shard indexes
 
-def _parquet_rows(url: str) -> int:
-    import pyarrow.parquet as pq
-
-    with open_binary(url) as f:
-        return pq.ParquetFile(f).metadata.num_rows
-
-
 class ShardSetIndex:
-    """Row counts of every shard of one shard set (from the parquet footers) and lazy per-shard key lists.
+    """Row counts of every shard of one shard set and lazy per-shard key lists.
 
-    Shards without a parquet index (written by other tools) are counted by scanning their tar once.
-    Rows whose ``status`` column (img2dataset) is not ``success`` have no image; drawing one yields
-    ``None`` as key and the caller draws again.
+    The counts come from the set's consolidated table (``datapipe.shard_table``: one file for 25,000 shards)
+    where it has one, else from the parquet footers, read in parallel; shards without a parquet index
+    (written by other tools) are counted by scanning their tar once. Rows whose ``status`` column
+    (img2dataset) is not ``success`` have no image; drawing one yields ``None`` as key and the caller draws
+    again. A caption set (``datapipe.captions``) is indexed by its caption tables: their rows are the rows,
+    their keys the keys, their captions the captions; the images come from the input shards by key.
     """
 
-    def __init__(self, urls: list[str], threads: int = 16):
+    def __init__(self, urls: list[str], threads: int = 16, counts=None, captions=None,
+                 units: Optional[list[int]] = None):
+        from supirkit.datapipe.shard_table import count_rows
+
         if not urls:
             raise DataError("shard set has no shards")
         self.urls = list(urls)
-        from concurrent.futures import ThreadPoolExecutor
+        self.counts = np.asarray(counts if counts is not None else count_rows(self.urls, threads), dtype=np.int64)
+        self.captions, self.units = captions, units
+        self._rows = LRU(64)
 
-        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(self.urls)))) as pool:
-            counts = list(pool.map(self._count, self.urls))
-        self.counts = np.asarray(counts, dtype=np.int64)
-        self._keys = LRU(64)
+    @classmethod
+    def open(cls, spec) -> "ShardSetIndex":
+        """The index of what a mixture member's ``shards`` names: shards (folder, pattern, glob, list) or a
+        caption set."""
+        from supirkit.datapipe.captions import CaptionSet
+        from supirkit.datapipe.tario import list_shards
 
-    @staticmethod
-    def _count(url: str) -> int:
-        index = find_index(url)
-        if index is not None:
-            return _parquet_rows(index)
-        return len(image_keys(scan_members(url)))
+        specs = [spec] if isinstance(spec, str) else list(spec)
+        sets = [CaptionSet.open(s) for s in specs]
+        if any(sets):
+            if len(specs) > 1:
+                raise DataError(f"{spec}: a caption set is read with its input shards; name it alone")
+            units = sets[0].done_units()
+            if not units:
+                raise DataError(f"{spec}: the caption set has no finished caption table")
+            return cls([sets[0].shard_url(u) for u in units], counts=sets[0].rows(units), captions=sets[0],
+                       units=units)
+        return cls(list_shards(spec))
 
     @property
     def total(self) -> int:
         return int(self.counts.sum())
 
     def keys(self, shard: int) -> list[Optional[str]]:
-        return self._keys.get(shard, lambda: self._read_keys(shard))
+        return self.rows(shard).column("key").to_pylist()
 
-    def _read_keys(self, shard: int) -> list[Optional[str]]:
+    def rows(self, shard: int):
+        """One shard's rows as an Arrow table, read once per shard (``key``, and ``members``: the member
+        offsets of each key, or for a caption set ``txt`` and ``tags``); a drawn row is converted alone."""
+        return self._rows.get(shard, lambda: self._read_rows(shard))
+
+    def entry(self, shard: int, row: int) -> tuple[Optional[str], Optional[dict]]:
+        """``(key, members)`` of one row: its key (None: a row without an image) and, when the shard's
+        index has them, its members' ``{ext: (offset, size)}`` (no second read of the index to find them)."""
+        t = self.rows(shard)
+        key = t.column("key")[row].as_py()
+        if "status" in t.column_names and t.column("status")[row].as_py() != "success":
+            return None, None
+        if "members" not in t.column_names:
+            return key, None
+        members = t.column("members")[row].as_py() or []
+        return key, {m["ext"]: (m["offset"], m["size"]) for m in members}
+
+    def caption(self, shard: int, row: int) -> Optional[tuple[str, list[str]]]:
+        """The caption set's caption and tags of one row; None when the set has no caption tables."""
+        if self.captions is None:
+            return None
+        t = self.rows(shard)
+        tags = t.column("tags")[row].as_py() if "tags" in t.column_names else None
+        return (t.column("txt")[row].as_py() or "").strip(), [str(x) for x in tags or []]
+
+    def _read_rows(self, shard: int):
+        import pyarrow as pa
+
+        if self.captions is not None:
+            return self.captions.read(self.units[shard], ["key", "txt", "tags"])
         url = self.urls[shard]
         index = find_index(url)
         if index is None:
-            return image_keys(scan_members(url))
+            return pa.table({"key": pa.array(image_keys(scan_members(url)), pa.string())})
         import pyarrow.parquet as pq
 
         with open_binary(index) as f:
             pf = pq.ParquetFile(f)
-            names = set(pf.schema_arrow.names)
-            columns = ["key"] + (["status"] if "status" in names else [])
-            table = pf.read(columns=columns)
-        keys = table.column("key").to_pylist()
-        if "status" in columns:
-            status = table.column("status").to_pylist()
-            keys = [k if s == "success" else None for k, s in zip(keys, status)]
-        return keys
+            columns = [c for c in ("key", "members", "status") if c in pf.schema_arrow.names]
+            return pf.read(columns=columns)
 
     def __getstate__(self):  # workers rebuild their caches
         state = dict(self.__dict__)
-        state["_keys"] = LRU(64)
+        state["_rows"] = LRU(64)
         return state
 
 
@@ -164,7 +196,10 @@ def _caption(sample: dict, meta: dict) -> str:
     txt = sample.get("txt")
     if txt is not None:
         return txt.decode("utf-8", errors="replace").strip() if isinstance(txt, bytes) else str(txt).strip()
-    return str(meta.get("caption") or "").strip()
+    caption = meta.get("caption")
+    if isinstance(caption, dict):  # caption metadata (a failed caption holds an error, no text)
+        caption = caption.get("text")
+    return caption.strip() if isinstance(caption, str) else ""
 
 
 def _tags(meta: dict) -> list[str]:
@@ -226,7 +261,6 @@ class MixtureStream(IterableDataset):
                  start_micro_batch: int = 0, stream: Optional[int] = None, prompt_rule: Optional[PromptRule] = None,
                  fixed_time_ids: Optional[list[float]] = None, degrader_factory: Optional[Callable] = None,
                  indexes: Optional[list[ShardSetIndex]] = None):
-        from supirkit.datapipe.tario import list_shards
 
         self.data, self.seed, self.rank, self.world = data, int(seed), int(rank), int(world)
         self.stream = self.rank if stream is None else int(stream)
@@ -236,12 +270,11 @@ class MixtureStream(IterableDataset):
             indexes = []
             for m in self.members:
                 try:
-                    urls = list_shards(m.shards)
+                    indexes.append(ShardSetIndex.open(m.shards))
                 except FileNotFoundError as exc:
                     raise DataError(f"mixture member {m.name!r}: {exc}") from None
-                if not urls:
-                    raise DataError(f"mixture member {m.name!r}: no shards in {m.shards}")
-                indexes.append(ShardSetIndex(urls))
+                except DataError as exc:
+                    raise DataError(f"mixture member {m.name!r}: {exc} ({m.shards})") from None
         self.indexes = indexes
         split = data.split_shards_by_rank and self.stream < VALIDATION_STREAM
         self.views = [RankView(ix, self.rank, self.world, split) for ix in self.indexes]
@@ -309,10 +342,12 @@ class MixtureStream(IterableDataset):
 
         member = self.members[draw.member]
         index = self.indexes[draw.member]
-        key = index.keys(draw.shard)[draw.row]
+        key, members = index.entry(draw.shard, draw.row)
         if key is None:
             raise _Skip("row without image")
-        raw = self.reader.read(index.urls[draw.shard], key)
+        url = index.urls[draw.shard]
+        # a caption set's rows are its caption tables': the member offsets come from the captioned shard's index
+        raw = self.reader.read(url, key, members if index.captions is None else None)
         _, data = sample_image(raw)
         if data is None:
             raise _Skip(f"{key}: no image member")
@@ -352,8 +387,9 @@ class MixtureStream(IterableDataset):
             target = _resize(target, c, c)
         if lq.shape[:2] != (c, c):  # the LQ goes through the VAE beside the HQ: same size
             lq = _resize(lq, c, c)
-        caption = _caption(raw, meta)
-        prompt = "" if draw.drop_caption else self.prompt_rule(caption, member.prompt, _tags(meta))
+        joined = index.caption(draw.shard, draw.row)  # a caption set's caption, joined by key
+        caption, tags = joined if joined is not None else (_caption(raw, meta), _tags(meta))
+        prompt = "" if draw.drop_caption else self.prompt_rule(caption, member.prompt, tags)
         return {"hq": np.ascontiguousarray(target, dtype=np.uint8), "lq": np.ascontiguousarray(lq, dtype=np.uint8),
                 "caption": caption, "prompt": prompt, "time_ids": self._time_ids(h0, w0, top * h0 / h, left * w0 / w),
                 "key": key, "member": draw.member, "index": draw.index, "attempt": draw.attempt}

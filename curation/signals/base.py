@@ -131,8 +131,11 @@ class ImageView:
 class Scorer:
     """A pluggable signal: ``score_batch(views) -> [dict per view]``.
 
-    ``needs_gpu`` scorers run in the model pass (a Ray actor pool, one replica per actor); the others
-    run in the CPU pass as plain tasks. ``setup(device)`` loads weights once per worker.
+    ``needs_gpu`` scorers hold a model (loaded once per Ray actor, one replica each); the others run in
+    CPU tasks. ``setup(device)`` loads weights once per worker. A model scorer splits its work in two:
+    ``prepare(view)`` cuts the model's input from the decoded image (CPU work, no weights: it runs
+    wherever the image was decoded, on a copy of the scorer pickled without its model), and
+    ``score_prepared(inputs)`` runs the model on a batch of them; ``score_batch`` is the two in a row.
     """
 
     name = "scorer"
@@ -147,7 +150,14 @@ class Scorer:
         pass
 
     def score_batch(self, views: list[ImageView]) -> list[dict]:
-        return [self.score(v) for v in views]
+        return self.score_prepared([self.prepare(v) for v in views])
+
+    def prepare(self, view: ImageView):
+        """The scorer's input from one decoded image (the view itself for scorers that read it whole)."""
+        return view
+
+    def score_prepared(self, inputs: list) -> list[dict]:
+        return [self.score(v) for v in inputs]
 
     def score(self, view: ImageView) -> dict:
         raise NotImplementedError

@@ -37,26 +37,30 @@ class IQAScorer(Scorer):
         self.device = resolve_device(device or self.device_pref)
         self.model = build_pyiqa(self.metric, self.device, self.pretrained, self.options)
 
-    def _tiles(self, view: ImageView) -> list[np.ndarray]:
+    def __getstate__(self):  # a copy sent to a CPU task prepares inputs: it never carries the model
+        return {**self.__dict__, "model": None}
+
+    def prepare(self, view: ImageView) -> list[np.ndarray]:
+        """The native-resolution tiles the metric reads (uint8 copies: small, and free of the full image)."""
         h, w = view.height, view.width
         t = min(self.tile_size, h, w)
         boxes = view.tile_boxes[0][: self.tiles] if t == min(view.opt.tile_size, h, w) else []
         if not boxes:  # tiles of another size: a centred row of positions
             xs = np.linspace(0, w - t, self.tiles + 2)[1:-1].astype(int)
             boxes = [((h - t) // 2, int(x)) for x in xs]
-        return [view.native[y:y + t, x:x + t] for y, x in boxes]
+        return [np.ascontiguousarray(view.native[y:y + t, x:x + t]) for y, x in boxes]
 
-    def score_batch(self, views: list[ImageView]) -> list[dict]:
+    def score_prepared(self, inputs: list[list[np.ndarray]]) -> list[dict]:
         import torch
 
         if self.model is None:
             self.setup()
         tiles, owner = [], []
-        for i, v in enumerate(views):
-            for tile in self._tiles(v):
-                tiles.append(torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1).float() / 255.0)
+        for i, image_tiles in enumerate(inputs):
+            for tile in image_tiles:
+                tiles.append(torch.from_numpy(tile).permute(2, 0, 1).float() / 255.0)
                 owner.append(i)
-        scores: list[list[float]] = [[] for _ in views]
+        scores: list[list[float]] = [[] for _ in inputs]
         shapes: dict = {}
         for t, i in zip(tiles, owner):
             shapes.setdefault(tuple(t.shape), []).append((t, i))
@@ -110,7 +114,12 @@ class ClipScorer(Scorer):
                                           "MLP file (e.g. sac+logos+ava1-l14-linearMSE.pth)")
             self.head = load_aesthetic_head(self.head_weights).to(self.device).eval()
 
-    def _prep(self, view: ImageView) -> np.ndarray:
+    def __getstate__(self):  # a copy sent to a CPU task prepares inputs: it never carries the model
+        return {**self.__dict__, "model": None, "head": None}
+
+    def prepare(self, view: ImageView) -> np.ndarray:
+        """The centre crop the model reads, resized to its input size (uint8 HxWx3; normalised in
+        ``score_prepared``, beside the model)."""
         import cv2
 
         s = self.image_size
@@ -120,18 +129,22 @@ class ClipScorer(Scorer):
         img = cv2.resize(src, (max(s, round(w * k)), max(s, round(h * k))),
                          interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_CUBIC)
         y, x = (img.shape[0] - s) // 2, (img.shape[1] - s) // 2
-        img = img[y:y + s, x:x + s].astype(np.float32) / 255.0
+        return np.ascontiguousarray(img[y:y + s, x:x + s])
+
+    def _normalise(self, crop: np.ndarray) -> np.ndarray:
+        img = crop.astype(np.float32) / 255.0
         return ((img - self.mean) / self.std).transpose(2, 0, 1)
 
-    def score_batch(self, views: list[ImageView]) -> list[dict]:
+    def score_prepared(self, inputs: list[np.ndarray]) -> list[dict]:
         import torch
 
         if self.model is None:
             self.setup()
         out: list[dict] = []
         with torch.inference_mode():
-            for s in range(0, len(views), self.batch_size):
-                x = torch.from_numpy(np.stack([self._prep(v) for v in views[s:s + self.batch_size]])).to(self.device)
+            for s in range(0, len(inputs), self.batch_size):
+                x = torch.from_numpy(np.stack([self._normalise(c) for c in inputs[s:s + self.batch_size]]))
+                x = x.to(self.device)
                 emb = torch.nn.functional.normalize(self.model.encode_image(x).float(), dim=-1)
                 aest = self.head(emb).reshape(-1).cpu().numpy() if self.head is not None else None
                 e = emb.cpu().numpy().astype(np.float32)

@@ -31,8 +31,9 @@ def check_sources(sources) -> None:
     before an output folder is bound to it. The job itself records a vanished or unreadable input as a
     rejection; a whole SRC that names nothing is a mistake on the command line. URLs are left to the job."""
     from supirkit.cli import UserError
-    from supirkit.datapipe.sources import INVALID, has_braces, is_url, list_inputs
+    from supirkit.datapipe.sources import INVALID, check_protocols, has_braces, is_url, list_inputs
 
+    check_protocols(sources)
     for src in sources:
         if is_url(src):
             continue
@@ -106,6 +107,11 @@ def finish(stage: str, result, out, what: str, inputs: int | None = None) -> int
     print(f"{stage}: {what}; rejected: {result.rejection_line()}")
     summary = ShardSetLayout(Path(out)).summary_file
     if summary.is_file():
+        import json
+
+        pattern = json.loads(summary.read_text(encoding="utf-8")).get("pattern")
+        if pattern and result.samples:
+            print(f"{stage}: shards: {pattern}")
         print(f"{stage}: summary in {summary}")
     for fail in result.failed[:5]:
         print(f"{stage}: failed {fail.describe_failure()}")

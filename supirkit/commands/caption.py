@@ -43,6 +43,9 @@ def run(args) -> int:
             data["image"]["use"] = {"curated": "curated", "original": "source"}[args.source]
         cfg = CaptionConfig.model_validate(data)
     check_output_folder(args.out)
+    from supirkit.datapipe.sources import check_protocols
+
+    check_protocols(args.shards)
     check_model_ref("model.name", cfg.model.name)
     try:
         job = run_caption_job(args.shards, args.out, cfg, fresh=args.fresh)

@@ -42,6 +42,9 @@ def run(args) -> int:
             data["model"]["id"] = args.model
         cfg = validate(NegativesConfig, data, "--count/--model")
     check_output_folder(args.out)
+    from supirkit.datapipe.sources import check_protocols
+
+    check_protocols(args.sources)
     if args.sources or cfg.generate.mode == "txt2img":  # else the job's own "needs SRC" line comes first
         # before the output folder is bound to this config: a model that cannot load would leave a job
         # whose corrected rerun is refused as "a different config"

@@ -76,9 +76,6 @@ def run(args) -> int:
             check_tagger(cfg.tagger)
         except BackendError as exc:
             raise UserError(str(exc)) from None
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from supirkit.model.restore import restore_images
 
     try:

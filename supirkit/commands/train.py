@@ -151,15 +151,19 @@ def check_inputs(cfg, resume) -> None:
     if cfg.model.dr_encoder and not os.path.exists(cfg.model.dr_encoder):
         raise UserError(f"model.dr_encoder {cfg.model.dr_encoder}: no such folder (train it with --stage encoder, "
                         "or set model.dr_encoder=null to start from the SDXL encoder)")
-    from supirkit.datapipe.sources import is_url
+    from supirkit.datapipe.captions import CaptionSet
+    from supirkit.datapipe.sources import check_protocols, is_url
     from supirkit.datapipe.tario import list_shards
 
     for member in cfg.data.mixture:
-        for spec in [member.shards] if isinstance(member.shards, str) else member.shards:
+        specs = [member.shards] if isinstance(member.shards, str) else member.shards
+        check_protocols(specs)
+        for spec in specs:
             if is_url(spec):
                 continue  # listed by every rank with its own credentials
+            captions = CaptionSet.open(spec)
             try:
-                found = list_shards(spec)
+                found = [captions.shard_url(u) for u in captions.done_units()] if captions else list_shards(spec)
             except FileNotFoundError:
                 found = []
             if not found:

@@ -1,4 +1,6 @@
-"""Demo step: caption the curated shards with the tiny LLaVA, one model replica in a local Ray actor."""
+"""Demo step: caption the curated shards with the tiny LLaVA, one model replica in a local Ray actor. The
+captions go to a caption set (a table per shard, keyed by sample key), which inspect and train read with the
+curated shards."""
 from __future__ import annotations
 
 import json
@@ -35,10 +37,11 @@ def step(ctx) -> dict:
     summary = json.loads(layout.summary_file.read_text())
     report = summary.get("caption", {})
     example = ""
-    for index in sorted(layout.index_dir.glob("*.parquet")):
-        column = pq.read_table(index, columns=["caption"]).column(0).to_pylist()
+    # a caption set: one caption table per curated shard, keyed by sample key (the images stay where they are)
+    for table in sorted(layout.captions_dir.glob("*.parquet")):
+        column = pq.read_table(table, columns=["txt"]).column(0).to_pylist()
         if column:
-            example = ((column[0] or {}).get("text") or "")[:48]
+            example = (column[0] or "")[:48]
             break
     return {"shards": str(out), "input": str(shards), "captions": report.get("captions"),
             "skipped": sum(summary["rejected"].values()), "clip_tokens_mean": report.get("clip_tokens_mean"),

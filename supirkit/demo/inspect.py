@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from supirkit.datapipe.captions import is_shard_set
+
 
 def _shards(ctx, stage: str) -> Path | None:
     path = (ctx.outputs.get(stage) or {}).get("shards")
-    if path and any(Path(path).glob("*.tar")):
+    if path and is_shard_set(path):
         return Path(path)
     return None
 

@@ -4,12 +4,13 @@ fed by the curated shards (with their captions, when the caption step ran) and t
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+from supirkit.datapipe.captions import is_shard_set
 
 
 def _shards(ctx, name: str):
     shards = (ctx.outputs.get(name) or {}).get("shards")
-    return shards if shards and any(Path(shards).glob("*.tar")) else None
+    return shards if shards and is_shard_set(shards) else None
 
 
 def step(ctx) -> dict:
