@@ -29,6 +29,7 @@ from supirkit.datapipe.captions import INPUTS_FILE, caption_output, finish_capti
 from supirkit.datapipe.config import ShardingConfig
 from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS, rejection_reason
 from supirkit.datapipe.files import read_json
+from supirkit.datapipe.inputs import MEMBER_REJECTIONS
 from supirkit.datapipe.keys import display_source
 from supirkit.datapipe.plan import Partition, plan_partitions
 from supirkit.datapipe.runner import Pass, prepare_output, run_stage, write_job_summary
@@ -143,8 +144,14 @@ class CaptionStage(Stage[Partition]):
             batch.rejections.append((f"{tar_source}#{display_source(name)}", "unsafe_tar_member",
                                      "absolute path or '..' in a tar member name"))
 
+        def skipped(name: str, why: str) -> None:  # links, devices, ...: inputs with a reason (folders are not)
+            if why in MEMBER_REJECTIONS:
+                batch.rejections.append((f"{tar_source}#{display_source(name)}", MEMBER_REJECTIONS[why],
+                                         f"tar member not taken: {why}"))
+
         try:
-            for sample in read_shard(url, on_unsafe=unsafe, max_member_bytes=self.cfg.decode.max_file_bytes):
+            for sample in read_shard(url, on_unsafe=unsafe, on_skip=skipped,
+                                     max_member_bytes=self.cfg.decode.max_file_bytes):
                 batch.timings["read"] = batch.timings.get("read", 0.0) + time.perf_counter() - t_read
                 t = time.perf_counter()
                 batch.items.append(self._prepare(sample, tar_source))

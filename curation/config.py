@@ -5,7 +5,16 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from supirkit.datapipe.config import PREFIX_PATTERN, DecodeConfig, OutputConfig, RunnerConfig, Schema, config_hash
+from supirkit.curation.keep import DEFAULT_RANK_BY
+from supirkit.datapipe.config import (
+    PREFIX_PATTERN,
+    DecodeConfig,
+    ListingConfig,
+    OutputConfig,
+    RunnerConfig,
+    Schema,
+    config_hash,
+)
 from supirkit.datapipe.devices import Device
 from supirkit.datapipe.prefilter import PrefilterConfig
 
@@ -74,9 +83,10 @@ class DedupConfig(Schema):
     exact: bool = True
     near: NearDedupConfig = NearDedupConfig()
     semantic: SemanticDedupConfig = SemanticDedupConfig()
-    rank_by: list[str] = Field(default_factory=lambda: ["short_side", "jpeg_quality", "sharpness"],
-                               description="Columns (higher is better, in order) choosing the member kept in "
-                                           "a group; a missing jpeg_quality (lossless file) counts as 101.")
+    rank_by: list[str] = Field(default_factory=lambda: list(DEFAULT_RANK_BY),
+                               description="Criteria choosing the member kept in a group, best first: score "
+                                           "columns (higher is better; -name: lower is better) or derived ones "
+                                           "(reencoded, fidelity); see curation/keep.py")
 
 
 class RuleCheckConfig(Schema):
@@ -133,6 +143,7 @@ class ReportConfig(Schema):
 
 class CurateConfig(Schema):
     input: InputConfig = InputConfig()
+    listing: ListingConfig = ListingConfig()
     decode: DecodeConfig = DecodeConfig()
     prefilter: PrefilterConfig = PrefilterConfig(min_side=1024, max_aspect_ratio=4.0)
     signals: SignalsConfig = SignalsConfig()

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from supirkit.datapipe.files import atomic_write_json, atomic_write_parquet, read_json
+from supirkit.datapipe.files import atomic_write_json, atomic_write_parquet, read_json_or_none
 
 GROUPS_FILE = "groups.parquet"
 
@@ -259,10 +259,9 @@ def group_duplicates(signal_parts: list[Path], model_parts: list[Path], out_dir:
     import pyarrow as pa
 
     marker = out_dir / "_DONE.json"
-    if marker.is_file():
-        done = read_json(marker)
-        if done.get("hash") == cfg_hash:
-            return done
+    done = read_json_or_none(marker)  # missing or damaged: group again
+    if isinstance(done, dict) and done.get("hash") == cfg_hash:
+        return done
     if out_dir.exists():
         shutil.rmtree(out_dir)  # another dedup config, or an interrupted attempt: group again from scratch
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,9 +29,9 @@ from supirkit.curation.select import previous_selection, select
 from supirkit.curation.stages import CurateFolders, ScoreStage, WriteStage
 from supirkit.datapipe.config import ShardingConfig
 from supirkit.datapipe.errors import ConfigError, MissingWeights
-from supirkit.datapipe.files import atomic_write_json, read_json
+from supirkit.datapipe.files import atomic_write_json, read_bookkeeping
 from supirkit.datapipe.plan import partitions_dir, plan_partitions, planned_inputs
-from supirkit.datapipe.runner import Pass, prepare_output, run_stage, write_job_summary
+from supirkit.datapipe.runner import Pass, acquire_output, prepare_output, release_output, run_stage, write_job_summary
 from supirkit.datapipe.shard_format import ShardSetLayout
 from supirkit.datapipe.sinks import ShardOutput
 from supirkit.datapipe.stats import JobResult
@@ -90,12 +90,12 @@ def preflight_models(cfg: CurateConfig) -> None:
 def _check_select_only(layout: ShardSetLayout, folders: CurateFolders, cfg: CurateConfig) -> int:
     if not layout.job_file.is_file():
         raise ConfigError(f"{layout.root}: --select-only needs a finished scoring run in this folder; none found")
-    prev = read_json(layout.job_file)
+    prev = read_bookkeeping(layout.job_file, "job record")
     if prev.get("config_hash") != cfg.scoring_hash():
         raise ConfigError(f"{layout.root}: --select-only: the scoring part of the config (input, decode, prefilter, "
                           "signals) differs from the one the scores were made with; rerun without --select-only "
                           "and with --fresh to rescore")
-    n = int(read_json(partitions_dir(layout.work) / "_DONE.json")["partitions"])
+    n = int(read_bookkeeping(partitions_dir(layout.work) / "_DONE.json", "partition plan marker")["partitions"])
     missing = [i for i in range(n) if not folders.signals.marker(i).is_file()]
     if missing:
         raise ConfigError(f"{layout.root}: --select-only: scoring is incomplete ({len(missing)} partition(s) "
@@ -119,7 +119,8 @@ def _score(sources: list[str], layout: ShardSetLayout, folders: CurateFolders, c
     chash = cfg.scoring_hash()
     sharding = ShardingConfig(samples_per_shard=cfg.input.inputs_per_partition,
                               target_bytes=cfg.input.bytes_per_partition)
-    n = plan_partitions(list_inputs(sources), layout.work, sharding)
+    listing = list_inputs(sources, follow_symlinks_outside=cfg.listing.follow_symlinks_outside)
+    n = plan_partitions(listing, layout.work, sharding)
     inputs = planned_inputs(layout.work)
     scored = run_stage(Pass(ScoreStage(cfg), folders.signals, n, layout.work, chash, "curate: score", inputs),
                        cfg.runner)
@@ -149,6 +150,9 @@ def run_curate_job(sources: Iterable[str] | None, out: str | Path, cfg: CurateCo
             raise ConfigError("--select-only and --fresh exclude each other (--fresh deletes the scores)")
         layout = ShardSetLayout(Path(out).absolute())
         folders = CurateFolders(layout)
+        if not layout.job_file.is_file():
+            raise ConfigError(f"{layout.root}: --select-only needs a finished scoring run in this folder; none found")
+        acquire_output(layout)
         n = _check_select_only(layout, folders, cfg)
     else:
         if not sources:
@@ -188,4 +192,5 @@ def run_curate_job(sources: Iterable[str] | None, out: str | Path, cfg: CurateCo
         extra["report"] = str(write_report(layout, folders, cfg, funnel, done["selection"]))
     write.rejected = rejected
     write_job_summary(layout, STAGE_NAME, write, extra=extra)
+    release_output(layout)
     return result

@@ -17,9 +17,10 @@ from typing import Optional
 
 from supirkit.curation.config import CurateConfig
 from supirkit.curation.dedup import load_groups
+from supirkit.curation.keep import columns_for, rank
 from supirkit.curation.rules import CompiledRules, compile_rules
 from supirkit.curation.stages import CurateFolders
-from supirkit.datapipe.files import atomic_write_parquet, read_json
+from supirkit.datapipe.files import atomic_write_parquet, read_json_or_none
 from supirkit.datapipe.sinks import rows_to_table
 
 #: columns of the scores table that are bookkeeping, not signals (left out of each sample's scores)
@@ -81,18 +82,6 @@ def _align(table, schema):
     return pa.Table.from_arrays([column(f) for f in schema], schema=schema)
 
 
-def rank(row: dict, rank_by: list[str]) -> tuple:
-    """Higher is better, column by column; a missing value ranks last, except a missing jpeg_quality, which
-    means a lossless file and ranks above every JPEG (as 101). Ties: the earlier input."""
-    vals = []
-    for c in rank_by:
-        v = row.get(c)
-        if v is None and c == "jpeg_quality":
-            v = 101
-        vals.append(float("-inf") if v is None else float(v))
-    return (*vals, -int(row["order"]))
-
-
 @dataclass
 class Verdicts:
     """What the choice of each group's kept member needs: only the members of groups are held (the rule
@@ -119,7 +108,8 @@ def rule_verdicts(folders: CurateFolders, n_parts: int, rules: CompiledRules, gr
         if t.num_rows == 0:
             continue
         failed = rules.evaluate_table(t)
-        cols = {c: t.column(c).to_pylist() for c in ["order", "source"] + rank_by if c in t.column_names}
+        wanted = ["order", "source"] + columns_for(rank_by)
+        cols = {c: t.column(c).to_pylist() for c in wanted if c in t.column_names}
         for r in range(t.num_rows):
             o = cols["order"][r]
             row = {c: cols[c][r] for c in cols}
@@ -253,8 +243,9 @@ def select(folders: CurateFolders, cfg: CurateConfig, n_parts: int) -> dict:
 
 
 def previous_selection(folders: CurateFolders) -> Optional[dict]:
-    marker = folders.select / "_DONE.json"
-    return read_json(marker) if marker.is_file() else None
+    """The finished selection's record; None when there is none or it is damaged (selection is redone)."""
+    done = read_json_or_none(folders.select / "_DONE.json")
+    return done if isinstance(done, dict) else None
 
 
 __all__ = ["select", "rule_verdicts", "group_winners", "decide", "Funnel", "WritePlan", "scores_schema",

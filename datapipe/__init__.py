@@ -9,15 +9,16 @@ everything else here is plumbing the stages share:
 - ``sources`` / ``inputs``: listing inputs (absolute paths, URLs, lists, tars) and reading them as raw items;
 - ``plan`` / ``stage`` / ``executors`` / ``runner``: partitions, the stage protocol, where units run, passes;
 - ``stats`` / ``progress``: statistics that add up, live progress; ``errors`` / ``files``: typed errors and
-  atomic writes; ``decode`` / ``prefilter``: safe decoding and the header checks; ``conditions`` /
-  ``manifest``: selecting rows of scores and index tables; ``dedup``: exact duplicate groups; ``pack``:
-  the ``supirkit shard`` job.
+  atomic writes; ``lock``: one run per output folder, and which writers are still alive; ``decode`` /
+  ``prefilter``: safe decoding and the header checks; ``conditions`` / ``manifest``: selecting rows of scores
+  and index tables; ``dedup``: exact duplicate groups; ``pack``: the ``supirkit shard`` job.
 Submodules import their heavy dependencies lazily.
 """
 from supirkit.datapipe.conditions import Condition, ConditionError, filter_table
 from supirkit.datapipe.config import (
                                       CONFIG_ROOT,
                                       DecodeConfig,
+                                      ListingConfig,
                                       RunnerConfig,
                                       Schema,
                                       ShardingConfig,
@@ -31,14 +32,23 @@ from supirkit.datapipe.errors import (
                                       DecodeError,
                                       FileTooLarge,
                                       MissingWeights,
+                                      OutputLocked,
                                       PreflightError,
                                       TransientIOError,
                                       rejection_reason,
 )
 from supirkit.datapipe.files import atomic_write, atomic_write_json, atomic_write_parquet
 from supirkit.datapipe.keys import content_key, display_source, sub_key
+from supirkit.datapipe.lock import OutputLock
 from supirkit.datapipe.plan import Partition, load_partition, plan_partitions
-from supirkit.datapipe.runner import Pass, iter_rejections, prepare_output, run_stage, write_job_summary
+from supirkit.datapipe.runner import (
+                                      Pass,
+                                      iter_rejections,
+                                      prepare_output,
+                                      release_output,
+                                      run_stage,
+                                      write_job_summary,
+)
 from supirkit.datapipe.shard_format import IMAGE_EXTS, ShardSetLayout
 from supirkit.datapipe.sinks import ShardOutput, ShardSink, TableOutput, TableSink
 from supirkit.datapipe.sources import InputRef, list_inputs
@@ -52,6 +62,7 @@ __all__ = [
     "filter_table",
     "CONFIG_ROOT",
     "DecodeConfig",
+    "ListingConfig",
     "RunnerConfig",
     "Schema",
     "ShardingConfig",
@@ -68,6 +79,7 @@ __all__ = [
     "DecodeError",
     "FileTooLarge",
     "MissingWeights",
+    "OutputLocked",
     "PreflightError",
     "TransientIOError",
     "rejection_reason",
@@ -83,6 +95,8 @@ __all__ = [
     "Pass",
     "iter_rejections",
     "prepare_output",
+    "release_output",
+    "OutputLock",
     "run_stage",
     "write_job_summary",
     "IMAGE_EXTS",

@@ -31,18 +31,24 @@ class Schema(BaseModel):
 
 
 class RunnerConfig(Schema):
-    """How a partitioned stage is executed. Does not change outputs, so it is left out of the config hash."""
+    """How a partitioned stage is executed. Does not change outputs, so it is left out of the config hash.
+    Every number is bounded: a value past the bound is a typo, and Ray or the OS would fail on it later."""
 
     executor: Literal["ray", "local"] = "ray"
     ray_address: Optional[str] = Field(None, description="None: join RAY_ADDRESS if set, else start a local Ray.")
-    num_cpus_per_task: float = Field(1.0, gt=0)
-    num_gpus_per_actor: float = Field(1.0, ge=0)
-    num_actors: Optional[int] = Field(None, ge=1, description="GPU stages: actor count; None = one per GPU (1 on CPU).")
-    max_in_flight: int = Field(8, ge=1, description="Partitions submitted ahead of completion (bounds driver memory).")
-    max_retries: int = Field(3, ge=0, description="Ray task retries after a worker dies.")
-    io_retries: int = Field(3, ge=0, description="Retries of a transient read error, with backoff.")
+    connect_timeout_s: float = Field(30.0, gt=0, le=3600,
+                                     description="Seconds to reach ray_address before giving up with one line.")
+    num_cpus_per_task: float = Field(1.0, gt=0, le=1024)
+    num_gpus_per_actor: float = Field(1.0, ge=0, le=64)
+    num_actors: Optional[int] = Field(None, ge=1, le=100_000,
+                                      description="GPU stages: actor count; None = one per GPU (1 on CPU).")
+    max_in_flight: int = Field(8, ge=1, le=100_000,
+                               description="Partitions submitted ahead of completion (bounds driver memory).")
+    max_retries: int = Field(3, ge=0, le=100, description="Ray task retries after a worker dies.")
+    io_retries: int = Field(3, ge=0, le=100, description="Retries of a transient read error, with backoff.")
     progress: Literal["auto", "bar", "log", "none"] = "auto"
-    log_every_s: float = Field(5.0, gt=0, description="Seconds between progress lines when not on a terminal.")
+    log_every_s: float = Field(5.0, gt=0, le=86_400,
+                               description="Seconds between progress lines when not on a terminal.")
 
 
 #: a shard-name prefix: letters, digits, ``_`` and ``-`` (no dots: keys and names split at the first dot)
@@ -59,13 +65,43 @@ class OutputConfig(Schema):
 class ShardingConfig(OutputConfig):
     """How inputs are cut into partitions; partition i becomes output shard i."""
 
-    samples_per_shard: int = Field(1000, ge=1)
-    target_bytes: int = Field(1_000_000_000, ge=1, description="Approximate input bytes per partition.")
+    samples_per_shard: int = Field(1000, ge=1, le=10_000_000)
+    target_bytes: int = Field(1_000_000_000, ge=1, le=1 << 44, description="Approximate input bytes per partition.")
 
 
 class DecodeConfig(Schema):
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Refuse images above this many pixels (bomb guard).")
-    max_file_bytes: int = Field(DEFAULT_MAX_FILE_BYTES, ge=1, description="Refuse inputs larger than this.")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, le=1 << 36,
+                            description="Refuse images above this many pixels (bomb guard).")
+    max_file_bytes: int = Field(DEFAULT_MAX_FILE_BYTES, ge=1, le=1 << 40, description="Refuse inputs larger than this.")
+
+
+class ListingConfig(Schema):
+    """What a folder walk takes as inputs. Only regular files are ever read (FIFOs, sockets and devices are
+    recorded as ``special_file``); a symlink is followed to a regular file inside the walked folder."""
+
+    follow_symlinks_outside: bool = Field(
+        False, description="Also read symlinks that point out of the walked folder (else: outside_source).")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, refusing a key written twice in one mapping: YAML lets the last one win
+    silently, so a second ``runner:`` section would quietly replace the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (YAML would keep only the last one)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -73,7 +109,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -134,7 +134,10 @@ def group_exact_duplicates(parts_dir: str | Path, dedup_dir: str | Path, runner=
     out = Path(dedup_dir)
     marker = out / "_DONE"
     if marker.exists():
-        return int(marker.read_text() or 0)
+        try:
+            return int(marker.read_text())
+        except (OSError, ValueError):  # damaged from outside (written atomically): group again
+            pass
     if out.exists():
         shutil.rmtree(out)  # a killed earlier attempt
     out.mkdir(parents=True)

@@ -63,6 +63,27 @@ class BadMetadata(SupirkitError):
     """A sample's metadata member that is not a JSON object (a list, a number, nesting too deep to parse)."""
 
 
+class NotARegularFile(OSError):
+    """An input that is a FIFO, socket or device: never read (a FIFO would block ``open`` forever, a device
+    could be read without end). Found by ``fstat`` on a descriptor opened without blocking."""
+
+    def __init__(self, source: str, kind: str):
+        super().__init__(f"{source}: is a {kind}, not a regular file")
+        self.source, self.kind = source, kind
+
+
+class OutputLocked(SupirkitError):
+    """Another live run holds the output folder's lock; the message names it."""
+
+
+class DiskFull(SupirkitError):
+    """A write failed for lack of space; the message names the folder, the free and the needed space."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (schedulers, Kubernetes, ``kill``), raised in the main thread and handled like SIGINT."""
+
+
 #: What a corrupt input can raise while it is read, unpacked or parsed. Network and storage errors are
 #: not here: they fail the unit, which is retried (``TransientIOError``), or are a missing file (vanished).
 CORRUPT_INPUT_ERRORS = (DecodeError, BadMetadata, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile,
@@ -81,6 +102,8 @@ def rejection_reason(exc: BaseException) -> tuple[str, str]:
         return "vanished", "listed but gone when read"
     if isinstance(exc, IsADirectoryError):
         return "is_directory", ""
+    if isinstance(exc, NotARegularFile):
+        return "special_file", exc.kind
     if isinstance(exc, (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)):
         return "corrupt_tar", detail
     if isinstance(exc, (BadMetadata, RecursionError, json.JSONDecodeError, UnicodeDecodeError)):
@@ -90,5 +113,11 @@ def rejection_reason(exc: BaseException) -> tuple[str, str]:
     return "corrupt", detail
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Errors that may pass on a retry (network timeouts, resets): never a property of the input."""
+    return isinstance(exc, (TransientIOError, TimeoutError, ConnectionError))
+
+
 __all__ = ["SupirkitError", "ConfigError", "PreflightError", "MissingWeights", "TransientIOError", "DecodeError",
-           "FileTooLarge", "BadMetadata", "CORRUPT_INPUT_ERRORS", "rejection_reason"]
+           "FileTooLarge", "BadMetadata", "NotARegularFile", "OutputLocked", "DiskFull", "Terminated",
+           "CORRUPT_INPUT_ERRORS", "rejection_reason", "is_transient"]

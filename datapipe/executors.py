@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from typing import Iterator, Optional
 
 from supirkit.datapipe.config import RunnerConfig
+from supirkit.datapipe.errors import ConfigError
 from supirkit.datapipe.progress import Progress
 from supirkit.datapipe.stage import Stage, UnitOfWork, run_unit
 from supirkit.datapipe.stats import UnitResult
@@ -50,14 +53,18 @@ class LocalExecutor(Executor):
 
 
 def ensure_ray(cfg: RunnerConfig) -> None:
-    """Join the cluster named by ``runner.ray_address`` or ``RAY_ADDRESS``, else start a local Ray quietly."""
+    """Join the cluster named by ``runner.ray_address`` or ``RAY_ADDRESS``, else start a local Ray quietly.
+    An address that does not answer within ``runner.connect_timeout_s`` is one line (Ray itself would retry
+    for minutes without a word); the process's SIGTERM handler survives ``ray.init`` (which replaces it)."""
     import ray
 
     if ray.is_initialized():
         return
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(ignore_reinit_error=True, logging_level=logging.WARNING, log_to_driver=True)
+    sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if address:
+        check_reachable(address, cfg.connect_timeout_s)
         ray.init(address=address, **kwargs)
     else:
         # a Ray started here serves this process only: no dashboard, no token (nothing else connects).
@@ -65,6 +72,49 @@ def ensure_ray(cfg: RunnerConfig) -> None:
         # last `ray start` it finds)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address="local", include_dashboard=False, **kwargs)
+    if sigterm is not None:
+        signal.signal(signal.SIGTERM, sigterm)
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """A TCP connection to a Ray address (``host:port``, ``ray://host:port``); ``auto`` and other forms are left
+    to Ray. ``ConfigError`` naming the address when nothing answers within ``timeout_s``."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if "://" not in address:
+        if address == "auto" or ":" not in address:
+            return
+        address = f"tcp://{address}"
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        return
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise ConfigError(f"runner.ray_address {address}: cannot reach the Ray cluster ({why}, timeout "
+                          f"{timeout_s:g} s); check the address and that the head node runs") from None
+
+
+def check_resources(num_cpus: float, num_gpus: float = 0.0) -> None:
+    """``ConfigError`` before anything is submitted when no live node of the cluster has ``num_cpus`` CPUs
+    and ``num_gpus`` GPUs: Ray would wait for such a node forever (it assumes an autoscaler may add one)."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= num_cpus and r.get("GPU", 0) >= num_gpus for r in nodes):
+        return
+    best_cpu = max((r.get("CPU", 0) for r in nodes), default=0)
+    best_gpu = max((r.get("GPU", 0) for r in nodes), default=0)
+    ask = f"runner.num_cpus_per_task={num_cpus:g}" + (f" with {num_gpus:g} GPU(s) per actor" if num_gpus else "")
+    raise ConfigError(f"{ask}: no node of the Ray cluster has that much (largest: {best_cpu:g} CPUs, "
+                      f"{best_gpu:g} GPUs); lower it or add such a node")
 
 
 class _RayExecutor(Executor):
@@ -96,6 +146,7 @@ class RayTaskExecutor(_RayExecutor):
     def map(self, units: list[UnitOfWork]) -> Iterator[UnitResult]:
         import ray
 
+        check_resources(self.cfg.num_cpus_per_task)
         remote = ray.remote(num_cpus=self.cfg.num_cpus_per_task, max_retries=self.cfg.max_retries)(run_unit)
         queue = deque(units)
         pending: dict = {}
@@ -129,6 +180,7 @@ class RayActorExecutor(_RayExecutor):
         if not units:
             return
         n, per_actor = self._pool_size(len(units))
+        check_resources(min(self.cfg.num_cpus_per_task, 1.0), per_actor)
 
         @ray.remote
         class StageActor:
@@ -188,4 +240,4 @@ def map_tasks(fn, items: list, cfg: Optional[RunnerConfig] = None, shared: tuple
 
 
 __all__ = ["Executor", "LocalExecutor", "RayTaskExecutor", "RayActorExecutor", "executor_for", "ensure_ray",
-           "map_tasks"]
+           "map_tasks", "check_reachable", "check_resources"]

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS, FileTooLarge, rejection_reason
+from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS, FileTooLarge, is_transient, rejection_reason
 from supirkit.datapipe.keys import display_source
 from supirkit.datapipe.plan import Partition
 from supirkit.datapipe.sources import INVALID, TAR, read_bytes
 from supirkit.datapipe.stats import UnitStats
-from supirkit.datapipe.tario import image_too_large, read_shard, sample_image, sample_meta
+from supirkit.datapipe.tario import image_too_large, parse_meta, read_shard, sample_image
 
 #: a tar member's provenance is written ``tar_uri#member_key``
 MEMBER_SEP = "#"
@@ -82,11 +82,53 @@ def iter_raw_items(partition: Partition, stats: UnitStats, max_file_bytes: int,
         yield RawItem(source, ref.uri, order, data, ext)
 
 
+#: why ``iter_tar_samples`` passed a member over -> the rejection reason of that member (an input of its own);
+#: the other reasons (folders, a field dropped for its size from a sample that goes on) are not inputs
+MEMBER_REJECTIONS = {"link": "tar_link", "special_file": "special_file", "not_a_file": "not_a_file",
+                     "no_extension": "no_extension", "reserved_field": "reserved_field",
+                     "repeated_field": "repeated_field"}
+
+
 def _upstream(sample: dict) -> dict:
-    upstream = {"meta": sample_meta(sample)}
+    """Metadata and caption carried from an input shard; ``BadMetadata`` for a ``.json`` member that is not a
+    JSON object (the sample is rejected for it, never its tar)."""
+    upstream = {"meta": parse_meta(sample.get("json"))}
     if "txt" in sample:
         upstream["txt"] = sample["txt"].decode("utf-8", errors="replace")
     return upstream
+
+
+def _sample_item(sample: dict, uri: str, src: str, order: int, stats: UnitStats,
+                 max_file_bytes: int) -> Optional[RawItem]:
+    """The raw item of one tar sample, or None after recording why it has none."""
+    ext, data = sample_image(sample)
+    if data is None and image_too_large(sample):
+        stats.reject(src, "too_large")
+        return None
+    if data is None:
+        stats.reject(src, "no_image_in_sample", f"members: {sorted(k for k in sample if not k.startswith('__'))}")
+        return None
+    if len(data) > max_file_bytes:
+        stats.reject(src, "too_large")
+        return None
+    try:
+        upstream = _upstream(sample)
+    except CORRUPT_INPUT_ERRORS as exc:
+        stats.reject(src, *rejection_reason(exc))
+        return None
+    return RawItem(src, f"{uri}{MEMBER_SEP}{sample['__key__']}", order, data, ext, upstream)
+
+
+def _tar_failure(tar_source: str, exc: BaseException, stats: UnitStats) -> None:
+    """The unreadable rest of a tar is one more input, rejected with the reason; a transient error is not the
+    tar's fault and fails the unit instead (it is retried)."""
+    if is_transient(exc):
+        raise exc
+    stats.count("inputs")
+    reason, detail = rejection_reason(exc)
+    if reason in ("corrupt", "bad_metadata"):
+        reason = "corrupt_tar"
+    stats.reject(tar_source, reason, detail)
 
 
 def _iter_tar(uri: str, order: int, stats: UnitStats, max_file_bytes: int) -> Iterator[RawItem]:
@@ -98,36 +140,27 @@ def _iter_tar(uri: str, order: int, stats: UnitStats, max_file_bytes: int) -> It
                      "absolute path or '..' in a tar member name")
 
     def skipped(name: str, why: str) -> None:
-        stats.count("tar_members_skipped")  # not inputs: links, extensionless names, repeated fields, too large
+        member = f"{tar_source}{MEMBER_SEP}{display_source(name)}"
+        reason = MEMBER_REJECTIONS.get(why)
+        if reason is not None:  # a member that could have been an input: counted as one, with its reason
+            stats.count("inputs")
+            stats.reject(member, reason, f"tar member not taken: {why}")
+            return
+        stats.count("tar_members_skipped")  # folders, fields dropped for their size from a sample that goes on
         listed = stats.extra.setdefault("skipped_members", [])
         if len(listed) < 100:
-            listed.append({"member": f"{tar_source}{MEMBER_SEP}{display_source(name)}", "why": why})
+            listed.append({"member": member, "why": why})
 
     try:
         for idx, sample in enumerate(read_shard(uri, on_unsafe=unsafe, on_skip=skipped,
                                                 max_member_bytes=max_file_bytes)):
             stats.count("inputs")
-            key = sample["__key__"]
-            src = f"{tar_source}{MEMBER_SEP}{display_source(key)}"
-            ext, data = sample_image(sample)
-            if data is None and image_too_large(sample):
-                stats.reject(src, "too_large")
-                continue
-            if data is None:
-                stats.reject(
-                    src, "no_image_in_sample", f"members: {sorted(k for k in sample if not k.startswith('__'))}"
-                )
-                continue
-            if len(data) > max_file_bytes:
-                stats.reject(src, "too_large")
-                continue
-            yield RawItem(src, f"{uri}{MEMBER_SEP}{key}", order + idx, data, ext, _upstream(sample))
-    except FileNotFoundError:
-        stats.count("inputs")
-        stats.reject(tar_source, "vanished", "listed but gone when read")
-    except CORRUPT_INPUT_ERRORS as exc:  # what was read is kept; the unreadable rest is one input
-        stats.count("inputs")
-        stats.reject(tar_source, "corrupt_tar", f"{type(exc).__name__}: {exc}")
+            src = f"{tar_source}{MEMBER_SEP}{display_source(sample['__key__'])}"
+            item = _sample_item(sample, uri, src, order + idx, stats, max_file_bytes)
+            if item is not None:
+                yield item
+    except (OSError, *CORRUPT_INPUT_ERRORS) as exc:  # what was read is kept; the unreadable rest is one input
+        _tar_failure(tar_source, exc, stats)
 
 
 def _iter_tar_members(tar_uri: str, wanted: list[tuple[int, str]], stats: UnitStats,
@@ -145,22 +178,17 @@ def _iter_tar_members(tar_uri: str, wanted: list[tuple[int, str]], stats: UnitSt
             if positions is None:
                 continue
             src = f"{tar_source}{MEMBER_SEP}{display_source(sample['__key__'])}"
-            ext, data = sample_image(sample)
             for pos in positions:
-                if data is None and image_too_large(sample):
-                    stats.reject(src, "too_large")
-                elif data is None:
-                    stats.reject(src, "no_image_in_sample")
-                elif len(data) > max_file_bytes:
-                    stats.reject(src, "too_large")
-                else:
-                    yield RawItem(src, f"{tar_uri}{MEMBER_SEP}{sample['__key__']}", pos * MEMBER_ORDER_STRIDE,
-                                  data, ext, _upstream(sample))
+                item = _sample_item(sample, tar_uri, src, pos * MEMBER_ORDER_STRIDE, stats, max_file_bytes)
+                if item is not None:
+                    yield item
             if not by_key:
                 return
     except FileNotFoundError:
         error = "tar gone when read"
-    except CORRUPT_INPUT_ERRORS as exc:
+    except (OSError, *CORRUPT_INPUT_ERRORS) as exc:
+        if is_transient(exc):
+            raise
         error = f"tar unreadable: {type(exc).__name__}: {exc}"
     for key, positions in sorted(by_key.items(), key=lambda kv: kv[1][0]):
         for _ in positions:

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from supirkit.datapipe import faults
 from supirkit.datapipe.captions import CaptionJoin
-from supirkit.datapipe.config import DecodeConfig, RunnerConfig, Schema, ShardingConfig, config_hash
+from supirkit.datapipe.config import DecodeConfig, ListingConfig, RunnerConfig, Schema, ShardingConfig, config_hash
 from supirkit.datapipe.decode import EXT_BY_FORMAT, DecodeError, decode_rgb, probe
 from supirkit.datapipe.dedup import duplicates_for_partition, group_exact_duplicates
 from supirkit.datapipe.files import read_json
@@ -27,7 +27,7 @@ from supirkit.datapipe.inputs import iter_raw_items
 from supirkit.datapipe.keys import content_key
 from supirkit.datapipe.plan import Partition, plan_partitions, planned_inputs
 from supirkit.datapipe.prefilter import PrefilterConfig, prefilter_reason
-from supirkit.datapipe.runner import Pass, prepare_output, run_stage, write_job_summary
+from supirkit.datapipe.runner import Pass, prepare_output, release_output, run_stage, write_job_summary
 from supirkit.datapipe.sinks import ShardOutput, ShardSink, TableOutput, TableSink
 from supirkit.datapipe.stage import Stage
 from supirkit.datapipe.stats import JobResult, UnitStats
@@ -41,6 +41,7 @@ class PackConfig(Schema):
 
 class ShardConfig(Schema):
     sharding: ShardingConfig = ShardingConfig()
+    listing: ListingConfig = ListingConfig()
     decode: DecodeConfig = DecodeConfig()
     prefilter: PrefilterConfig = PrefilterConfig(max_aspect_ratio=50.0)
     pack: PackConfig = PackConfig()
@@ -172,13 +173,15 @@ def run_shard_job(sources: Iterable[str] | None, out: str, cfg: ShardConfig, fre
     chash = config_hash(cfg)
     ident = sources + ([f"manifest:{normalize_source(manifest)}", f"where:{where}"] if manifest else [])
     layout = prepare_output(out, "shard", chash, fresh, sources=ident)
-    listing = manifest_inputs(manifest, where) if manifest else list_inputs(sources)
+    listing = (manifest_inputs(manifest, where) if manifest else
+               list_inputs(sources, follow_symlinks_outside=cfg.listing.follow_symlinks_outside))
     work = layout.work
     n = plan_partitions(listing, work, cfg.sharding)
     hashes = TableOutput(work / HASH_PASS, HASH_PASS)
     inputs = planned_inputs(work)
     hashed = run_stage(Pass(HashStage(cfg), hashes, n, work, chash, "shard: hash", inputs), cfg.runner)
     if not hashed.ok:
+        release_output(layout)
         return hashed
     group_exact_duplicates(hashes.folder, work / DEDUP_PASS, cfg.runner)
     captions = CaptionJoin.open(manifest) if manifest else None
@@ -186,4 +189,5 @@ def run_shard_job(sources: Iterable[str] | None, out: str, cfg: ShardConfig, fre
     result = run_stage(Pass(write, ShardOutput(layout.root, cfg.sharding.prefix), n, work, chash, "shard: write",
                             inputs), cfg.runner)
     write_job_summary(layout, "shard", result, {"pattern": layout.pattern(cfg.sharding.prefix, n)})
+    release_output(layout)
     return result

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 from supirkit.datapipe.config import ShardingConfig
-from supirkit.datapipe.files import atomic_write_json, atomic_write_parquet, read_json
+from supirkit.datapipe.errors import ConfigError
+from supirkit.datapipe.files import atomic_write_json, atomic_write_parquet, read_bookkeeping
 from supirkit.datapipe.sources import FILE, INVALID, TAR, InputRef
 
 PARTITIONS_DIR = "partitions"
@@ -62,10 +63,10 @@ def plan_partitions(inputs: Iterable[InputRef], work_dir: str | Path, sharding: 
     work_dir = Path(work_dir)
     done_marker = partitions_dir(work_dir) / DONE_FILE
     if done_marker.is_file():
-        return int(read_json(done_marker)["partitions"])
+        return _planned(done_marker)["partitions"]
     partitions_dir(work_dir).mkdir(parents=True, exist_ok=True)
     counts = {FILE: 0, TAR: 0, INVALID: 0}
-    count = order = first = current_bytes = 0
+    count = order = first = current_bytes = total_bytes = 0
     current: list[InputRef] = []
 
     def flush() -> None:
@@ -88,12 +89,33 @@ def plan_partitions(inputs: Iterable[InputRef], work_dir: str | Path, sharding: 
             current_bytes += max(ref.size, 0)
             if len(current) >= sharding.samples_per_shard or current_bytes >= sharding.target_bytes:
                 flush()
+        total_bytes += max(ref.size, 0)
         order += 1
     flush()
     # the plan exists whole or not at all: the marker is written last
     atomic_write_json(done_marker, {"partitions": count, "inputs": order, "files": counts[FILE],
-                                    "tars": counts[TAR], "invalid": counts[INVALID]})
+                                    "tars": counts[TAR], "invalid": counts[INVALID], "bytes": total_bytes})
     return count
+
+
+def _planned(marker: Path) -> dict:
+    """The plan's done marker; one line when it is damaged (the partitions it vouches for cannot be trusted)."""
+    done = read_bookkeeping(marker, "partition plan marker")
+    if not isinstance(done, dict) or not isinstance(done.get("partitions"), int):
+        raise ConfigError(f"{marker}: this partition plan marker is damaged; rerun with --fresh to start over")
+    return done
+
+
+def planned_bytes(work_dir: str | Path, units: Optional[int] = None) -> Optional[int]:
+    """Input bytes of the whole plan (listed sizes; a tar counts whole), when known; None for a plan with
+    another unit count than ``units`` or without sizes."""
+    marker = partitions_dir(work_dir) / DONE_FILE
+    if not marker.is_file():
+        return None
+    done = _planned(marker)
+    if units is not None and done["partitions"] != units:
+        return None
+    return done.get("bytes") or None
 
 
 def planned_inputs(work_dir: str | Path) -> int | None:
@@ -102,10 +124,11 @@ def planned_inputs(work_dir: str | Path) -> int | None:
     marker = partitions_dir(work_dir) / DONE_FILE
     if not marker.is_file():
         return None
-    done = read_json(marker)
+    done = _planned(marker)
     if done.get("tars", 1):
         return None
     return int(done.get("inputs", 0)) or None
 
 
-__all__ = ["Partition", "PARTITIONS_DIR", "plan_partitions", "load_partition", "planned_inputs", "partitions_dir"]
+__all__ = ["Partition", "PARTITIONS_DIR", "plan_partitions", "load_partition", "planned_inputs", "planned_bytes",
+           "partitions_dir"]

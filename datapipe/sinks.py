@@ -65,6 +65,10 @@ def rows_to_table(rows: list[dict]):
         values = [_no_empty_structs(r.get(k)) for r in rows]
         try:
             arrays[k] = pa.array(values)
+            if arrays[k].type == pa.list_(pa.null()):
+                # only empty lists here (a shard without duplicates): typed as lists of strings, so that one
+                # dataset over every shard's index does not take a list of nulls as the column's type
+                arrays[k] = arrays[k].cast(pa.list_(pa.string()))
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             arrays[k] = pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v, default=str)
                                   for v in values], type=pa.string())

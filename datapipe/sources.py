@@ -5,6 +5,7 @@ partitioning that follows is a pure function of the listing and never needs the 
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
-from supirkit.datapipe.errors import FileTooLarge, PreflightError, TransientIOError
+from supirkit.datapipe.errors import FileTooLarge, NotARegularFile, PreflightError, TransientIOError
 from supirkit.datapipe.keys import display_source
 from supirkit.datapipe.shard_format import IMAGE_SUFFIXES
 
@@ -82,8 +83,52 @@ def normalize_source(source: str) -> str:
     return os.path.abspath(stripped)
 
 
-def _walk_local(root: str) -> Iterator[InputRef]:
-    """Depth-first walk with sorted entries; symlinked directories are not followed (loops)."""
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "special file"
+
+
+def _inside(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _input_kind(name: str) -> Optional[str]:
+    """FILE or TAR for the names a listing takes as inputs, None for the names it passes over."""
+    if name.lower().endswith(TAR_EXTENSIONS):
+        return TAR
+    return FILE if _is_image_name(name) else None
+
+
+def _symlink_ref(path: str, kind: Optional[str], top: str, follow_outside: bool) -> Optional[InputRef]:
+    """A symlinked entry of a walked folder: followed only to a regular file, and to one outside the walked
+    folder only with ``follow_outside`` (a link to ``/dev/zero`` or to another user's files is not an input
+    of this folder). Folder links are not followed (loops); links with names that are not inputs are passed over."""
+    try:
+        st = os.stat(path)  # follows; raises ELOOP/ENOENT for loops and dangling links
+    except OSError as exc:
+        return InputRef(path, INVALID, reason=f"bad_symlink: {exc.strerror or exc}") if kind else None
+    if stat.S_ISDIR(st.st_mode) or kind is None:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return InputRef(path, INVALID, reason=f"special_file: link to a {_file_kind(st.st_mode)}")
+    target = os.path.realpath(path)
+    if not follow_outside and not _inside(target, top):
+        return InputRef(path, INVALID, reason=f"outside_source: links to {display_source(target)} (set "
+                                              "listing.follow_symlinks_outside to read it)")
+    return InputRef(path, kind, st.st_size)
+
+
+def _walk_local(root: str, top: str, follow_outside: bool = False) -> Iterator[InputRef]:
+    """Depth-first walk with sorted entries. Only regular files are inputs: FIFOs, sockets and devices named
+    like inputs are recorded (``special_file``) and never opened; symlinks as ``_symlink_ref`` says. ``top``
+    is the resolved folder the walk started from."""
     try:
         with os.scandir(root) as it:
             entries = sorted(it, key=lambda e: os.fsencode(e.name))
@@ -92,41 +137,38 @@ def _walk_local(root: str) -> Iterator[InputRef]:
         return
     for entry in entries:
         path = entry.path
+        kind = _input_kind(entry.name)
         try:
             if entry.is_dir(follow_symlinks=False):
                 if _is_image_name(entry.name):
                     # named like an image, so some listing may name it as one: account for it, then
                     # walk it like any folder (its files are inputs of their own)
                     yield InputRef(path, INVALID, reason="is_directory")
-                yield from _walk_local(path)
+                yield from _walk_local(path, top, follow_outside)
                 continue
             if entry.is_symlink():
-                try:
-                    st = os.stat(path)  # follows; raises ELOOP/ENOENT for loops and dangling links
-                except OSError as exc:
-                    if _is_image_name(entry.name):
-                        yield InputRef(path, INVALID, reason=f"bad_symlink: {exc.strerror or exc}")
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    continue  # directory links are not followed
-                size = st.st_size
-            else:
-                size = entry.stat(follow_symlinks=False).st_size
+                ref = _symlink_ref(path, kind, top, follow_outside)
+                if ref is not None:
+                    yield ref
+                continue
+            st = entry.stat(follow_symlinks=False)
         except OSError as exc:
             yield InputRef(path, INVALID, reason=f"unreadable: {exc.strerror or exc}")
             continue
-        lower = entry.name.lower()
-        if lower.endswith(TAR_EXTENSIONS):
-            yield InputRef(path, TAR, size)
-        elif _is_image_name(entry.name):
-            yield InputRef(path, FILE, size)
+        if kind is None:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            yield InputRef(path, INVALID, reason=f"special_file: {_file_kind(st.st_mode)}")
+        else:
+            yield InputRef(path, kind, st.st_size)
 
 
-def _classify_local(path: str, explicit: bool = False) -> Iterator[InputRef]:
+def _classify_local(path: str, explicit: bool = False, follow_outside: bool = False) -> Iterator[InputRef]:
     """One local path: a folder is walked, a list file is read, a tar or an image file is an input.
 
     A folder named like an image that a glob or pattern matched is recorded as ``is_directory``; one
-    given explicitly as a source is walked like any folder."""
+    given explicitly as a source is walked like any folder. A path named on the command line or matched
+    by a glob may be a symlink (the user named it), but only to a regular file."""
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -136,7 +178,9 @@ def _classify_local(path: str, explicit: bool = False) -> Iterator[InputRef]:
         if _is_image_name(path) and not explicit:
             yield InputRef(path, INVALID, reason="is_directory")
         else:
-            yield from _walk_local(path)
+            yield from _walk_local(path, os.path.realpath(path), follow_outside)
+    elif not stat.S_ISREG(st.st_mode):
+        yield InputRef(path, INVALID, reason=f"special_file: {_file_kind(st.st_mode)}")
     elif path.lower().endswith(LIST_EXTENSIONS):
         yield from _iter_list_file(path)
     elif path.lower().endswith(TAR_EXTENSIONS):
@@ -272,8 +316,9 @@ def check_protocols(sources: Iterable[str]) -> None:
             raise PreflightError(f"{source}: unknown protocol {proto}:// (fsspec knows no such filesystem)") from None
 
 
-def list_inputs(sources: Iterable[str]) -> Iterator[InputRef]:
-    """Stream every input of every source in a deterministic order (sources in the order given)."""
+def list_inputs(sources: Iterable[str], follow_symlinks_outside: bool = False) -> Iterator[InputRef]:
+    """Stream every input of every source in a deterministic order (sources in the order given).
+    ``follow_symlinks_outside``: read symlinks in a walked folder that point out of it (see ``_symlink_ref``)."""
     for source in sources:
         source = normalize_source(str(source))
         if is_url(source):
@@ -284,17 +329,17 @@ def list_inputs(sources: Iterable[str]) -> Iterator[InputRef]:
         source = strip_file_scheme(source)
         if has_braces(source) and not os.path.lexists(source):  # a name that exists is taken as written
             for name in expand_braces(source):
-                yield from _classify_local(name)
+                yield from _classify_local(name, follow_outside=follow_symlinks_outside)
         elif glob.has_magic(source):
             matches = sorted(glob.glob(source, recursive=True), key=os.fsencode)
             if not matches:
                 yield InputRef(source, INVALID, reason="glob_matched_nothing")
             for match in matches:
-                yield from _classify_local(match)
+                yield from _classify_local(match, follow_outside=follow_symlinks_outside)
         elif not os.path.lexists(source):
             yield InputRef(source, INVALID, reason="not_found")
         else:
-            yield from _classify_local(source, explicit=True)
+            yield from _classify_local(source, explicit=True, follow_outside=follow_symlinks_outside)
 
 
 def read_bytes(uri: str, max_bytes: Optional[int] = None, retries: int = 3, backoff_s: float = 0.5) -> bytes:
@@ -311,8 +356,11 @@ def read_bytes(uri: str, max_bytes: Optional[int] = None, retries: int = 3, back
                 with fsspec.open(uri, "rb") as f:
                     data = f.read(max_bytes + 1 if max_bytes else -1)
             else:
-                with open(uri, "rb") as f:
-                    data = f.read(max_bytes + 1 if max_bytes else -1)
+                with open_regular(uri) as f:
+                    # the size from the open file, not a read of ``max_bytes``: a buffered read(n) allocates n
+                    if max_bytes and os.fstat(f.fileno()).st_size > max_bytes:
+                        raise FileTooLarge(display_source(uri), max_bytes)
+                    data = f.read()
             if max_bytes and len(data) > max_bytes:
                 raise FileTooLarge(display_source(uri), max_bytes)
             return data
@@ -323,9 +371,28 @@ def read_bytes(uri: str, max_bytes: Optional[int] = None, retries: int = 3, back
             time.sleep(backoff_s * (2 ** (attempt - 1)))
 
 
+def open_regular(path: str):
+    """Open a local file for reading, refusing (``NotARegularFile``, ``IsADirectoryError``) anything that is
+    not a regular file before a byte is read: the descriptor is opened without blocking (a FIFO's ``open``
+    would otherwise wait forever for a writer) and checked with ``fstat``, so a file swapped for a FIFO or a
+    device after the listing is refused too."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(display_source(path), _file_kind(mode))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def open_binary(uri: str):
     if is_url(uri):
         import fsspec
 
         return fsspec.open(uri, "rb").open()
-    return open(uri, "rb")
+    return open_regular(strip_file_scheme(uri))

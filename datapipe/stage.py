@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any, Generic, Optional, TypeVar
 
 from supirkit.datapipe import faults
-from supirkit.datapipe.errors import TransientIOError
-from supirkit.datapipe.files import read_json
+from supirkit.datapipe.errors import DiskFull, TransientIOError
+from supirkit.datapipe.files import NO_SPACE, read_json
 from supirkit.datapipe.plan import Partition, load_partition
 from supirkit.datapipe.progress import reporting
 from supirkit.datapipe.sinks import Sink, UnitOutput
 from supirkit.datapipe.stats import UnitResult, UnitStats
 
 P = TypeVar("P")
+#: ``UnitResult.error_type`` of a unit that failed for lack of space (the runner stops the pass on it)
+DISK_FULL = "disk_full"
 
 
 class Stage(Generic[P]):
@@ -85,9 +87,9 @@ def run_unit(unit: UnitOfWork) -> UnitResult:
     retried (by Ray at once, or by the next run of the job), never turned into rejections."""
     output = unit.output
     name = os.path.basename(str(output.marker(unit.index)))
-    marker = output.marker(unit.index)
-    if marker.is_file():
-        return UnitResult.from_stats(name, unit.index, "skipped", _read_stats(marker))
+    done = _read_stats(output.marker(unit.index))
+    if done is not None:
+        return UnitResult.from_stats(name, unit.index, "skipped", done)
     stage = _ready(unit.stage, unit.setup_token)
     partition = None
     try:
@@ -104,6 +106,9 @@ def run_unit(unit: UnitOfWork) -> UnitResult:
     except Exception as exc:
         sink.abort()
         return _failure(getattr(sink, "name", name), unit.index, exc, stage, partition)
+    except BaseException:  # SIGINT/SIGTERM in this process: nothing half-written stays behind
+        sink.abort()
+        raise
     return UnitResult.from_stats(getattr(sink, "name", name), unit.index, "done", record)
 
 
@@ -114,16 +119,23 @@ def _failure(name: str, index: int, exc: BaseException, stage: Stage, partition:
             first = stage.first_input(partition)
         except Exception:
             first = ""
-    kind = "transient" if isinstance(exc, TransientIOError) else type(exc).__name__
+    if isinstance(exc, TransientIOError):
+        kind = "transient"
+    elif isinstance(exc, DiskFull) or (isinstance(exc, OSError) and exc.errno in NO_SPACE):
+        kind = DISK_FULL
+    else:
+        kind = type(exc).__name__
     return UnitResult(name, index, "failed", error=f"{type(exc).__name__}: {exc}", error_type=kind,
                       traceback=traceback.format_exc(limit=8), first_input=first)
 
 
-def _read_stats(marker: Path) -> dict:
+def _read_stats(marker: Path) -> Optional[dict]:
+    """A done unit's stats; None when the unit is not done or its marker is damaged (it is then redone)."""
     try:
-        return read_json(marker)
+        stats = read_json(marker)
     except (OSError, ValueError):
-        return {}
+        return None
+    return stats if isinstance(stats, dict) else None
 
 
-__all__ = ["Stage", "UnitOfWork", "run_unit", "new_setup_token", "P"]
+__all__ = ["Stage", "UnitOfWork", "run_unit", "new_setup_token", "P", "DISK_FULL"]

@@ -180,9 +180,30 @@ def image_too_large(sample: dict) -> bool:
     return any(ext in IMAGE_EXTS for ext in sample.get("__too_large__", ()))
 
 
+#: nesting levels a sample's metadata may have: real metadata has a handful; deeper JSON is hostile (it would
+#: exhaust the stack of every recursive consumer: Arrow structs, printing, flattening)
+MAX_META_DEPTH = 32
+
+
+def _deeper_than(value, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            children = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False
+
+
 def parse_meta(raw) -> dict:
     """A sample's ``.json`` member as a dict; ``BadMetadata`` for JSON that is not an object, invalid text
-    or nesting too deep to parse (hostile metadata rejects its sample, never its shard)."""
+    or nesting deeper than ``MAX_META_DEPTH`` (hostile metadata rejects its sample, never its shard)."""
     if raw is None:
         return {}
     if isinstance(raw, dict):
@@ -193,6 +214,8 @@ def parse_meta(raw) -> dict:
         raise BadMetadata(f"{type(exc).__name__}: {str(exc)[:120]}") from None
     if not isinstance(value, dict):
         raise BadMetadata(f"metadata is a JSON {type(value).__name__}, not an object")
+    if _deeper_than(value, MAX_META_DEPTH):
+        raise BadMetadata(f"metadata nested deeper than {MAX_META_DEPTH} levels")
     return value
 
 

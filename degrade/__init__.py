@@ -19,7 +19,9 @@ The door is ``Degrader``::
 
 Determinism: the output is a function of (profile, seed, epoch, key) only: the generators are seeded from a
 hash of the triple, no global random state is read or written, so any number of DataLoader workers, any
-order and any restart give the same pairs.
+order and any restart give the same pairs. ``key`` is whatever identifies one degradation: the image's key
+(one degradation per image and epoch) or, in training, the draw (``draw_key(rank, index)``: an image drawn
+twice is degraded twice).
 
 Data loaders: ``degrader.as_transform(seed=, epoch=)`` returns a ``DegradeTransform``, a picklable callable
 that maps a webdataset-style sample dict (``__key__`` + a decoded RGB uint8 image under jpg/png/... or
@@ -38,9 +40,9 @@ model y = (x * k)↓s + n of ``degrade.classical``), schema ``DegradeConfig``. T
 where the output differs from the reference implementation (and why): ``degrade/README.md``.
 """
 from supirkit.degrade.config import DegradeConfig
-from supirkit.degrade.pipeline import Degrader, DegradeTransform, worker_init_fn
+from supirkit.degrade.pipeline import Degrader, DegradeTransform, draw_key, worker_init_fn
 
 PROFILES = ("supir", "realesrgan_x4", "diffbir_realesrgan", "diffbir_codeformer", "seesr", "resshift", "resshift_test",
             "classical_x4")
 
-__all__ = ["Degrader", "DegradeTransform", "DegradeConfig", "PROFILES", "worker_init_fn"]
+__all__ = ["Degrader", "DegradeTransform", "DegradeConfig", "PROFILES", "draw_key", "worker_init_fn"]

@@ -272,6 +272,10 @@ class QuirksConfig(Schema):
     first_resize_coords: Literal["aligned", "scale_factor"] = Field(
         description="aligned: output spans the input exactly; scale_factor: torch's 1/s source mapping "
                     "(content drifts up to ~1 px at the far edge), as the reference's first resize")
+    jpeg_codec: Literal["libjpeg", "diffjpeg"] = Field(
+        description="libjpeg (OpenCV) at an integer quality; diffjpeg: BasicSR's DiffJPEG as the reference "
+                    "Real-ESRGAN pipeline runs it (float quality, unrounded tables, nearest chroma upsampling, "
+                    "black padding to 16; degrade/diffjpeg.py). Used by the realesrgan pipeline")
 
 
 class DegradeConfig(Schema):

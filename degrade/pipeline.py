@@ -42,6 +42,13 @@ def seed_sequence(seed: int, epoch: int, key: Any) -> np.random.SeedSequence:
     return np.random.SeedSequence(int.from_bytes(digest, "little"))
 
 
+def draw_key(stream: int, index: int) -> str:
+    """The ``key`` of a training draw (``train.data``): sample ``index`` of stream (rank) ``stream``. Seeding
+    the degradation by the draw, not by the image, gives an image drawn twice (sampling is with replacement)
+    two different degradations, and stays a pure function of (seed, rank, index), so resuming repeats it."""
+    return f"draw:{int(stream)}:{int(index)}"
+
+
 def _generators(seed: int, epoch: int, key: Any, n: int) -> list[np.random.Generator]:
     # Child 0 draws the parameters; the others feed pixel noise, one per noise step, so the parameter
     # draws never depend on how many pixels an image has.
@@ -128,6 +135,15 @@ def _at_least_one(h: int, w: int) -> tuple[int, int]:
     return max(1, h), max(1, w)
 
 
+def _jpeg(img: np.ndarray, p: Params, codec: str) -> np.ndarray:
+    """libjpeg at the integer quality, or the reference's DiffJPEG at the float quality (``quirks.jpeg_codec``)."""
+    if codec == "diffjpeg":
+        from supirkit.degrade.diffjpeg import diffjpeg_roundtrip
+
+        return diffjpeg_roundtrip(img, p["quality"])
+    return jpeg_roundtrip(img, p["quality_int"])
+
+
 def run_realesrgan(img: np.ndarray, p: Params, cfg, quirks, noise_rngs) -> tuple[np.ndarray, dict]:
     """Second-order degradation of a float32 RGB image (Real-ESRGAN ``feed_data`` L83-163), per sample."""
     from supirkit.degrade.resize import resize
@@ -143,7 +159,7 @@ def run_realesrgan(img: np.ndarray, p: Params, cfg, quirks, noise_rngs) -> tuple
         out = resize(out, size, r["mode"], src_scale=src_scale)
     sizes["first"] = list(out.shape[:2])
     out = _noise(out, p["first"]["noise"], noise_rngs[0], quirks.poisson_levels)
-    out = jpeg_roundtrip(out, p["first"]["jpeg"]["quality_int"])
+    out = _jpeg(out, p["first"]["jpeg"], quirks.jpeg_codec)
     # second order; its resize is relative to the original size (model L116-125)
     if p["second"] is not None:
         out = _blur(out, p["second"]["blur"])
@@ -159,9 +175,9 @@ def run_realesrgan(img: np.ndarray, p: Params, cfg, quirks, noise_rngs) -> tuple
     if f["order"] == "sinc_then_jpeg":
         out = _resize_if_needed(out, lq_size, f["resize_mode"])
         out = _blur(out, f["sinc"])
-        out = jpeg_roundtrip(out, f["jpeg"]["quality_int"])
+        out = _jpeg(out, f["jpeg"], quirks.jpeg_codec)
     else:
-        out = jpeg_roundtrip(out, f["jpeg"]["quality_int"])
+        out = _jpeg(out, f["jpeg"], quirks.jpeg_codec)
         out = _resize_if_needed(out, lq_size, f["resize_mode"])
         out = _blur(out, f["sinc"])
     sizes["lq"] = list(out.shape[:2])

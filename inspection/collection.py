@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from supirkit.datapipe.captions import CaptionSet
+from supirkit.datapipe.errors import CORRUPT_INPUT_ERRORS
 from supirkit.datapipe.shard_format import ShardSetLayout, stats_candidates
 from supirkit.datapipe.tario import find_index, list_shards
 
@@ -79,16 +80,44 @@ def _stats_file(tar_url: str) -> Optional[str]:
     return next((c for c in stats_candidates(tar_url) if os.path.isfile(c)), None)
 
 
+#: nesting levels of metadata that summaries and pictures look into; deeper values are shown as a marker
+MAX_META_DEPTH = 16
+TOO_DEEP = "<nested deeper than 16 levels>"
+#: what reading one shard can raise when the shard (or its index) is damaged or hostile: inspect names the
+#: shard and goes on with the others (``ValueError``/``TypeError`` cover pyarrow's ArrowInvalid/ArrowTypeError)
+UNREADABLE_SHARD_ERRORS = (OSError, ValueError, TypeError, *CORRUPT_INPUT_ERRORS)
+
+
 def flatten_meta(meta: dict, prefix: str = "") -> dict:
-    """Nested metadata as ``parent.child`` keys (for display and score lookup); lists stay as they are."""
+    """Nested metadata as ``parent.child`` keys (for display and score lookup); lists stay as they are.
+    Iterative and depth-capped: hostile metadata nested thousands deep must not exhaust the stack."""
     out: dict[str, Any] = {}
-    for k, v in meta.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten_meta(v, name + "."))
-        else:
-            out[name] = v
+    stack = [(meta, prefix, 0)]
+    while stack:
+        node, pre, depth = stack.pop()
+        for k, v in node.items():
+            name = f"{pre}{k}"
+            if isinstance(v, dict) and depth + 1 < MAX_META_DEPTH:
+                stack.append((v, name + ".", depth + 1))
+            else:
+                out[name] = TOO_DEEP if isinstance(v, dict) else v
     return out
+
+
+def limit_depth(value: Any, depth: int = MAX_META_DEPTH) -> Any:
+    """``value`` with every dict or list nested deeper than ``depth`` replaced by a marker (for printing)."""
+    if depth <= 0:
+        return TOO_DEEP if isinstance(value, (dict, list)) else value
+    if isinstance(value, dict):
+        return {k: limit_depth(v, depth - 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [limit_depth(v, depth - 1) for v in value]
+    return value
+
+
+def shard_error(url: str, exc: BaseException, read: int = 0) -> dict:
+    """One unreadable shard, as the summary and the command report it (``read``: samples read before it failed)."""
+    return {"shard": url, "error": f"{type(exc).__name__}: {exc}"[:300], "read": read}
 
 
 def flatten_structs(table):

@@ -13,7 +13,15 @@ from supirkit.datapipe.decode import DEFAULT_MAX_FILE_BYTES
 from supirkit.datapipe.keys import display_source
 from supirkit.datapipe.shard_format import IMAGE_EXTS
 from supirkit.datapipe.tario import image_keys, image_too_large, member_table, read_shard, sample_image, sample_meta
-from supirkit.inspection.collection import CAPTION_COLUMNS, MANIFEST, Collection, flatten_meta
+from supirkit.inspection.collection import (
+    CAPTION_COLUMNS,
+    MANIFEST,
+    UNREADABLE_SHARD_ERRORS,
+    Collection,
+    flatten_meta,
+    limit_depth,
+    shard_error,
+)
 
 #: metadata that describes the file, not its quality: never shown as a "score"
 STRUCTURAL = {"key", "width", "height", "orig_width", "orig_height", "original_width", "original_height",
@@ -68,37 +76,52 @@ def _bottom_k(items: Iterable, n: int, seed: int) -> list:
 
 
 def iter_samples(coll: Collection, n: int, seed: Optional[int] = None,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterator[Sample]:
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, unreadable: Optional[list] = None) -> Iterator[Sample]:
     """``n`` samples: the first ones, or with ``seed`` a uniform random choice over the whole collection
-    (chosen from keys/rows alone; only the chosen samples' bytes are kept)."""
+    (chosen from keys/rows alone; only the chosen samples' bytes are kept). A shard that cannot be read (or
+    read to its end) gives the samples before the damage; it is appended to ``unreadable`` (``shard_error``)
+    and the others are read."""
     if n <= 0:
         return
     if coll.kind == MANIFEST:
         yield from _iter_manifest_samples(coll, n, seed, max_file_bytes)
         return
+    bad = unreadable if unreadable is not None else []
     if seed is None:
         left = n
         for i, url in enumerate(coll.urls):
-            for sample in _shard_samples(coll, i, None, max_file_bytes):
+            for sample in _shard_samples(coll, i, None, max_file_bytes, bad):
                 yield sample
                 left -= 1
                 if left == 0:
                     return
         return
-    chosen = _bottom_k(((i, k) for i in range(len(coll.urls)) for k in _keys_of(coll, i)), n, seed)
+    chosen = _bottom_k(((i, k) for i in range(len(coll.urls)) for k in _keys_guarded(coll, i, bad)), n, seed)
     wanted: dict[int, set] = {}
     for i, k in chosen:
         wanted.setdefault(i, set()).add(k)
     for i in range(len(coll.urls)):
         if i in wanted:
-            yield from _shard_samples(coll, i, wanted[i], max_file_bytes)
+            yield from _shard_samples(coll, i, wanted[i], max_file_bytes, bad)
 
 
-def _shard_samples(coll: Collection, i: int, keys: Optional[set], max_file_bytes: int) -> Iterator[Sample]:
-    """Samples of shard ``i`` (only ``keys`` when given); a caption set's samples with their joined caption."""
+def _read_guarded(url: str, max_file_bytes: int, unreadable: list) -> Iterator[dict]:
+    read = 0
+    try:
+        for sample in read_shard(url, max_member_bytes=max_file_bytes):
+            read += 1
+            yield sample
+    except UNREADABLE_SHARD_ERRORS as exc:
+        unreadable.append(shard_error(url, exc, read))
+
+
+def _shard_samples(coll: Collection, i: int, keys: Optional[set], max_file_bytes: int,
+                   unreadable: list) -> Iterator[Sample]:
+    """Samples of shard ``i`` (only ``keys`` when given); a caption set's samples with their joined caption. A
+    shard that cannot be read to its end gives the samples before the damage and is added to ``unreadable``."""
     url = coll.urls[i]
     captions = coll.captions.captions(coll.units[i]) if coll.captions is not None else None
-    for sample in read_shard(url, max_member_bytes=max_file_bytes):
+    for sample in _read_guarded(url, max_file_bytes, unreadable):
         key = sample["__key__"]
         if (keys is not None and key not in keys) or (captions is not None and key not in captions):
             continue
@@ -111,6 +134,14 @@ def _shard_samples(coll: Collection, i: int, keys: Optional[set], max_file_bytes
                 shown.meta["tags"] = joined["tags"]
             shown.fields = sorted(set(shown.fields) | ({"txt"} if shown.caption is not None else set()))
         yield shown
+
+
+def _keys_guarded(coll: Collection, i: int, unreadable: list) -> list[str]:
+    try:
+        return _keys_of(coll, i)
+    except UNREADABLE_SHARD_ERRORS as exc:
+        unreadable.append(shard_error(coll.urls[i], exc))
+        return []
 
 
 def _keys_of(coll: Collection, i: int) -> list[str]:
@@ -166,7 +197,7 @@ def format_sample(s: Sample) -> str:
     lines = [f"== {s.key}  ({display_source(s.where)})", f"fields: {', '.join(s.fields)}"]
     if s.error:
         lines.append(f"image: unreadable ({s.error})")
-    lines.append(json.dumps(s.meta, indent=1, ensure_ascii=False, sort_keys=True, default=str))
+    lines.append(json.dumps(limit_depth(s.meta), indent=1, ensure_ascii=False, sort_keys=True, default=str))
     lines.append("caption: " + (s.caption if s.caption is not None else "(none)"))
     return "\n".join(lines)
 

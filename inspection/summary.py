@@ -28,6 +28,7 @@ from supirkit.datapipe.tario import member_table, read_shard, sample_image, samp
 from supirkit.inspection.collection import (
     CAPTION_COLUMNS,
     MANIFEST,
+    UNREADABLE_SHARD_ERRORS,
     Collection,
     _index_file,
     _is_local,
@@ -35,6 +36,7 @@ from supirkit.inspection.collection import (
     flatten_meta,
     flatten_structs,
     open_collection,
+    shard_error,
 )
 
 #: short-side bins of the resolution histogram (pixels); SUPIR trains on 1024+ px crops of large photos
@@ -155,6 +157,7 @@ class Summary:
         self.rejected: Counter = Counter()
         self.metadata_from: set[str] = set()
         self.units = 0
+        self.unreadable: list[dict] = []  # shards that could not be read, with the error
         self._reservoir, self._max_distinct = reservoir, max_distinct
 
     def column(self, name: str) -> ColumnStats:
@@ -199,6 +202,7 @@ class Summary:
             "captioned": self.captioned if self.caption_known else None,
             "rejected": dict(self.rejected.most_common()),
             "metadata_from": sorted(self.metadata_from),
+            "unreadable": list(self.unreadable),
             "columns": {name: c.to_dict() for name, c in sorted(self.columns.items())},
         }
 
@@ -305,39 +309,50 @@ def _summarize_caption_set(coll: Collection, s: Summary) -> None:
 
 
 def _summarize_shards(coll: Collection, s: Summary) -> None:
+    """Every shard's counts and metadata; a shard that cannot be read (truncated, not a tar, a damaged index)
+    is named in ``unreadable`` and the others are summarized."""
     for url in coll.urls:
         s.units += 1
-        keys: Optional[set] = None
-        if _is_local(url):
-            s.bytes += os.path.getsize(url)
-            fields, n, keys = _tar_fields(url)
-            s.fields.update(fields)
-            s.samples += n
-            s.captioned += fields.get("txt", 0)
+        try:
+            _summarize_shard(url, s)
+        except UNREADABLE_SHARD_ERRORS as exc:
+            s.unreadable.append(shard_error(url, exc))
+
+
+def _summarize_shard(url: str, s: Summary) -> None:
+    keys: Optional[set] = None
+    if _is_local(url):
+        fields, n, keys = _tar_fields(url)
+        s.bytes += os.path.getsize(url)
+        s.fields.update(fields)
+        s.samples += n
+        s.captioned += fields.get("txt", 0)
+        s.caption_known = True
+    index = _index_file(url)
+    if index is not None:
+        table = _read_index(index, keys)
+        s.metadata_from.add("parquet index")
+    else:
+        table = _meta_table_from_tar(url)
+        s.metadata_from.add("tar json")
+        if keys is None:  # remote tar: the scan is the count
+            s.samples += table.num_rows
+            s.captioned += (
+                sum(table.column("has_caption").to_pylist()) if "has_caption" in table.column_names else 0
+            )
             s.caption_known = True
-        index = _index_file(url)
-        if index is not None:
-            table = _read_index(index, keys)
-            s.metadata_from.add("parquet index")
-        else:
-            table = _meta_table_from_tar(url)
-            s.metadata_from.add("tar json")
-            if keys is None:  # remote tar: the scan is the count
-                s.samples += table.num_rows
-                s.captioned += (
-                    sum(table.column("has_caption").to_pylist()) if "has_caption" in table.column_names else 0
-                )
-                s.caption_known = True
-        s.add_table(table)
-        stats = _stats_file(url)
-        if stats:
-            _add_rejections(stats, s.rejected)
+    s.add_table(table)
+    stats = _stats_file(url)
+    if stats:
+        _add_rejections(stats, s.rejected)
 
 
 def _add_rejections(path: str, into: Counter) -> None:
     try:
         st = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
+        return
+    if not isinstance(st, dict):
         return
     if isinstance(st.get("rejected"), dict):  # supirkit
         into.update({k: int(v) for k, v in st["rejected"].items()})
@@ -411,6 +426,8 @@ def format_summary(summary: dict) -> str:
                                          else f"{100 * cov:.1f}% ({summary['captioned']:,} of {n:,})"))
     if summary["rejected"]:
         lines.append("rejected when written: " + ", ".join(f"{k} {v}" for k, v in summary["rejected"].items()))
+    for bad in summary.get("unreadable", []):
+        lines.append(f"unreadable shard (left out of these numbers): {bad['shard']}: {bad['error']}")
     if summary["fields"]:
         lines.append("fields (samples having each): " + ", ".join(
             f"{k} {v:,} ({100 * v / max(n, 1):.0f}%)" for k, v in summary["fields"].items()))

@@ -138,7 +138,10 @@ class CaptionerConfig(Schema):
     do_sample: bool = True
     temperature: float = Field(0.2, gt=0.0, le=5.0)
     top_p: float = Field(0.7, gt=0.0, le=1.0)
-    image_short_side: int = Field(512, ge=16, description="The stage-1 image is captioned at this short side.")
+    image_short_side: int = Field(512, ge=16, description="Short side of the image the captioner reads.")
+    input: Literal["official", "stage1"] = Field(
+        "official", description="official: the LQ resized to image_short_side, through the DR encoder and the "
+                                "decoder (test.py); stage1: the stage-1 image at working size, resized")
     dtype: DType = "auto"
 
 
@@ -163,8 +166,14 @@ class SamplerConfig(Schema):
 
 
 class TilingConfig(Schema):
+    mode: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: untiled, as the official CLI, unless the device runs out of memory, then "
+                            "tiled; always: tiled whenever the latent exceeds one tile; never: untiled")
     tile_size: int = Field(128, ge=8, description="latent pixels (x8 image pixels)")
     tile_stride: int = Field(64, ge=1)
+    weights: Literal["official", "centred"] = Field(
+        "official", description="blending Gaussian: official (rows centred at n/2, columns at (n-1)/2, "
+                                "TiledRestoreEDMSampler) or centred ((n-1)/2 on both axes)")
 
 
 class RestoreImageConfig(Schema):

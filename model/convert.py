@@ -10,7 +10,9 @@ Official key prefixes (PyTorch Lightning checkpoint, ``state_dict``), spec secti
   -> ``dr_encoder.encoder.*`` (diffusers ``Encoder`` naming; 1x1-conv attention weights become Linear)
 
 Everything else (SDXL weights in merged checkpoints, EMA bookkeeping, the unused ``mask_LQ``) is skipped.
-``python -m supirkit.model.convert CKPT OUT_DIR`` writes an adaptor folder that ``supirkit restore`` loads.
+``python -m supirkit.model.convert CKPT OUT_DIR [--layout NAME]`` writes an adaptor folder that ``supirkit restore``
+loads; the trunk layout is read from the checkpoint (``auto``: released or trimmed, or any layout of the model
+config) unless ``--layout`` names one.
 """
 from __future__ import annotations
 
@@ -122,6 +124,46 @@ def convert_official_checkpoint(state_dict: dict, layers_per_block: int = 2) -> 
     return out
 
 
+def checkpoint_depths(state_dict: dict, layers_per_block: int = 2) -> tuple[dict[int, int], int | None]:
+    """Transformer depths of an official checkpoint's control trunk: ({level: depth}, middle depth), read from
+    its ``transformer_blocks.K`` keys (released checkpoints: a full copy of SDXL's encoder; trimmed ones:
+    fewer blocks)."""
+    per_level: dict[int, int] = {}
+    mid = None
+    for key in unwrap(state_dict):
+        m = re.match(rf"{re.escape(TRUNK_PREFIX)}input_blocks\.(\d+)\.1\.transformer_blocks\.(\d+)\.", key)
+        if m:
+            level = (int(m.group(1)) - 1) // (layers_per_block + 1)
+            per_level[level] = max(per_level.get(level, 0), int(m.group(2)) + 1)
+        m = re.match(rf"{re.escape(TRUNK_PREFIX)}middle_block\.1\.transformer_blocks\.(\d+)\.", key)
+        if m:
+            mid = max(mid or 0, int(m.group(1)) + 1)
+    return per_level, mid
+
+
+def layout_depths(layout, unet_config: dict) -> tuple[list[int], int]:
+    """A trunk layout's depths per level and in the middle, ``null`` entries resolved to the UNet's own."""
+    unet_depth = unet_config["transformer_layers_per_block"]
+    levels = len(unet_config["block_out_channels"])
+    unet_depth = [unet_depth] * levels if isinstance(unet_depth, int) else list(unet_depth)
+    depth = list(layout.transformer_depth) if layout.transformer_depth is not None else unet_depth
+    mid = layout.mid_transformer_depth if layout.mid_transformer_depth is not None else unet_depth[-1]
+    return depth, mid
+
+
+def match_layout(state_dict: dict, unet_config: dict, layouts: dict) -> str:
+    """The name of the config layout whose depths are the checkpoint's (``--layout auto``)."""
+    layers = unet_config["layers_per_block"]
+    per_level, mid = checkpoint_depths(state_dict, layers if isinstance(layers, int) else layers[0])
+    for name, layout in layouts.items():
+        depth, lmid = layout_depths(layout, unet_config)
+        if all(level < len(depth) and depth[level] == d for level, d in per_level.items()) and mid in (None, lmid):
+            return name
+    found = ", ".join(f"level {k}: {v}" for k, v in sorted(per_level.items()))
+    raise ValueError(f"the checkpoint's trunk depths ({found}; middle {mid}) match no layout of the model config "
+                     f"({', '.join(layouts)}); add one under trunk.layouts and pass --layout NAME")
+
+
 def split_converted(converted: dict) -> tuple[dict, dict]:
     """(adaptor state dict, DR-encoder state dict)."""
     adaptor = {k: v for k, v in converted.items() if not k.startswith("dr_encoder.")}
@@ -179,6 +221,10 @@ def main(argv=None) -> int:
     p.add_argument("out", help="adaptor folder to write")
     p.add_argument("--config", default=None, help="model config (default: configs/model/supir.yaml)")
     p.add_argument("--unet-config", default=None, help="UNet config JSON (default: the model config's)")
+    p.add_argument("--layout", default="auto", metavar="NAME",
+                   help="trunk layout of the checkpoint, a key of the model config's trunk.layouts (released: the "
+                        "published v0Q/v0F; trimmed: half the transformer blocks); auto (default): read from the "
+                        "checkpoint's keys")
     args = p.parse_args(argv)
     from supirkit.datapipe.config import ConfigError
     from supirkit.model.config import load_model_config, read_json_config
@@ -189,9 +235,12 @@ def main(argv=None) -> int:
         cfg = load_model_config(args.config)
         unet_cfg = read_json_config(args.unet_config or cfg.sdxl.unet_config)
         vae_cfg = read_json_config(cfg.sdxl.vae_config)
+        if args.layout != "auto" and args.layout not in cfg.trunk.layouts:
+            raise ValueError(f"--layout {args.layout}: not a layout of the model config "
+                             f"({', '.join(cfg.trunk.layouts)})")
         sd = load_checkpoint_file(args.checkpoint)
-        # The released checkpoints are full copies: the layout is "released" whatever the config selects.
-        out = write_adaptor_folder(sd, args.out, unet_cfg, vae_cfg, layout=None,
+        name = match_layout(sd, unet_cfg, cfg.trunk.layouts) if args.layout == "auto" else args.layout
+        out = write_adaptor_folder(sd, args.out, unet_cfg, vae_cfg, layout=cfg.trunk.layouts[name],
                                    sft_hidden_channels=cfg.connectors.sft_hidden_channels,
                                    cross_attn_head_dim=cfg.connectors.cross_attn_head_dim)
     except (ConfigError, OSError, ValueError, RuntimeError) as exc:  # RuntimeError: shape mismatch on load

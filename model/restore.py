@@ -6,12 +6,18 @@ Per image (official ``SUPIR_model.batchify_sample`` and ``test.py``):
 2. LQ latent ``z = scaling * mode(quant_conv(E_dr(x)))`` with the adaptor's DR encoder (the SDXL encoder
    when the adaptor folder has none, with a warning); stage-1 image ``x1 = D(z)``; guidance target
    ``x_center`` per ``sampler.guidance_latent`` (official: SDXL-encoder *sample* of ``x1``);
-3. caption: ``--prompt`` text, else LLaVA on ``x1`` at short side 512, else empty; tags (``prompt.source``
-   tags/both): ``--tags``, else the tagger (``--tagger``) on ``x1``; the shared prompt rule (``model.prompts``)
-   joins them and appends the positive prompt; the negative prompt is the unconditional branch;
-4. restoration-guided EDM sampling (tiled when the latent exceeds one tile), decode, colour fix against
-   ``x1``, resize to the upscaled input size, write ``<stem>.png`` (+ a JSON sidecar with the caption,
-   prompt and settings).
+3. caption: ``--prompt`` text, else LLaVA on the official caption input (the LQ resized to short side 512,
+   rounded to the size multiple, through the DR encoder and the decoder, resized back: ``test.py``'s
+   ``PIL2Tensor(fix_resize=512)``, ``batchify_denoise`` and ``Tensor2PIL``; ``captioner.input: stage1``
+   captions ``x1`` resized instead), else empty; tags (``prompt.source`` tags/both): ``--tags``, else the
+   tagger (``--tagger``) on ``x1``; the shared prompt rule (``model.prompts``) joins them and appends the
+   positive prompt; the negative prompt is the unconditional branch;
+4. restoration-guided EDM sampling over the whole latent, as the official CLI (``tiling.mode: auto`` falls
+   back to tiles when the device runs out of memory; ``always`` tiles any latent larger than one tile),
+   decode, colour fix against ``x1``, resize to the upscaled input size, write ``<stem>.png`` (+ a JSON
+   sidecar with the caption, prompt and settings).
+
+Where this still differs from the official code, by how much, and which option removes it: docs/restore.md.
 
 One ``torch.Generator`` seeded with ``runtime.seed`` per image drives every random draw (re-encode sample,
 initial latent, churn noise), in that order, so a result depends only on the image, the weights and the config.
@@ -40,14 +46,19 @@ class RestoreResult:
     tags: tuple = ()  # tag prompts used (prompt.source tags/both)
 
 
-def working_size(w: int, h: int, upscale: float, min_size: int,
-                 multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((w0, h0) output size, (w, h) sampling size), as the official ``PIL2Tensor``."""
+def working_size(w: int, h: int, upscale: float, min_size: int, multiple: int,
+                 fix_short_side: Optional[int] = None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((w0, h0) output size, (w, h) sampling size), as the official ``PIL2Tensor``; with ``fix_short_side``
+    (its ``fix_resize``) the short side is then brought to that size and the output size follows it."""
     w, h = w * upscale, h * upscale
     w0, h0 = int(round(w)), int(round(h))
     if min(w, h) < min_size:
         s = min_size / min(w, h)
         w, h = w * s, h * s
+    if fix_short_side is not None:
+        s = fix_short_side / min(w, h)
+        w, h = w * s, h * s
+        w0, h0 = int(round(w)), int(round(h))
     ws = max(multiple, int(round(w / multiple)) * multiple)
     hs = max(multiple, int(round(h / multiple)) * multiple)
     return (w0, h0), (ws, hs)
@@ -163,16 +174,27 @@ class SUPIRRestorer:
             z = dist.sample(generator=generator) if kind == "reencode_sample" else dist.mode()
         return z.float() * self.vae.config.scaling_factor
 
-    def caption(self, x_stage1) -> str:
+    def caption_input(self, image, x_stage1):
+        """The image the captioner reads (``captioner.input``): official, the LQ at short side
+        ``image_short_side`` through the DR encoder and the decoder, resized back to its rounded size and
+        truncated to 8 bits (``Tensor2PIL``); stage1, the stage-1 image resized to that short side."""
         from PIL import Image
 
+        cfg = self.config
+        short = cfg.captioner.image_short_side
+        if cfg.captioner.input == "official":
+            (w1, h1), size = working_size(*image.size, cfg.image.upscale, cfg.image.min_size,
+                                          cfg.image.size_multiple, fix_short_side=short)
+            clean = self._decode(self._encode_lq(self._to_tensor(image, size)))
+            return tensor_to_pil_truncated(clean, (w1, h1))
+        img = tensor_to_pil(x_stage1)
+        s = short / min(img.size)
+        return img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))), Image.BICUBIC)
+
+    def caption(self, image, x_stage1) -> str:
         if self.captioner is None:
             return ""
-        img = tensor_to_pil(x_stage1)
-        short = self.config.captioner.image_short_side
-        s = short / min(img.size)
-        img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))), Image.BICUBIC)
-        return self.captioner(img)
+        return self.captioner(self.caption_input(image, x_stage1))
 
     def tag(self, x_stage1) -> list[str]:
         return self.tagger([tensor_to_pil(x_stage1)])[0] if self.tagger is not None else []
@@ -184,7 +206,7 @@ class SUPIRRestorer:
 
         from supirkit.model.colorfix import color_fix
         from supirkit.model.prompts import prompt_text
-        from supirkit.model.sampler import Conditioning, RestoreEDMSampler, SamplerSettings, supir_eps_fn
+        from supirkit.model.sampler import Conditioning, RestoreEDMSampler, SamplerSettings
         from supirkit.model.text import time_ids
 
         cfg = self.config
@@ -196,7 +218,7 @@ class SUPIRRestorer:
         x_center = self._guidance_latent(z_dr, x_stage1, generator)
 
         source = cfg.prompt.source
-        caption = prompt if prompt is not None else (self.caption(x_stage1) if source != "tags" else "")
+        caption = prompt if prompt is not None else (self.caption(image, x_stage1) if source != "tags" else "")
         if tags is None:
             tags = self.tag(x_stage1) if source != "caption" else []
         assembled = self.assembler(prompt_text(caption, tags, source, cfg.prompt.separator))
@@ -208,18 +230,56 @@ class SUPIRRestorer:
         settings = SamplerSettings.from_config(cfg.sampler)
         sampler = RestoreEDMSampler(self.schedule, settings)
         latent = sampler.initial_latent(z_dr.shape, generator).to(self.device)
-        eps_fn = supir_eps_fn(self.model)
-        tiled = max(z_dr.shape[-2:]) > cfg.tiling.tile_size
-        if tiled:
-            latent = sampler.sample_tiled(eps_fn, latent, cond, uncond, x_center, generator,
-                                          cfg.tiling.tile_size, cfg.tiling.tile_stride, on_progress=on_progress)
-        else:
-            latent = sampler.sample(eps_fn, latent, cond, uncond, x_center, generator, on_progress=on_progress)
+        latent, tiled = self._sample(sampler, latent, cond, uncond, x_center, generator, on_progress)
         out = color_fix(self._decode(latent), x_stage1, cfg.image.color_fix)
         if (w, h) != (w0, h0):
             out = F.interpolate(out, size=(h0, w0), mode="bicubic", align_corners=False)
         return RestoreResult(tensor_to_pil(out), caption, assembled.text, assembled.truncated, (w, h), tiled,
                              tuple(tags))
+
+    def _sample(self, sampler, latent, cond, uncond, x_center, generator, on_progress=None):
+        """(latent, tiled): the whole latent at once (``tiling.mode`` auto/never; the official CLI never tiles),
+        or in tiles (``always``, when it exceeds one tile; ``auto``, when the device runs out of memory: then
+        sampling starts again from the same generator state, so the result is the tiled one exactly)."""
+        import torch
+
+        from supirkit.model.sampler import supir_eps_fn
+
+        t = self.config.tiling
+        eps_fn = supir_eps_fn(self.model)
+
+        def tiles():
+            return sampler.sample_tiled(eps_fn, latent, cond, uncond, x_center, generator, t.tile_size,
+                                        t.tile_stride, weights=t.weights, on_progress=on_progress)
+
+        fits_one_tile = max(latent.shape[-2:]) <= t.tile_size
+        if t.mode == "always" and not fits_one_tile:
+            return tiles(), True
+        state = generator.get_state()
+        try:
+            return sampler.sample(eps_fn, latent, cond, uncond, x_center, generator, on_progress=on_progress), False
+        except torch.OutOfMemoryError:
+            if t.mode == "never" or fits_one_tile:
+                raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.warning("restore: out of memory for the %dx%d latent in one piece; sampling in %d-px tiles",
+                    latent.shape[-1], latent.shape[-2], t.tile_size)
+        generator.set_state(state)
+        return tiles(), True
+
+
+def tensor_to_pil_truncated(x, size):
+    """The official ``Tensor2PIL``: bicubic to ``size`` (w, h), then ``x * 127.5 + 127.5`` clipped and
+    *truncated* to 8 bits (``astype(np.uint8)``, not rounded)."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+
+    w, h = size
+    x = F.interpolate(x.float(), size=(h, w), mode="bicubic")
+    arr = (x[0].permute(1, 2, 0) * 127.5 + 127.5).cpu().numpy().clip(0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
 
 
 def tensor_to_pil(x):

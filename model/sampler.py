@@ -13,8 +13,8 @@
 
 Design decisions [I]: one noise field is drawn from the generator at every step, churn or not, so that the
 tiled and the untiled sampler consume the generator identically; sigma_max is the schedule's own sigma_999
-(14.614641...) where the official code hard-codes 14.6146; the Gaussian tile weights are centred at
-(n - 1) / 2 on both axes (the official map centres the y axis at n / 2).
+(14.614641...) where the official code hard-codes 14.6146. The Gaussian tile weights are the official ones
+(rows centred at n / 2, columns at (n - 1) / 2); ``tiling.weights: centred`` centres both at (n - 1) / 2.
 """
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ class RestoreEDMSampler:
     @torch.no_grad()
     def sample_tiled(self, eps_fn: EpsFn, x, cond: Conditioning, uncond: Optional[Conditioning], x_center=None,
                      generator: Optional[torch.Generator] = None, tile_size: int = 128, tile_stride: int = 64,
-                     on_step=None, on_progress=None) -> torch.Tensor:
+                     on_step=None, weights: str = "official", on_progress=None) -> torch.Tensor:
         """Official ``TiledRestoreEDMSampler``: each step runs per latent tile (own control and x_center
         slices, one global noise field sliced per tile) and blends tiles with Gaussian weights."""
         from supirkit.model.tiling import gaussian_weights, sliding_windows
@@ -242,13 +242,13 @@ class RestoreEDMSampler:
         h, w = x.shape[-2:]
         windows = sliding_windows(h, w, tile_size, tile_stride)
         th, tw = windows[0][1] - windows[0][0], windows[0][3] - windows[0][2]
-        weights = gaussian_weights(th, tw).to(x.device, x.dtype)
+        blend = gaussian_weights(th, tw, centre=weights).to(x.device, x.dtype)
         for i in range(len(sigmas) - 1):
             eps_noise = _noise_like(x, generator)
             if len(windows) == 1:  # the image fits in one tile: no blending, identical to `sample`
                 x = self.step(eps_fn, x, i, sigmas, cond, uncond, x_center, eps_noise, on_step)
             else:
-                x = self._tiled_step(eps_fn, x, i, sigmas, cond, uncond, x_center, eps_noise, windows, weights)
+                x = self._tiled_step(eps_fn, x, i, sigmas, cond, uncond, x_center, eps_noise, windows, blend)
             if on_progress is not None:
                 on_progress(i + 1, len(sigmas) - 1)
         return x

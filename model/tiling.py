@@ -25,12 +25,18 @@ def sliding_windows(h: int, w: int, tile_size: int, tile_stride: int) -> list[tu
     return [(hi, hi + th, wi, wi + tw) for hi in _starts(h, th, tile_stride) for wi in _starts(w, tw, tile_stride)]
 
 
-def _gauss(n: int, var: float) -> torch.Tensor:
-    mid = (n - 1) / 2
+def _gauss(n: int, var: float, mid: float) -> torch.Tensor:
     x = torch.arange(n, dtype=torch.float64)
     return torch.exp(-((x - mid) ** 2) / (n * n) / (2 * var)) / math.sqrt(2 * math.pi * var)
 
 
-def gaussian_weights(tile_h: int, tile_w: int, var: float = 0.01) -> torch.Tensor:
-    """Separable Gaussian blending map (1, 1, tile_h, tile_w), variance 0.01 in tile-normalised units."""
-    return torch.outer(_gauss(tile_h, var), _gauss(tile_w, var)).float()[None, None]
+#: where the blending Gaussian of an ``n``-long tile side peaks, per ``tiling.weights``: the official
+#: ``gaussian_weights`` centres the columns at (n - 1) / 2 and the rows at n / 2 (half a latent pixel low)
+CENTRES = {"official": (lambda n: n / 2, lambda n: (n - 1) / 2), "centred": (lambda n: (n - 1) / 2,) * 2}
+
+
+def gaussian_weights(tile_h: int, tile_w: int, var: float = 0.01, centre: str = "official") -> torch.Tensor:
+    """Separable Gaussian blending map (1, 1, tile_h, tile_w), variance 0.01 in tile-normalised units; rows
+    and columns centred as ``CENTRES[centre]`` says."""
+    row_mid, col_mid = CENTRES[centre]
+    return torch.outer(_gauss(tile_h, var, row_mid(tile_h)), _gauss(tile_w, var, col_mid(tile_w))).float()[None, None]

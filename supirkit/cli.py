@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
 
 
@@ -50,29 +51,87 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    from supirkit.datapipe.lock import release_output_locks
     from supirkit.logs import configure
 
     configure(verbose=args.verbose)
-    from supirkit.datapipe.conditions import ConditionError
-    from supirkit.datapipe.errors import ConfigError, PreflightError
 
+    previous = _handle_sigterm()
+    try:
+        return _run(args)
+    finally:
+        release_output_locks()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum, frame):
+    from supirkit.datapipe.errors import Terminated
+
+    raise Terminated()
+
+
+def _handle_sigterm():
+    """SIGTERM (schedulers, Kubernetes, ``kill``) ends a command like Ctrl-C: the exception unwinds the job
+    (units in progress are aborted, nothing half-written keeps a final name), one line, exit 143. Returns the
+    previous handler, put back afterwards (``main`` may run inside a larger program)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _run(args) -> int:
+    from supirkit.datapipe.conditions import ConditionError
+    from supirkit.datapipe.errors import ConfigError, PreflightError, SupirkitError, Terminated
+
+    name = args.command
     try:
         return int(args._run(args) or 0)
     except ConfigError as exc:
-        print(f"supirkit {args.command}: config error: {exc}", file=sys.stderr)
+        print(f"supirkit {name}: config error: {exc}", file=sys.stderr)
         return 2
     except PreflightError as exc:  # a missing library, model or weight file: before any output is made
-        print(f"supirkit {args.command}: error: {exc}", file=sys.stderr)
+        print(f"supirkit {name}: error: {exc}", file=sys.stderr)
         return 2
     except ConditionError as exc:
-        print(f"supirkit {args.command}: condition error: {exc}", file=sys.stderr)
+        print(f"supirkit {name}: condition error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"supirkit {name}: terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print(f"supirkit {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(f"supirkit {name}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except UserError as exc:
-        print(f"supirkit {args.command}: error: {exc}", file=sys.stderr)
+        print(f"supirkit {name}: error: {exc}", file=sys.stderr)
         return 2
+    except SupirkitError as exc:  # the output folder is locked, the disk is full
+        print(f"supirkit {name}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        line = _os_error_line(exc)
+        if line is None:
+            raise
+        print(f"supirkit {name}: error: {line}", file=sys.stderr)
+        return 1
+
+
+def _os_error_line(exc: OSError) -> str | None:
+    """One line for what the machine refuses (no space, no permission, a read-only file system); None for
+    other OS errors, which keep their traceback (they are bugs or need one)."""
+    import errno
+    import os
+
+    where = exc.filename or ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        from supirkit.datapipe.files import disk_full
+
+        return str(disk_full(os.path.dirname(os.fspath(where)) if where else os.getcwd()))
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}: cannot write or read here: {exc.strerror}" if where else f"{exc.strerror}"
+    return None
 
 
 class UserError(Exception):

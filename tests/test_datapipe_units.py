@@ -224,9 +224,9 @@ def test_fsspec_urls_are_listed_and_read(tmp_path):
 
 
 def test_transient_read_errors_are_retried_and_permanent_ones_are_not(tmp_path, monkeypatch):
-    import builtins
-
     from supirkit.datapipe import sources
+
+    open_regular = sources.open_regular
 
     path = tmp_path / "a.jpg"
     path.write_bytes(jpeg_bytes(1))
@@ -238,9 +238,9 @@ def test_transient_read_errors_are_retried_and_permanent_ones_are_not(tmp_path, 
         if str(file) == str(path) and failures["n"] > 0:
             failures["n"] -= 1
             raise ConnectionResetError("connection reset by peer")
-        return builtins.open(file, *a, **kw)
+        return open_regular(file, *a, **kw)
 
-    monkeypatch.setattr(sources, "open", flaky_open, raising=False)
+    monkeypatch.setattr(sources, "open_regular", flaky_open)  # the one place a local input is opened
     assert sources.read_bytes(str(path), retries=3, backoff_s=0) == jpeg_bytes(1) and len(calls) == 3
     failures["n"], calls[:] = 10, []
     from supirkit.datapipe.errors import TransientIOError

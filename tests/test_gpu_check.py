@@ -78,7 +78,8 @@ def test_dry_run_covers_the_figures_the_gpu_run_reports(dry_run):
     options = [c["options"] for c in train.values() if c.get("options") not in (None, "defaults")]
     assert {"attention=flash", "attention=math", "channels_last", "channels_last, vae_slicing"} <= set(options)
     restore = _cases(result, "restore")
-    assert restore["64 px, defaults"]["tiled"] is False and restore["128 px, tiled, defaults"]["tiled"] is True
+    assert restore["64 px, defaults"]["tiled"] is False
+    assert restore["128 px, tiled (tiling.mode=always)"]["tiled"] is True
     assert {"64 px, attention=flash", "64 px, channels_last", "64 px, compile_unet (compiled)",
             "VAE encode + decode 128 px, vae_tiling"} <= set(restore)
 

@@ -153,9 +153,11 @@ def test_tiled_restore_runs_and_one_tile_equals_untiled(restorer, lq_image):
             return r.restore(im.copy(), prompt="a dog")
 
     untiled = run()
-    one_tile = run("tiling.tile_size=12", "tiling.tile_stride=6")  # latent 8 x 12 fits in one tile
-    tiled = run("tiling.tile_size=8", "tiling.tile_stride=4")
+    one_tile = run("tiling.mode=always", "tiling.tile_size=12", "tiling.tile_stride=6")  # latent 8 x 12: one tile
+    tiled = run("tiling.mode=always", "tiling.tile_size=8", "tiling.tile_stride=4")
     assert not untiled.tiled and not one_tile.tiled and tiled.tiled
+    # the default (auto) samples a latent larger than a tile in one piece, as the official CLI
+    assert not run("tiling.tile_size=8", "tiling.tile_stride=4").tiled
     np.testing.assert_array_equal(np.asarray(untiled.image), np.asarray(one_tile.image))
     assert tiled.image.size == untiled.image.size == (64, 96)
     assert not np.array_equal(np.asarray(tiled.image), np.asarray(untiled.image))

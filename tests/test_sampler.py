@@ -204,11 +204,16 @@ def test_sliding_windows_cover_the_latent_and_end_flush():
 
 
 def test_gaussian_weights_are_symmetric_and_peak_in_the_middle():
+    """``centred``: symmetric about (n - 1) / 2 on both axes. The official map (the default; compared with the
+    official formula in tests/test_official_parity.py) is symmetric across the columns and peaks on row n / 2."""
     from supirkit.model.tiling import gaussian_weights
 
-    w = gaussian_weights(16, 16)[0, 0]
+    w = gaussian_weights(16, 16, centre="centred")[0, 0]
     assert torch.allclose(w, w.flip(0)) and torch.allclose(w, w.flip(1)) and torch.allclose(w, w.T)
     assert float(w[7:9, 7:9].min()) == float(w.max()) and float(w[0, 0]) < 1e-3 * float(w.max())
+    official = gaussian_weights(16, 16)[0, 0]
+    assert torch.allclose(official, official.flip(1)) and not torch.allclose(official, official.flip(0))
+    assert int(official[:, 7].argmax()) == 8 and float(official[8, 7]) == float(official.max())
 
 
 @pytest.mark.parametrize("tau_r", [None, 2.0])

@@ -72,6 +72,10 @@ class TrainDataConfig(Schema):
         default_factory=list,
         description="--set style overrides of the profile, e.g. hq_size=null, output.size=hq for small crops.",
     )
+    degrade_seed: Literal["draw", "key"] = Field(
+        "draw", description="draw: each draw's degradation is seeded by (seed, rank, sample index), so an image "
+                            "drawn twice gets two degradations; key: by (seed, epoch, image key), one per image "
+                            "and epoch (a repeated draw within an epoch repeats its degradation)")
     caption_drop_prob: float = Field(0.05, ge=0.0, le=1.0, description="Probability of an empty prompt (for CFG).")
     restore_config: str = Field(
         "restore/default.yaml", description="The restore config whose prompt rule (positive prompt, separator) and "
@@ -106,6 +110,8 @@ class EMAConfig(Schema):
     decay: float = Field(0.9999, gt=0.0, lt=1.0)
     update_every: int = Field(1, ge=1, description="Optimizer steps between EMA updates.")
     start_step: int = Field(0, ge=0, description="Copy the weights (no averaging) until this step.")
+    warmup: Literal["litema", "none"] = Field(
+        "litema", description="litema: decay min(decay, (1+n)/(10+n)) at update n, as sgm's LitEma; none: fixed")
 
 
 class OptimConfig(Schema):

@@ -9,7 +9,8 @@ Sample ``i`` of rank ``r`` is chosen from a random generator seeded with ``(seed
    is drawn (a caption set: the rows of its caption tables, joined by key to the captioned shards);
 3. the crop position and the horizontal flip;
 4. whether the caption is dropped (classifier-free guidance);
-5. the degradation, by the degrader's own ``(seed, epoch, key)`` rule, with ``epoch`` derived from ``i``.
+5. the degradation, seeded by the draw: ``(seed, r, i)`` through ``degrade.draw_key`` (``data.degrade_seed:
+   key``: by ``(seed, epoch, image key)``, with ``epoch`` derived from ``i``, as before).
 
 Micro-batch ``m`` of rank ``r`` holds samples ``m*B .. m*B+B-1``. A run resumed at optimizer step ``s``
 starts at micro-batch ``s * grad_accum`` and so sees exactly the batches an uninterrupted run would see, for
@@ -374,7 +375,13 @@ class MixtureStream(IterableDataset):
         if draw.flip:
             hq = hq[:, ::-1]
         hq = np.ascontiguousarray(hq)
-        target, lq, _params = self.degrader()(hq, seed=self.seed, epoch=self.epoch_of(draw.index), key=key)
+        if self.data.degrade_seed == "draw":  # an image drawn twice (with replacement) is degraded twice
+            from supirkit.degrade import draw_key
+
+            seeding = {"epoch": 0, "key": draw_key(self.stream, draw.index)}
+        else:
+            seeding = {"epoch": self.epoch_of(draw.index), "key": key}
+        target, lq, _params = self.degrader()(hq, seed=self.seed, **seeding)
         target, lq = np.asarray(target), np.asarray(lq)
         if target.shape[:2] != (c, c):
             target = _resize(target, c, c)

@@ -4,6 +4,11 @@
 EMA weights into the model for an export or a validation and bring the live ones back. The object is
 registered with ``accelerator.register_for_checkpointing`` (``state_dict`` / ``load_state_dict``), so it is
 saved and restored with the run. Shadow copies are fp32 on the parameters' device.
+
+The decay warms up as sgm's ``LitEma`` (the official training code's): update ``n`` (1, 2, ...) uses
+``min(decay, (1 + n) / (10 + n))``, so the first updates follow the fast-moving weights instead of the
+initial ones (``warmup: none``: the fixed ``decay`` from the first update). Copies before ``start_step`` do
+not count as updates.
 """
 from __future__ import annotations
 
@@ -11,11 +16,15 @@ from contextlib import contextmanager
 
 
 class EMAModel:
-    def __init__(self, parameters, decay: float, update_every: int = 1, start_step: int = 0):
+    def __init__(self, parameters, decay: float, update_every: int = 1, start_step: int = 0,
+                 warmup: str = "litema"):
         import torch
 
+        if warmup not in ("litema", "none"):
+            raise ValueError(f"EMA warmup {warmup!r}: expected 'litema' or 'none'")
         self.params = list(parameters)
         self.decay, self.update_every, self.start_step = float(decay), int(update_every), int(start_step)
+        self.warmup = warmup
         self.shadow = [p.detach().to(torch.float32).clone() for p in self.params]
         self.num_updates = 0
         self._stored: list | None = None
@@ -30,9 +39,16 @@ class EMAModel:
             current = [p.detach().to(torch.float32) for p in self.params]
             if step <= self.start_step:
                 torch._foreach_copy_(self.shadow, current)
-            else:
-                torch._foreach_lerp_(self.shadow, current, 1.0 - self.decay)
-        self.num_updates += 1
+                return
+            self.num_updates += 1
+            torch._foreach_lerp_(self.shadow, current, 1.0 - self.current_decay())
+
+    def current_decay(self) -> float:
+        """The decay of update ``num_updates`` (LitEma's warm-up, or the fixed decay)."""
+        if self.warmup == "none":
+            return self.decay
+        n = self.num_updates
+        return min(self.decay, (1 + n) / (10 + n))
 
     def store(self) -> None:
         """Keep a copy of the live weights (to ``restore`` them after ``copy_to``)."""

@@ -102,7 +102,7 @@ class Trainer:
         self.ema = None
         if cfg.optim.ema.enabled:
             e = cfg.optim.ema
-            self.ema = EMAModel(params, e.decay, e.update_every, e.start_step)
+            self.ema = EMAModel(params, e.decay, e.update_every, e.start_step, e.warmup)
             acc.register_for_checkpointing(self.ema)
         self.module, self.optimizer, self.lr_scheduler = acc.prepare(plain, optimizer, build_scheduler(cfg, optimizer))
         if acc.gradient_accumulation_steps != sch.grad_accum:

@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 
 from supirkit.curation.signals.base import ImageView, Scorer
-from supirkit.curation.signals.jpeg import jpeg_quality_of
+from supirkit.curation.signals.jpeg import is_lossless, jpeg_quality_of
 
 N_BANDS = 4
 
@@ -263,14 +263,17 @@ class FineDetailScorer(Scorer):
 
 
 class JpegScorer(Scorer):
-    """jpeg_quality (exact from the tables when the file is a JPEG) and blockiness (any format)."""
+    """jpeg_quality (exact from the tables when the file is a JPEG), whether the file is lossless (from its
+    format) and blockiness (any format: JPEG block artefacts, also in a PNG made from a JPEG)."""
 
     name = "jpeg"
-    columns = ("jpeg_quality", "jpeg_table_error", "blockiness")
+    columns = ("jpeg_quality", "jpeg_table_error", "lossless", "blockiness")
 
     def score(self, view: ImageView) -> dict:
         q, err = jpeg_quality_of(view.data) if view.data else (None, None)
+        fmt = view.header.format if view.header is not None else None
         return {"jpeg_quality": q, "jpeg_table_error": None if err is None else round(err, 4),
+                "lossless": is_lossless(fmt, view.data),
                 "blockiness": round(blockiness(view.detail_tiles + view.flat_tiles), 4)}
 
 

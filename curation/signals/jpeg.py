@@ -107,3 +107,28 @@ def read_quantization(data: bytes) -> Optional[dict]:
 def jpeg_quality_of(data: bytes) -> tuple[Optional[int], Optional[float]]:
     """Quality estimate from encoded bytes (header parse only); (None, None) for non-JPEG data."""
     return estimate_jpeg_quality(read_quantization(data))
+
+
+#: formats (Pillow's names) whose files hold the pixels exactly, and those that never do
+LOSSLESS_FORMATS = {"PNG", "BMP", "TIFF", "PPM", "TGA", "QOI"}
+LOSSY_FORMATS = {"JPEG", "MPO", "GIF"}  # GIF: a 256-colour palette
+
+
+def is_lossless(fmt: Optional[str], data: bytes = b"") -> Optional[bool]:
+    """Whether a file of format ``fmt`` holds its pixels exactly; a WebP is read from its chunks (``VP8L``:
+    lossless, ``VP8 ``: lossy); None where the file does not say (JPEG 2000, unknown formats)."""
+    fmt = (fmt or "").upper()
+    if fmt in LOSSLESS_FORMATS:
+        return True
+    if fmt in LOSSY_FORMATS:
+        return False
+    if fmt == "WEBP" and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        i = 12
+        while i + 8 <= len(data):  # RIFF chunks: fourcc, little-endian size, data padded to even
+            kind, size = data[i:i + 4], int.from_bytes(data[i + 4:i + 8], "little")
+            if kind == b"VP8L":
+                return True
+            if kind == b"VP8 ":
+                return False
+            i += 8 + size + (size & 1)
+    return None

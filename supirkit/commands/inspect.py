@@ -66,7 +66,7 @@ def _centre_crop(rgb, side):
 
 
 def run(args) -> int:
-    import tarfile
+    import sys
 
     from supirkit.cli import UserError
     from supirkit.commands._common import check_output_file, load
@@ -90,13 +90,26 @@ def run(args) -> int:
         coll = open_collection(args.path)
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
-    try:
-        return _show(args, cfg, coll, make_pair)
-    except tarfile.ReadError as exc:  # a truncated or foreign file named as a shard
-        raise UserError(f"{args.path}: not a readable tar shard ({exc})") from None
+    unreadable: list[dict] = []
+    code = _show(args, cfg, coll, make_pair, unreadable)
+    if (coll.urls and {bad["shard"] for bad in unreadable} >= set(coll.urls)
+            and not any(bad["read"] for bad in unreadable)):  # nothing could be read at all: not a shard
+        first = unreadable[0]
+        what = "not a readable tar shard" if len(coll.urls) == 1 else f"none of its {len(coll.urls)} shards is readable"
+        raise UserError(f"{args.path}: {what} ({first['shard']}: {first['error']})")
+    seen = set()
+    for bad in unreadable:  # each damaged shard once, by name; the rest was reported above
+        if bad["shard"] not in seen:
+            seen.add(bad["shard"])
+            print(f"inspect: unreadable shard {bad['shard']}: {bad['error']}", file=sys.stderr)
+    if seen:
+        print(f"inspect: {len(seen)} of {len(coll.urls)} shard(s) could not be read whole; the others are "
+              "reported above", file=sys.stderr)
+        return 1
+    return code
 
 
-def _show(args, cfg, coll, make_pair) -> int:
+def _show(args, cfg, coll, make_pair, unreadable: list) -> int:
     import json
 
     from supirkit.inspection import (
@@ -114,10 +127,11 @@ def _show(args, cfg, coll, make_pair) -> int:
     summary_text = ""
     if not args.no_summary:
         summary = summarize(coll, cfg.summary.reservoir, cfg.summary.max_distinct)
+        unreadable.extend(summary.get("unreadable", []))
         summary_text = format_summary(summary)
         print(json.dumps(summary, indent=1, default=str) if args.json else summary_text)
     seed = args.seed if args.seed is not None else cfg.samples.seed
-    limits = dict(max_file_bytes=cfg.decode.max_file_bytes)
+    limits = dict(max_file_bytes=cfg.decode.max_file_bytes, unreadable=unreadable)
     if args.show:
         for sample in iter_samples(coll, args.show, seed, **limits):
             print()
