@@ -19,15 +19,20 @@ import signal
 
 ENV = "SUPIRKIT_FAULT"
 DIR_ENV = "SUPIRKIT_FAULT_DIR"
+#: the signals a fault point may send instead of SIGKILL
+SIGNALS = ("KILL", "TERM", "INT")
 
 
 def _points() -> list[tuple[str, str | None, str]]:
     spec = os.environ.get(ENV, "").strip()
     out = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        name, _, rest = item.partition(":")
-        arg, _, sig = rest.partition(":")
-        out.append((name, arg or None, sig or "KILL"))
+        name, _, arg = item.partition(":")
+        sig = "KILL"
+        head, _, last = arg.rpartition(":")
+        if head and last.upper() in SIGNALS:  # point:INDEX:TERM; an argument may hold colons (hold_unit:curate:write)
+            arg, sig = head, last
+        out.append((name, arg or None, sig))
     return out
 
 

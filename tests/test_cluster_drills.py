@@ -271,8 +271,8 @@ def test_ray_job_submit_driver_killed_then_resubmitted_resumes(cluster, photos, 
     # the driver SIGKILLs itself once its first unit is complete (the scoring pass)
     killed = submit({"env_vars": {"SUPIRKIT_FAULT": "after_shards:1"}})
     assert killed.returncode != 0, killed.stdout[-3000:]
-    signals = out / "__supirkit__" / "work" / "signals"
-    done = {p.name: p.stat().st_mtime_ns for p in (signals / "_stats").glob("*.stats.json")}
+    signals = out / "__supirkit__" / "work" / "signals" / "_stats"  # the units' done markers
+    done = {p.name: p.stat().st_mtime_ns for p in signals.glob("*.stats.json")}
     assert done, killed.stdout[-3000:]
     assert not (out / "__supirkit__" / "summary.json").exists()
 
