@@ -126,15 +126,11 @@ class RayHead:
 DRIVER = r"""
 import json, os, sys, time
 job, src, out, settings = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+sys.path.insert(0, "benchmarks")  # the driver runs in the repository root
+import _phases
 phases = {}
 def timed(name, fn):
-    def wrapped(*a, **k):
-        t = time.perf_counter()
-        try:
-            return fn(*a, **k)
-        finally:
-            phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
-    return wrapped
+    return _phases.timed(phases, name, fn)
 from supirkit.datapipe.sources import list_inputs
 t = time.perf_counter(); n = sum(1 for _ in list_inputs([src])); listing = time.perf_counter() - t
 from supirkit.datapipe.config import load_config

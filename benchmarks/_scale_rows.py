@@ -108,16 +108,11 @@ from supirkit.datapipe.config import load_config
 cfg = load_config(CurateConfig, "curate/default.yaml",
                   ["dedup.semantic.enabled=true", f"runner.executor={executor}", "runner.num_cpus_per_task=1",
                    "runner.max_in_flight=2"])
+sys.path.insert(0, "benchmarks")  # the step runs in the repository root
+import _phases
 phases = {}
 def timed(mod, name):
-    fn = getattr(mod, name)
-    def wrapped(*a, **k):
-        t = time.perf_counter()
-        try:
-            return fn(*a, **k)
-        finally:
-            phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
-    setattr(mod, name, wrapped)
+    setattr(mod, name, _phases.timed(phases, name, getattr(mod, name)))
 parts = sorted((work / "signals").glob("signals-*.parquet"))
 t = time.perf_counter()
 if step == "group":

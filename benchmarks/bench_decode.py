@@ -88,21 +88,28 @@ def decoders() -> dict:
     return out
 
 
-def measure_decoders(datas: list[bytes], rounds: int) -> list[dict]:
-    cands = decoders()
+def _best_cpu_s(cands: dict, datas: list[bytes], rounds: int) -> tuple[list, float, dict]:
+    """Pillow's decodes of ``datas`` (the reference), their megapixels, and each candidate's best CPU seconds
+    to decode them all over ``rounds``."""
     ref = [_floor.pillow(d) for d in datas]
     mp = sum(r.shape[0] * r.shape[1] for r in ref) / 1e6
     cpu = {k: [] for k in cands}
     for _ in range(rounds):
         for name, fn in cands.items():
             cpu[name].append(_floor.decode_all(fn, datas)[0])
+    return ref, mp, {name: min(seconds) for name, seconds in cpu.items()}
+
+
+def measure_decoders(datas: list[bytes], rounds: int) -> list[dict]:
+    cands = decoders()
+    ref, mp, best_s = _best_cpu_s(cands, datas, rounds)
     rows = []
     for name, fn in cands.items():
         diff = None
         outs = [fn(d) for d in datas]
         if all(o.shape == r.shape for o, r in zip(outs, ref)):
             diff = max(int(np.abs(o.astype(np.int16) - r).max()) for o, r in zip(outs, ref))
-        best = min(cpu[name])
+        best = best_s[name]
         rows.append({"decoder": name, "mp_per_cpu_s": mp / best, "images_per_cpu_s": len(datas) / best,
                      "max_diff_vs_pillow_route": diff})
     floor = next(r for r in rows if r["decoder"].endswith("(floor)"))["mp_per_cpu_s"]
@@ -118,14 +125,9 @@ def measure_pngs(pngs: list[bytes], rounds: int) -> list[dict]:
     cands = {"decode_rgb, Pillow route (before)": _floor.pillow,
              "OpenCV imdecode (RGB)": lambda d: cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR_RGB),
              "decode_rgb (stages)": lambda d: decode_rgb(d)[0]}
-    ref = [_floor.pillow(d) for d in pngs]
-    mp = sum(r.shape[0] * r.shape[1] for r in ref) / 1e6
-    cpu = {k: [] for k in cands}
-    for _ in range(rounds):
-        for name, fn in cands.items():
-            cpu[name].append(_floor.decode_all(fn, pngs)[0])
-    return [{"decoder": name, "mp_per_cpu_s": mp / min(cpu[name]), "images_per_cpu_s": len(pngs) / min(cpu[name]),
-             "vs_pillow_route": min(cpu["decode_rgb, Pillow route (before)"]) / min(cpu[name]),
+    ref, mp, best_s = _best_cpu_s(cands, pngs, rounds)
+    return [{"decoder": name, "mp_per_cpu_s": mp / best_s[name], "images_per_cpu_s": len(pngs) / best_s[name],
+             "vs_pillow_route": best_s["decode_rgb, Pillow route (before)"] / best_s[name],
              "max_diff_vs_pillow_route": max(int(np.abs(fn(d).astype(np.int16) - r).max())
                                              for d, r in zip(pngs, ref))} for name, fn in cands.items()]
 

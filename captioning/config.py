@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from supirkit.datapipe.config import DecodeConfig, OutputConfig, RunnerConfig, Schema
+from supirkit.datapipe.config import DecodingJobConfig, OutputConfig, Schema
 from supirkit.datapipe.devices import Device, DType
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-13b-hf"
@@ -161,7 +161,7 @@ class CaptionOutputConfig(OutputConfig):
         "shard with .txt members (self-contained tars, a copy of the corpus)")
 
 
-class CaptionConfig(Schema):
+class CaptionConfig(DecodingJobConfig):
     model: CaptionModelConfig = CaptionModelConfig()
     prompt: CaptionPromptConfig = CaptionPromptConfig()
     generation: GenerationConfig = GenerationConfig()
@@ -171,5 +171,3 @@ class CaptionConfig(Schema):
     caption: CaptionBatchingConfig = CaptionBatchingConfig()
     tags: TaggerConfig = TaggerConfig()
     output: CaptionOutputConfig = CaptionOutputConfig()
-    decode: DecodeConfig = DecodeConfig()
-    runner: RunnerConfig = RunnerConfig()

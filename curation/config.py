@@ -8,10 +8,9 @@ from pydantic import Field, model_validator
 from supirkit.curation.keep import DEFAULT_RANK_BY
 from supirkit.datapipe.config import (
     PREFIX_PATTERN,
-    DecodeConfig,
+    DecodingJobConfig,
     ListingConfig,
     OutputConfig,
-    RunnerConfig,
     Schema,
     config_hash,
 )
@@ -141,17 +140,15 @@ class ReportConfig(Schema):
     max_rows: int = Field(200_000, ge=100, description="Rows sampled for the histograms.")
 
 
-class CurateConfig(Schema):
+class CurateConfig(DecodingJobConfig):
     input: InputConfig = InputConfig()
     listing: ListingConfig = ListingConfig()
-    decode: DecodeConfig = DecodeConfig()
     prefilter: PrefilterConfig = PrefilterConfig(min_side=1024, max_aspect_ratio=4.0)
     signals: SignalsConfig = SignalsConfig()
     dedup: DedupConfig = DedupConfig()
     rules: RulesConfig = RulesConfig()
     output: CurateOutputConfig = CurateOutputConfig()
     report: ReportConfig = ReportConfig()
-    runner: RunnerConfig = RunnerConfig()
 
     @model_validator(mode="after")
     def _crop_fits(self):

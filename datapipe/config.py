@@ -75,6 +75,22 @@ class DecodeConfig(Schema):
     max_file_bytes: int = Field(DEFAULT_MAX_FILE_BYTES, ge=1, le=1 << 40, description="Refuse inputs larger than this.")
 
 
+class DecodingConfig(Schema):
+    """Base of a config that reads images: its ``decode`` section, the limits every decode obeys."""
+
+    decode: DecodeConfig = DecodeConfig()
+
+
+class JobConfig(Schema):
+    """Base of a partitioned job's config: its ``runner`` section (how it runs, left out of the config hash)."""
+
+    runner: RunnerConfig = RunnerConfig()
+
+
+class DecodingJobConfig(DecodingConfig, JobConfig):
+    """Base of a partitioned job that decodes its inputs: ``decode`` and ``runner``."""
+
+
 class ListingConfig(Schema):
     """What a folder walk takes as inputs. Only regular files are ever read (FIFOs, sockets and devices are
     recorded as ``special_file``); a symlink is followed to a regular file inside the walked folder."""

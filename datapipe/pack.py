@@ -19,7 +19,7 @@ from pydantic import Field
 
 from supirkit.datapipe import faults
 from supirkit.datapipe.captions import CaptionJoin
-from supirkit.datapipe.config import DecodeConfig, ListingConfig, RunnerConfig, Schema, ShardingConfig, config_hash
+from supirkit.datapipe.config import DecodingJobConfig, ListingConfig, Schema, ShardingConfig, config_hash
 from supirkit.datapipe.decode import EXT_BY_FORMAT, DecodeError, decode_rgb, probe
 from supirkit.datapipe.dedup import duplicates_for_partition, group_exact_duplicates
 from supirkit.datapipe.files import read_json
@@ -39,13 +39,11 @@ class PackConfig(Schema):
     verify_decode: bool = Field(True, description="Decode every image fully to reject truncated files.")
 
 
-class ShardConfig(Schema):
+class ShardConfig(DecodingJobConfig):
     sharding: ShardingConfig = ShardingConfig()
     listing: ListingConfig = ListingConfig()
-    decode: DecodeConfig = DecodeConfig()
     prefilter: PrefilterConfig = PrefilterConfig(max_aspect_ratio=50.0)
     pack: PackConfig = PackConfig()
-    runner: RunnerConfig = RunnerConfig()
 
 
 class HashStage(Stage[Partition]):

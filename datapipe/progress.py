@@ -84,6 +84,12 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+def _count_so_far(i: int) -> property:
+    """``Progress``'s count ``i`` of [samples, inputs, rejected, steps]: the units finished in this run plus what
+    the units in flight reported so far."""
+    return property(lambda self: self.settled[i] + sum(v[i] for v in self.live.values()))
+
+
 class Progress:
     """The driver's view: units done, inputs, samples and rejections so far, rate and ETA.
 
@@ -115,24 +121,10 @@ class Progress:
                             dynamic_ncols=True, file=sys.stderr)
 
     # -------------------------------------------------------------------------------- counting
-    def _total(self, i: int) -> int:
-        return self.settled[i] + sum(v[i] for v in self.live.values())
-
-    @property
-    def samples(self) -> int:
-        return self._total(0)
-
-    @property
-    def inputs(self) -> int:
-        return self._total(1)
-
-    @property
-    def rejected(self) -> int:
-        return self._total(2)
-
-    @property
-    def steps(self) -> int:
-        return self._total(3)
+    samples = _count_so_far(0)
+    inputs = _count_so_far(1)
+    rejected = _count_so_far(2)
+    steps = _count_so_far(3)
 
     def add(self, unit: int, samples: int = 0, inputs: int = 0, rejected: int = 0, steps: int = 0) -> None:
         """A worker's counts for ``unit`` (the local channel; Ray workers go through ``ray_channel``)."""

@@ -21,7 +21,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import Field, field_validator
 
-from supirkit.datapipe.config import DecodeConfig, Schema, config_hash
+from supirkit.datapipe.config import DecodingConfig, Schema, config_hash
 from supirkit.metrics.conventions import DEFAULT_PRESET, FidelityConvention, preset
 
 STAGE = "evaluate"
@@ -59,11 +59,10 @@ class ReportOptions(Schema):
     crop: int = Field(192, ge=16, description="side of the crops shown (where restored and reference differ most)")
 
 
-class EvaluateConfig(Schema):
+class EvaluateConfig(DecodingConfig):
     metrics: MetricOptions = MetricOptions()
     match: MatchOptions = MatchOptions()
     report: ReportOptions = ReportOptions()
-    decode: DecodeConfig = DecodeConfig()
 
 
 @dataclass

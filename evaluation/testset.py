@@ -24,7 +24,7 @@ from typing import Iterable, Iterator, Literal, Optional
 import numpy as np
 from pydantic import Field, model_validator
 
-from supirkit.datapipe.config import DecodeConfig, RunnerConfig, Schema, ShardingConfig, config_hash
+from supirkit.datapipe.config import DecodingJobConfig, Schema, ShardingConfig, config_hash
 from supirkit.datapipe.errors import ConfigError
 from supirkit.datapipe.files import atomic_write
 from supirkit.datapipe.plan import Partition, plan_partitions, planned_inputs
@@ -62,13 +62,11 @@ class ExportOptions(Schema):
     folders: bool = Field(True, description="also write hq/{key}.png and lq/{key}.png next to the shards")
 
 
-class TestsetConfig(Schema):
+class TestsetConfig(DecodingJobConfig):
     pairs: PairOptions = PairOptions()
     crop: CropOptions = CropOptions()
     export: ExportOptions = ExportOptions()
     sharding: ShardingConfig = ShardingConfig(prefix="testset")
-    decode: DecodeConfig = DecodeConfig()
-    runner: RunnerConfig = RunnerConfig()
 
     @model_validator(mode="after")
     def _profile_fits(self):

@@ -5,7 +5,7 @@ from typing import Optional
 
 from pydantic import Field
 
-from supirkit.datapipe.config import DecodeConfig, Schema
+from supirkit.datapipe.config import DecodingConfig, Schema
 
 
 class SummaryConfig(Schema):
@@ -30,9 +30,8 @@ class HtmlConfig(Schema):
     thumb: int = Field(320, ge=16, le=2048)
 
 
-class InspectConfig(Schema):
+class InspectConfig(DecodingConfig):
     summary: SummaryConfig = SummaryConfig()
     samples: SampleConfig = SampleConfig()
     grid: GridConfig = GridConfig()
     html: HtmlConfig = HtmlConfig()
-    decode: DecodeConfig = DecodeConfig()

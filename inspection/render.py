@@ -37,6 +37,32 @@ class Tile:
     error: str = ""
 
 
+def _tiles(samples: Iterable[Sample], decode: Callable, make: Callable, what: str,
+           show: Callable = lambda made: made) -> list[Tile]:
+    """One tile per sample: ``decode(image) -> (pixels, header)``, then ``make(sample, pixels)`` and
+    ``show(made) -> [(label, rgb)]``. A sample without an image or whose image cannot be decoded, or for which
+    ``make`` raises (the caller's code: its error is named after ``what``), gets a tile with the reason
+    instead: one bad sample never stops the sheet."""
+    tiles = []
+    for s in samples:
+        if s.image is None:
+            tiles.append(Tile(s, [], None, s.error or "no image in sample"))
+            continue
+        try:
+            pixels, header = decode(s.image)
+        except DecodeError as exc:
+            tiles.append(Tile(s, [], None, exc.reason))
+            continue
+        size = (header.width, header.height)
+        try:
+            made = make(s, pixels)
+        except Exception as exc:  # the caller's own error, shown on the tile
+            tiles.append(Tile(s, [], size, f"{what}: {type(exc).__name__}: {exc}"[:200]))
+            continue
+        tiles.append(Tile(s, show(made), size))
+    return tiles
+
+
 def make_tiles(samples: Iterable[Sample], thumb: int, max_pixels: int = DEFAULT_MAX_PIXELS,
                views: Optional[ViewFn] = None) -> list[Tile]:
     """Thumbnails of ``samples`` (longer side ``thumb``), each with the extra images ``views`` adds.
@@ -47,31 +73,20 @@ def make_tiles(samples: Iterable[Sample], thumb: int, max_pixels: int = DEFAULT_
     visible). A view that raises gives the tile its error instead of stopping the sheet."""
     from supirkit.datapipe.decode import decode_rgb
 
-    tiles = []
-    for s in samples:
-        if s.image is None:
-            tiles.append(Tile(s, [], None, s.error or "no image in sample"))
-            continue
-        try:
-            if views is None:  # JPEGs are decoded at reduced scale
-                rgb, header = decode_thumbnail(s.image, thumb, max_pixels)
-            else:
-                full, header = decode_rgb(s.image, max_pixels)
-                rgb = fit_thumb(full, (thumb, thumb), enlarge=False)
-        except DecodeError as exc:
-            tiles.append(Tile(s, [], None, f"{exc.reason}"))
-            continue
-        images = [("", rgb)]
-        if views is not None:
-            try:
-                extra = views(full, {**s.meta, "key": s.meta.get("key", s.key)})
-                images += [(label, fit_thumb(np.asarray(img, dtype=np.uint8), (thumb, thumb), enlarge=True))
-                           for label, img in extra]
-            except Exception as exc:  # the view's own error, shown on the tile
-                tiles.append(Tile(s, [], (header.width, header.height), f"view: {type(exc).__name__}: {exc}"[:200]))
-                continue
-        tiles.append(Tile(s, images, (header.width, header.height)))
-    return tiles
+    def decode(data: bytes):
+        if views is None:  # JPEGs are decoded at reduced scale
+            rgb, header = decode_thumbnail(data, thumb, max_pixels)
+            return (rgb, None), header
+        full, header = decode_rgb(data, max_pixels)
+        return (fit_thumb(full, (thumb, thumb), enlarge=False), full), header
+
+    def with_views(s: Sample, decoded) -> list:
+        rgb, full = decoded
+        extra = [] if views is None else views(full, {**s.meta, "key": s.meta.get("key", s.key)})
+        return [("", rgb)] + [(label, fit_thumb(np.asarray(img, dtype=np.uint8), (thumb, thumb), enlarge=True))
+                              for label, img in extra]
+
+    return _tiles(samples, decode, with_views, "view")
 
 
 def fit_thumb(img: np.ndarray, box: tuple[int, int], enlarge: bool) -> np.ndarray:
@@ -101,29 +116,20 @@ def make_pair_tiles(samples: Iterable[Sample], thumb: int, make_pair: PairFn,
     ``make_pair`` raises, gets a tile with the reason: one bad sample never stops the sheet."""
     from supirkit.datapipe.decode import decode_rgb
 
-    tiles = []
-    for s in samples:
-        if s.image is None:
-            tiles.append(Tile(s, [], None, s.error or "no image in sample"))
-            continue
-        try:
-            rgb, header = decode_rgb(s.image, max_pixels)
-        except DecodeError as exc:
-            tiles.append(Tile(s, [], None, exc.reason))
-            continue
-        try:
-            hq, lq = make_pair(rgb, s.key)
-            hq, lq = np.asarray(hq, dtype=np.uint8), np.asarray(lq, dtype=np.uint8)
-            if hq.ndim != 3 or lq.ndim != 3 or hq.shape[2] != 3 or lq.shape[2] != 3:
-                raise ValueError(f"make_pair must return two HxWx3 RGB arrays, got {hq.shape} and {lq.shape}")
-        except Exception as exc:  # the pair maker's own error, shown on the tile
-            tiles.append(Tile(s, [], (header.width, header.height), f"pair: {type(exc).__name__}: {exc}"[:200]))
-            continue
+    def pair(s: Sample, rgb: np.ndarray) -> tuple:
+        hq, lq = make_pair(rgb, s.key)
+        hq, lq = np.asarray(hq, dtype=np.uint8), np.asarray(lq, dtype=np.uint8)
+        if hq.ndim != 3 or lq.ndim != 3 or hq.shape[2] != 3 or lq.shape[2] != 3:
+            raise ValueError(f"make_pair must return two HxWx3 RGB arrays, got {hq.shape} and {lq.shape}")
+        return hq, lq
+
+    def side_by_side(made: tuple) -> list:
+        hq, lq = made
         hq_thumb = fit_thumb(hq, (thumb, thumb), enlarge=False)
         lq_thumb = fit_thumb(lq, (hq_thumb.shape[1], hq_thumb.shape[0]), enlarge=True)
-        images = [(f"HQ {hq.shape[1]}x{hq.shape[0]}", hq_thumb), (f"LQ {lq.shape[1]}x{lq.shape[0]}", lq_thumb)]
-        tiles.append(Tile(s, images, (header.width, header.height)))
-    return tiles
+        return [(f"HQ {hq.shape[1]}x{hq.shape[0]}", hq_thumb), (f"LQ {lq.shape[1]}x{lq.shape[0]}", lq_thumb)]
+
+    return _tiles(samples, lambda data: decode_rgb(data, max_pixels), pair, "pair", side_by_side)
 
 
 def _font(size: int):

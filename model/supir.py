@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from supirkit.model.connectors import plan_connectors
 from supirkit.model.dr_encoder import DegradationRobustEncoder
-from supirkit.model.trunk import ControlTrunk, check_sdxl_like, resolve_depths, sdxl_embedding
+from supirkit.model.trunk import ControlTrunk, check_sdxl_like, resolve_depths, sdxl_down_path, sdxl_embedding
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +184,7 @@ class SUPIRModel(nn.Module):
         with torch.no_grad():  # frozen encoder: nothing below needs its activations
             emb = sdxl_embedding(unet, sample, timestep, added_cond_kwargs)
             h = unet.conv_in(sample)
-            skips = [h]
-            for block in unet.down_blocks:
-                if getattr(block, "has_cross_attention", False):
-                    h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=encoder_hidden_states)
-                else:
-                    h, res = block(hidden_states=h, temb=emb)
-                skips.extend(res)
+            h, skips = sdxl_down_path(unet, h, emb, encoder_hidden_states)
 
         h = unet.mid_block(h, emb, encoder_hidden_states=encoder_hidden_states)
         joins = iter(self.adaptor.joins)

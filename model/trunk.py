@@ -154,15 +154,22 @@ class ControlTrunk(nn.Module):
     def forward(self, sample, timestep, lq_latent, encoder_hidden_states, added_cond_kwargs) -> list[torch.Tensor]:
         emb = self.embed(sample, timestep, added_cond_kwargs)
         h = self.conv_in(sample) + self.hint_conv(lq_latent.to(sample.dtype))
-        features = [h]
-        for block in self.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=encoder_hidden_states)
-            else:
-                h, res = block(hidden_states=h, temb=emb)
-            features.extend(res)
+        h, features = sdxl_down_path(self, h, emb, encoder_hidden_states)
         features.append(self.mid_block(h, emb, encoder_hidden_states=encoder_hidden_states))
         return features
+
+
+def sdxl_down_path(module, h: torch.Tensor, emb: torch.Tensor, encoder_hidden_states):
+    """Run ``module.down_blocks`` from ``h`` (after ``conv_in``); returns the last hidden state and the skip
+    connections, ``h`` first. Works on the frozen UNet and on the trunk alike (same attribute names)."""
+    skips = [h]
+    for block in module.down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=encoder_hidden_states)
+        else:
+            h, res = block(hidden_states=h, temb=emb)
+        skips.extend(res)
+    return h, skips
 
 
 def sdxl_embedding(module, sample: torch.Tensor, timestep, added_cond_kwargs: dict) -> torch.Tensor:

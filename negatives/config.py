@@ -9,7 +9,7 @@ from typing import List, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from supirkit.datapipe.config import PREFIX_PATTERN, DecodeConfig, OutputConfig, RunnerConfig, Schema
+from supirkit.datapipe.config import PREFIX_PATTERN, DecodeConfig, JobConfig, OutputConfig, Schema
 from supirkit.datapipe.devices import Device, DType
 
 #: The negative-quality prompt of SUPIR's App. A.4 (Fig. 19), used both to steer SDXL and as the caption.
@@ -87,13 +87,14 @@ class NegativesOutputConfig(OutputConfig):
     png_compress_level: int = Field(6, ge=0, le=9, description="zlib level: size/speed only, pixels are equal.")
 
 
-class NegativesConfig(Schema):
+class NegativesConfig(JobConfig):
+    """The ``supirkit negatives`` job. Its decode limits sit in ``sources.decode``: only img2img reads images."""
+
     model: NegativesModelConfig = NegativesModelConfig()
     generate: GenerateConfig = GenerateConfig()
     prompts: NegativesPromptConfig = NegativesPromptConfig()
     sources: NegativesSourceConfig = NegativesSourceConfig()
     output: NegativesOutputConfig = NegativesOutputConfig()
-    runner: RunnerConfig = RunnerConfig()
 
 
 __all__ = [

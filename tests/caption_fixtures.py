@@ -7,6 +7,21 @@ from pathlib import Path
 
 import numpy as np
 
+#: the tiny LLaVA's quick settings: local executor, 8 new tokens, batches of 4
+FAST_CAPTION = ["--set", "runner.executor=local", "--set", "generation.max_new_tokens=8",
+                "--set", "caption.batch_size=4"]
+
+
+def caption_argv(shards, out, tiny_models, *extra, fast=FAST_CAPTION) -> list:
+    """``supirkit caption`` of ``shards`` into ``out`` with the tiny LLaVA and the demo config (and the tiny
+    SDXL's tokenizer for the token counts, where it was built), then ``extra``."""
+    argv = ["caption", str(shards), "--out", str(out), "--model", str(tiny_models["llava"]),
+            "--config", "caption/demo.yaml", *fast, *extra]
+    if "sdxl" in tiny_models:
+        argv += ["--set", f"tokens.tokenizer={tiny_models['sdxl']}"]
+    return argv
+
+
 SIZES = [(40, 64), (64, 40), (48, 48), (30, 90), (72, 56), (56, 72), (36, 36), (90, 30), (64, 64)]
 
 

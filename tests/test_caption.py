@@ -11,22 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from caption_fixtures import make_shards
+from caption_fixtures import FAST_CAPTION, caption_argv, make_shards
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--set", "runner.executor=local", "--set", "generation.max_new_tokens=8", "--set", "caption.batch_size=4",
-        "--set", "output.write=shards"]
+FAST = [*FAST_CAPTION, "--set", "output.write=shards"]  # this file tests the rewritten shards
 
 
 def _argv(shards, out, tiny_models, *extra):
-    argv = ["caption", str(shards), "--out", str(out), "--model", str(tiny_models["llava"]),
-            "--config", "caption/demo.yaml", *FAST, *extra]
-    if "sdxl" in tiny_models:
-        argv += ["--set", f"tokens.tokenizer={tiny_models['sdxl']}"]
-    return argv
+    return caption_argv(shards, out, tiny_models, *extra, fast=FAST)
 
 
 def _samples(folder):

@@ -11,22 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from caption_fixtures import make_shards
+from caption_fixtures import caption_argv, make_shards
 
 pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--set", "runner.executor=local", "--set", "generation.max_new_tokens=8", "--set", "caption.batch_size=4"]
-
-
-def _argv(shards, out, tiny_models, *extra):
-    argv = ["caption", str(shards), "--out", str(out), "--model", str(tiny_models["llava"]),
-            "--config", "caption/demo.yaml", *FAST, *extra]
-    if "sdxl" in tiny_models:
-        argv += ["--set", f"tokens.tokenizer={tiny_models['sdxl']}"]
-    return argv
-
-
 def _run(argv):
     from supirkit.cli import main
 
@@ -55,8 +44,8 @@ def captioned(tmp_path_factory, tiny_models):
     """One input set captioned both ways: caption tables (the default) and rewritten shards."""
     root = tmp_path_factory.mktemp("caption_tables")
     shards = make_shards(root / "in", n_shards=2, per_shard=5, with_txt=True)
-    assert _run(_argv(shards, root / "tables", tiny_models)) == 0
-    assert _run(_argv(shards, root / "rewritten", tiny_models, "--set", "output.write=shards")) == 0
+    assert _run(caption_argv(shards, root / "tables", tiny_models)) == 0
+    assert _run(caption_argv(shards, root / "rewritten", tiny_models, "--set", "output.write=shards")) == 0
     return {"root": root, "shards": shards, "tables": root / "tables", "rewritten": root / "rewritten"}
 
 
@@ -167,24 +156,24 @@ def test_caption_tables_resume_exactly_once(tmp_path, tiny_models, captioned):
     shards = make_shards(tmp_path / "in", n_shards=3, per_shard=2)
     out = tmp_path / "out"
     env = dict(os.environ, SUPIRKIT_FAULT="caption_mid_shard:1")  # table 0 done, killed inside table 1
-    proc = subprocess.run([sys.executable, "-m", "supirkit.cli", *map(str, _argv(shards, out, tiny_models))],
+    proc = subprocess.run([sys.executable, "-m", "supirkit.cli", *map(str, caption_argv(shards, out, tiny_models))],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     caps = out / "__supirkit__" / "captions"
     assert sorted(p.name for p in (caps / "_stats").glob("*.stats.json")) == ["captions-000000.stats.json"]
     first = (caps / "captions-000000.parquet").read_bytes()
-    assert _run(_argv(shards, out, tiny_models, "--set", "caption.prefetch_batches=0")) == 0
+    assert _run(caption_argv(shards, out, tiny_models, "--set", "caption.prefetch_batches=0")) == 0
     summary = json.loads((out / "__supirkit__" / "summary.json").read_text())
     assert summary["skipped_done"] == 1 and summary["caption"]["captions"] == 6
     assert (caps / "captions-000000.parquet").read_bytes() == first  # not redone
     assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")]
-    assert _run(_argv(shards, tmp_path / "straight", tiny_models)) == 0
+    assert _run(caption_argv(shards, tmp_path / "straight", tiny_models)) == 0
     resumed, straight = _tables(out), _tables(tmp_path / "straight")
     assert [[(r["key"], r["txt"]) for r in t] for t in resumed] == [[(r["key"], r["txt"]) for r in t] for t in straight]
     keys = [r["key"] for t in resumed for r in t]
     assert len(keys) == len(set(keys)) == 6  # nothing lost or doubled
     # the rewritten-shards folder is another output: a caption set is not resumed into it, nor the reverse
-    assert _run(_argv(shards, out, tiny_models, "--set", "output.write=shards")) == 2
+    assert _run(caption_argv(shards, out, tiny_models, "--set", "output.write=shards")) == 2
 
 
 def test_failed_samples_dropped_or_kept_uncaptioned(tmp_path, tiny_models):
@@ -192,13 +181,13 @@ def test_failed_samples_dropped_or_kept_uncaptioned(tmp_path, tiny_models):
     from supirkit.train.data import ShardSetIndex
 
     shards = make_shards(tmp_path / "in", n_shards=1, per_shard=3, corrupt=True)
-    assert _run(_argv(shards, tmp_path / "drop", tiny_models)) == 0
+    assert _run(caption_argv(shards, tmp_path / "drop", tiny_models)) == 0
     assert len(_tables(tmp_path / "drop")[0]) == 3
     marker = tmp_path / "drop" / "__supirkit__" / "captions" / "_stats" / "captions-000000.stats.json"
     stats = json.loads(marker.read_text())
     assert {r["reason"] for r in stats["rejections"]} == {"not_an_image", "no_image_in_sample"}
     assert not list(iter_rejections(tmp_path / "drop"))  # the tables' stats are not shard stats
-    assert _run(_argv(shards, tmp_path / "keep", tiny_models, "--set", "caption.on_failure=keep")) == 0
+    assert _run(caption_argv(shards, tmp_path / "keep", tiny_models, "--set", "caption.on_failure=keep")) == 0
     kept = {r["key"]: r for r in _tables(tmp_path / "keep")[0]}
     assert len(kept) == 5 and kept["badbytes0000"]["txt"] is None
     assert kept["badbytes0000"]["caption"]["error"] == "not_an_image"

@@ -108,14 +108,20 @@ def _assert_same(fast, slow, name):
     assert np.array_equal(a, b), f"{name}: max difference {np.abs(a.astype(int) - b).max()}"
 
 
+def _routes_agree(decode, name, *args, **kwargs):
+    """Decode by the fast route and by Pillow alone (``fast=False``) and assert the same outcome; returns
+    (fast outcome, route taken, Pillow-only outcome, route taken)."""
+    fast, route = _outcome(lambda: decode(*args, **kwargs))
+    slow, slow_route = _outcome(lambda: decode(*args, **kwargs, fast=False))
+    _assert_same(fast, slow, name)
+    return fast, route, slow, slow_route
+
+
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_fast_route_decodes_like_the_pillow_route(name):
     from supirkit.datapipe.decode import decode_rgb
 
-    data = CORPUS[name]
-    fast, route = _outcome(lambda: decode_rgb(data))
-    slow, slow_route = _outcome(lambda: decode_rgb(data, fast=False))
-    _assert_same(fast, slow, name)
+    fast, route, slow, slow_route = _routes_agree(decode_rgb, name, CORPUS[name])
     if name in ORDINARY:
         assert route == "libjpeg-turbo", f"{name} took the {route} route"
     if slow[0] == "ok":
@@ -128,10 +134,7 @@ def test_fast_route_decodes_like_the_pillow_route(name):
 def test_reduced_decoding_is_the_same_on_both_routes(name, min_side, side):
     from supirkit.datapipe.decode import decode_rgb_reduced
 
-    data = CORPUS[name]
-    fast, route = _outcome(lambda: decode_rgb_reduced(data, min_side, side=side))
-    slow, _ = _outcome(lambda: decode_rgb_reduced(data, min_side, side=side, fast=False))
-    _assert_same(fast, slow, name)
+    fast, route, _, _ = _routes_agree(decode_rgb_reduced, name, CORPUS[name], min_side, side=side)
     if fast[0] == "ok":
         arr, header = fast[1], fast[2]
         full = (header.height, header.width)
@@ -239,10 +242,7 @@ PNGS = _png_corpus()
 def test_png_route_decodes_like_the_pillow_route(name):
     from supirkit.datapipe.decode import decode_rgb
 
-    data = PNGS[name]
-    fast, route = _outcome(lambda: decode_rgb(data))
-    slow, _ = _outcome(lambda: decode_rgb(data, fast=False))
-    _assert_same(fast, slow, name)
+    fast, route, _, _ = _routes_agree(decode_rgb, name, PNGS[name])
     if name.startswith("fast_"):
         assert route == "opencv", f"{name} took the {route} route"
     elif fast[0] == "ok":

@@ -74,12 +74,18 @@ def test_the_torture_suite_has_at_least_25_kinds_on_three_levels():
     assert "hostile_metadata" in CASES  # metadata level (8 kinds of bad .json in it)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_case_through_shard(case, tmp_path, capsys):
-    root = tmp_path / "in"
+@pytest.fixture(params=sorted(CASES))
+def made_case(request, tmp_path):
+    """(case, root, expected): the case made in tmp_path/in; skipped where this machine cannot make it."""
+    case, root = request.param, tmp_path / "in"
     expected = make_case(case, root)
     if not expected:
         pytest.skip(f"{case}: not possible here (root reads everything; socket path too long)")
+    return case, root, expected
+
+
+def test_case_through_shard(made_case, tmp_path, capsys):
+    case, root, expected = made_case
     out = tmp_path / "out"
     code, text = _cli(["shard", *case_sources(case, root), "--out", str(out), *LOCAL], capsys)
     ok = sum(v == "ok" for v in expected.values())
@@ -92,12 +98,8 @@ def test_case_through_shard(case, tmp_path, capsys):
     assert got == _shown(expected)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_case_through_curate(case, tmp_path, capsys):
-    root = tmp_path / "in"
-    expected = make_case(case, root)
-    if not expected:
-        pytest.skip(f"{case}: not possible here")
+def test_case_through_curate(made_case, tmp_path, capsys):
+    case, root, expected = made_case
     out = tmp_path / "out"
     code, text = _cli(["curate", *case_sources(case, root), "--out", str(out), *CURATE], capsys)
     assert code in (0, 1), text  # the torture images are below the demo profile's size: 1 = nothing written
@@ -112,14 +114,10 @@ def test_case_through_curate(case, tmp_path, capsys):
         assert got[name] in ((reason, "too_small") if reason != "ok" else ("too_small",)), (name, got[name])
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_case_through_inspect(case, tmp_path, capsys):
+def test_case_through_inspect(made_case, tmp_path, capsys):
     """``inspect`` of the shards each case makes, and of each tar of the case as it is (hostile members and
     metadata, a cut tar, a file that is not one): a damaged tar is named and exits 1, the rest is reported."""
-    root = tmp_path / "in"
-    expected = make_case(case, root)
-    if not expected:
-        pytest.skip(f"{case}: not possible here")
+    case, root, expected = made_case
     out = tmp_path / "out"
     _cli(["shard", *case_sources(case, root), "--out", str(out), *LOCAL], capsys)
     code, text = _cli(["inspect", str(out), "--show", "3", "--grid", str(tmp_path / "g.png"), "--html",

@@ -20,6 +20,17 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
                    help="delete what an earlier run left in --out and start over (else: resume)")
 
 
+#: what a stage's SRC arguments may name (every source is listed by datapipe.sources alike)
+SOURCES_HELP = "folder, glob, fsspec URL, .parquet/.csv list, or .tar"
+
+
+def add_io_args(p: argparse.ArgumentParser, nargs: str = "*", name: str = "sources", metavar: str = "SRC",
+                help: str = SOURCES_HELP) -> None:
+    """The positional inputs, then ``--out`` and ``--fresh``: the command line of every stage reading inputs."""
+    p.add_argument(name, nargs=nargs, metavar=metavar, help=help)
+    add_output_args(p)
+
+
 def load(args: argparse.Namespace, schema):
     from supirkit.datapipe.config import load_config
 

@@ -1,14 +1,7 @@
 """supirkit caption"""
 from __future__ import annotations
 
-from supirkit.commands._common import (
-    add_config_args,
-    add_output_args,
-    check_model_ref,
-    check_output_folder,
-    finish,
-    load,
-)
+from supirkit.commands._common import add_config_args, add_io_args, check_model_ref, check_output_folder, finish, load
 
 HELP = "caption every sample of a shard set with LLaVA (adds .txt and caption metadata; images unchanged)"
 DESCRIPTION = (HELP + ". Input shard i becomes output shard i; rerunning the same command resumes, redoing "
@@ -17,9 +10,8 @@ DESCRIPTION = (HELP + ". Input shard i becomes output shard i; rerunning the sam
 
 
 def add_arguments(p):
-    p.add_argument("shards", nargs="+", metavar="SHARDS",
-                   help="shard folder, brace pattern (shard-{000000..000009}.tar), glob or .tar files")
-    add_output_args(p)
+    add_io_args(p, nargs="+", name="shards", metavar="SHARDS",
+                help="shard folder, brace pattern (shard-{000000..000009}.tar), glob or .tar files")
     p.add_argument("--model", metavar="ID_OR_PATH",
                    help="LLaVA-1.5 / LLaVA-NeXT checkpoint id or local folder (overrides model.name)")
     p.add_argument("--source", choices=["curated", "original"], default=None,

@@ -1,7 +1,7 @@
 """supirkit curate"""
 from __future__ import annotations
 
-from supirkit.commands._common import add_config_args, add_output_args, check_output_folder, check_sources, finish, load
+from supirkit.commands._common import add_config_args, add_io_args, check_output_folder, check_sources, finish, load
 
 HELP = "score, deduplicate and select high-resolution photos; write curated training shards"
 DESCRIPTION = (HELP + ". Accepted images become training crops in shards at the top of OUT; every input gets a "
@@ -11,8 +11,7 @@ DESCRIPTION = (HELP + ". Accepted images become training crops in shards at the 
 
 
 def add_arguments(p):
-    p.add_argument("sources", nargs="*", metavar="SRC", help="folder, glob, fsspec URL, .parquet/.csv list, or .tar")
-    add_output_args(p)
+    add_io_args(p)
     p.add_argument("--select-only", action="store_true",
                    help="re-select from the scores in OUT (rules, dedup, output changed); never rescores")
     add_config_args(p, "curate/default.yaml")

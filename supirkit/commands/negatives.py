@@ -1,14 +1,7 @@
 """supirkit negatives"""
 from __future__ import annotations
 
-from supirkit.commands._common import (
-    add_config_args,
-    add_output_args,
-    check_model_ref,
-    check_output_folder,
-    finish,
-    load,
-)
+from supirkit.commands._common import add_config_args, add_io_args, check_model_ref, check_output_folder, finish, load
 
 HELP = "make SUPIR's negative-quality samples with SDXL (img2img from any images at strength 0.5, or txt2img)"
 DESCRIPTION = (HELP + ". Each sample is captioned with its negative-quality prompt and marked "
@@ -17,10 +10,8 @@ DESCRIPTION = (HELP + ". Each sample is captioned with its negative-quality prom
 
 
 def add_arguments(p):
-    p.add_argument("sources", nargs="*", metavar="SRC",
-                   help="img2img sources, as for `supirkit shard`: shard sets, folders of images, globs, fsspec "
-                        "URLs, .parquet/.csv path lists, .tar (not needed with --set generate.mode=txt2img)")
-    add_output_args(p)
+    add_io_args(p, help="img2img sources, as for `supirkit shard`: shard sets, folders of images, globs, "
+                "fsspec URLs, .parquet/.csv path lists, .tar (not needed with --set generate.mode=txt2img)")
     p.add_argument("--count", type=int, metavar="N", help="samples to make (default: generate.count of the config)")
     p.add_argument("--model", metavar="ID_OR_PATH",
                    help="SDXL diffusers pipeline: hub id or local folder (default: model.id of the config)")

@@ -1,7 +1,7 @@
 """supirkit shard"""
 from __future__ import annotations
 
-from supirkit.commands._common import add_config_args, add_output_args, check_output_folder, check_sources, finish, load
+from supirkit.commands._common import add_config_args, add_io_args, check_output_folder, check_sources, finish, load
 
 HELP = "pack images (folders, globs, URLs, path lists, tars) into lossless WebDataset shards"
 DESCRIPTION = (HELP + ". With --from-manifest and --where, select rows of a scores table and write a new "
@@ -9,8 +9,7 @@ DESCRIPTION = (HELP + ". With --from-manifest and --where, select rows of a scor
 
 
 def add_arguments(p):
-    p.add_argument("sources", nargs="*", metavar="SRC", help="folder, glob, fsspec URL, .parquet/.csv list, or .tar")
-    add_output_args(p)
+    add_io_args(p)
     p.add_argument("--from-manifest", metavar="PARQUET", help="scores/index table (file or folder) to select from")
     p.add_argument("--where", metavar="EXPR", help='condition on its columns, e.g. "sharpness > 0.4 and width >= 2048"')
     add_config_args(p, "shard/default.yaml")

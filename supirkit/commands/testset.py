@@ -1,7 +1,7 @@
 """supirkit testset"""
 from __future__ import annotations
 
-from supirkit.commands._common import add_config_args, add_output_args, check_output_folder, check_sources, load
+from supirkit.commands._common import add_config_args, add_io_args, check_output_folder, check_sources, load
 
 HELP = "make a deterministic paired test set (HQ crop, LQ, parameters) from photos with a degradation profile"
 DESCRIPTION = (HELP + ". Pairs are written as shards ({key}.png, {key}.lq.png, {key}.json) and as hq/ and lq/ "
@@ -11,8 +11,7 @@ DESCRIPTION = (HELP + ". Pairs are written as shards ({key}.png, {key}.lq.png, {
 
 
 def add_arguments(p):
-    p.add_argument("sources", nargs="+", metavar="SRC", help="folder, glob, fsspec URL, .parquet/.csv list, or .tar")
-    add_output_args(p)
+    add_io_args(p, nargs="+")
     p.add_argument("--profile", metavar="NAME", help="degradation profile (configs/degrade name or YAML path); "
                                                      "shortcut for --set pairs.profile=NAME")
     p.add_argument("--count", type=int, metavar="N", help="at most N pairs (shortcut for --set pairs.count=N)")

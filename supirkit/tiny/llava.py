@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from supirkit.tiny.bpe import add_word_merges
+
 #: Image side and patch of the tiny vision tower (LLaVA-1.5: 336 and 14).
 TINY_IMAGE_SIZE = 56
 TINY_PATCH_SIZE = 14
@@ -55,20 +57,9 @@ def _llama_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     vocab_list = [_UNK, _BOS, _EOS] + [f"<0x{b:02X}>" for b in range(256)]
     chars = [chr(c) for c in range(33, 127)]
     vocab_list += ["▁"] + chars + ["▁" + c for c in chars]
-    seen = set(vocab_list)
     merges: list[tuple[str, str]] = [("▁", c) for c in chars]
-    for word in _WORDS:
-        for piece in (word, word.capitalize()):
-            symbols = ["▁" + piece[0]] + list(piece[1:])
-            while len(symbols) > 1:  # merge left to right: every listed word becomes one token
-                pair = (symbols[0], symbols[1])
-                merged = symbols[0] + symbols[1]
-                if pair not in merges:
-                    merges.append(pair)
-                if merged not in seen:
-                    seen.add(merged)
-                    vocab_list.append(merged)
-                symbols = [merged] + symbols[2:]
+    pieces = (piece for word in _WORDS for piece in (word, word.capitalize()))
+    add_word_merges((["▁" + piece[0]] + list(piece[1:]) for piece in pieces), vocab_list, merges)
     return {tok: i for i, tok in enumerate(vocab_list)}, merges
 
 
@@ -85,62 +76,64 @@ def build_tiny_tokenizer():
     return tokenizer
 
 
-def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny LLaVA-1.5 checkpoint (seeded random weights, safetensors) to ``out_dir`` and return it."""
-    import torch
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        GenerationConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer()
-    image_token_id = tokenizer.convert_tokens_to_ids(_IMAGE)
-    pad_token_id = tokenizer.pad_token_id
-    vocab_size = len(tokenizer)
+def _tiny_towers(tokenizer, **text_options):
+    """The tiny CLIP vision tower and Llama decoder configs both LLaVA generations share."""
+    from transformers import CLIPVisionConfig, LlamaConfig
 
     vision_config = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
         image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, projection_dim=32, hidden_act="quick_gelu",
     )
     text_config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_token_id,
-        tie_word_embeddings=False,
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        **text_options,
     )
-    n_patches = (TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2
-    config = LlavaConfig(
-        vision_config=vision_config, text_config=text_config, image_token_index=image_token_id,
-        image_seq_length=n_patches, projector_hidden_act="gelu", vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-    )
-    config.pad_token_id = pad_token_id
+    return vision_config, text_config
 
+
+def _save_tiny(out: Path, seed: int, model_class, config, processor_class, image_processor, tokenizer) -> Path:
+    """Seed, build and save the model, then its processor (the tiny tokenizer, the LLaVA-1.5 chat template)."""
+    import torch
+    from transformers import GenerationConfig
+
+    pad_token_id = tokenizer.pad_token_id
+    config.pad_token_id = pad_token_id
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
                                                eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_token_id)
     model.save_pretrained(str(out), safe_serialization=True)
-
-    image_processor = CLIPImageProcessor(
-        do_resize=True, size={"shortest_edge": TINY_IMAGE_SIZE}, resample=3, do_center_crop=True,
-        crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}, do_rescale=True, rescale_factor=1 / 255,
-        do_normalize=True, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), do_convert_rgb=True,
-    )
-    processor = LlavaProcessor(
+    processor = processor_class(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=TINY_PATCH_SIZE,
         vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token=_IMAGE,
         chat_template=LLAVA_15_CHAT_TEMPLATE,
     )
     processor.save_pretrained(str(out))
     return out
+
+
+def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny LLaVA-1.5 checkpoint (seeded random weights, safetensors) to ``out_dir`` and return it."""
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer()
+    vision_config, text_config = _tiny_towers(tokenizer, rms_norm_eps=1e-5, tie_word_embeddings=False)
+    n_patches = (TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2
+    config = LlavaConfig(
+        vision_config=vision_config, text_config=text_config, image_token_index=tokenizer.convert_tokens_to_ids(_IMAGE),
+        image_seq_length=n_patches, projector_hidden_act="gelu", vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    image_processor = CLIPImageProcessor(
+        do_resize=True, size={"shortest_edge": TINY_IMAGE_SIZE}, resample=3, do_center_crop=True,
+        crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}, do_rescale=True, rescale_factor=1 / 255,
+        do_normalize=True, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), do_convert_rgb=True,
+    )
+    return _save_tiny(out, seed, LlavaForConditionalGeneration, config, LlavaProcessor, image_processor, tokenizer)
 
 
 #: LLaVA-NeXT's "anyres" grid at the tiny tile size (llava-v1.6: 336-px tiles up to 672x672, 1008x336, 336x1008).
@@ -150,11 +143,7 @@ TINY_NEXT_PINPOINTS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
 def build_tiny_llava_next(out_dir: str | Path, seed: int = 0) -> Path:
     """A tiny LLaVA-NeXT (llava-v1.6) checkpoint: ``LlavaNextForConditionalGeneration`` with anyres tiling
     (``LlavaNextImageProcessor`` with image_grid_pinpoints), the same tiny tokenizer and chat template."""
-    import torch
     from transformers import (
-        CLIPVisionConfig,
-        GenerationConfig,
-        LlamaConfig,
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
         LlavaNextImageProcessor,
@@ -164,34 +153,14 @@ def build_tiny_llava_next(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()
-    pad_token_id = tokenizer.pad_token_id
-    vision_config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-        image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, projection_dim=32, hidden_act="quick_gelu",
-    )
-    text_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_token_id,
-    )
+    vision_config, text_config = _tiny_towers(tokenizer)
     config = LlavaNextConfig(
         vision_config=vision_config, text_config=text_config, image_token_index=tokenizer.convert_tokens_to_ids(_IMAGE),
         image_grid_pinpoints=TINY_NEXT_PINPOINTS, vision_feature_select_strategy="default", vision_feature_layer=-2,
     )
-    config.pad_token_id = pad_token_id
-    torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
-                                               eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_token_id)
-    model.save_pretrained(str(out), safe_serialization=True)
     image_processor = LlavaNextImageProcessor(
         size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
         image_grid_pinpoints=TINY_NEXT_PINPOINTS, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), resample=3,
     )
-    processor = LlavaNextProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=TINY_PATCH_SIZE,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token=_IMAGE,
-        chat_template=LLAVA_15_CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(str(out))
-    return out
+    return _save_tiny(out, seed, LlavaNextForConditionalGeneration, config, LlavaNextProcessor, image_processor,
+                      tokenizer)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from supirkit.tiny.bpe import add_word_merges
+
 #: Per-level transformer depths of the tiny UNet (SDXL: [1, 2, 10]; the first entry is unused because
 #: level one has no attention). The middle block takes the last entry, as in SDXL.
 TINY_TRANSFORMER_DEPTHS = (1, 2, 3)
@@ -88,21 +90,10 @@ def _bpe_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     """CLIP's vocabulary layout: bytes, bytes + '</w>', merge results, then the two special tokens."""
     byte_chars = list(bytes_to_unicode().values())
     vocab_list = byte_chars + [c + "</w>" for c in byte_chars]
-    merges: list[str] = []
-    seen = set(vocab_list)
-    for word in _WORDS:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(symbols) > 1:  # merge left to right: every word becomes one token
-            pair = f"{symbols[0]} {symbols[1]}"
-            merged = symbols[0] + symbols[1]
-            if pair not in merges:
-                merges.append(pair)
-            if merged not in seen:
-                seen.add(merged)
-                vocab_list.append(merged)
-            symbols = [merged] + symbols[2:]
+    merges: list[tuple[str, str]] = []
+    add_word_merges((list(word[:-1]) + [word[-1] + "</w>"] for word in _WORDS), vocab_list, merges)
     vocab_list += [_SPECIAL_BOS, _SPECIAL_EOS]
-    return {tok: i for i, tok in enumerate(vocab_list)}, merges
+    return {tok: i for i, tok in enumerate(vocab_list)}, [f"{a} {b}" for a, b in merges]  # merges.txt lines
 
 
 def _write_tokenizer(folder: Path, pad_token: str):
