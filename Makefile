@@ -14,7 +14,7 @@ export HF_HOME := $(CURDIR)/.cache/hf
 export TORCH_HOME := $(CURDIR)/.cache/torch
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test bench gpu-check gpu-wheels clean
+.PHONY: install demo test test-fast bench gpu-check gpu-wheels clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,12 @@ demo: $(STAMP)
 	$(VENV)/bin/supirkit demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(VENV)/bin/ruff check --output-format concise .
+	$(PY) -m pytest -q tests --durations=25
+
+# the fast loop while working: everything not marked slow (about two minutes on 2 cores)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

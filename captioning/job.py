@@ -42,6 +42,8 @@ from supirkit.datapipe.tario import list_shards, parse_meta, read_shard
 log = logging.getLogger("supirkit")
 
 STAGE = "caption"
+#: photos per output shard when the inputs are not shard sets (an input shard is a unit of its own)
+PHOTOS_PER_SHARD = 1000
 
 
 @dataclass
@@ -78,10 +80,11 @@ class CaptionStage(Stage[Partition]):
     name = STAGE
     needs_gpu = True
 
-    def __init__(self, cfg: CaptionConfig, backend_factory=None) -> None:
+    def __init__(self, cfg: CaptionConfig, backend_factory=None, photos: bool = False) -> None:
         self.cfg = cfg
         self.backend_factory = backend_factory  # tests and benchmarks may pass an already built backend
         self.backend = None
+        self.photos = photos  # partitions of loose inputs (captioning.photos), not one input shard each
 
     def __getstate__(self):  # the loaded model never travels to a worker: each loads its own
         state = dict(self.__dict__)
@@ -115,14 +118,13 @@ class CaptionStage(Stage[Partition]):
             self.caption_base["tagger"] = self.tagger.describe()
 
     # ------------------------------------------------------------------------------------- reading side
-    def _prepare(self, sample: dict, tar_source: str) -> Prepared:
+    def _prepare(self, sample: dict, source: str) -> Prepared:
         """One sample and its prepared image, or the reason it has none (a corrupt sample is that sample's
         problem; a transient read error is not caught here: it fails the shard, which is retried)."""
         from supirkit.captioning.images import image_bytes_for, prepare_image
 
         cfg = self.cfg
-        key = sample["__key__"]
-        item = Prepared(sample, {}, f"{tar_source}#{display_source(key)}")
+        item = Prepared(sample, {}, source)
         try:
             item.meta = parse_meta(sample.get("json"))
             data = image_bytes_for(sample, item.meta, cfg.image.use, cfg.decode.max_file_bytes)
@@ -133,8 +135,12 @@ class CaptionStage(Stage[Partition]):
             item.error = rejection_reason(exc)
         return item
 
-    def _batches(self, url: str) -> Iterator[Batch]:
-        """Read the shard and prepare batches, in order; reading/decoding failures become values."""
+    def _batches(self, partition: Partition) -> Iterator[Batch]:
+        """Read the unit's inputs and prepare batches, in order; reading/decoding failures become values."""
+        if self.photos:
+            yield from self._photo_batches(partition)
+            return
+        url = partition.refs[0].uri
         tar_source = display_source(url)
         bs = self.cfg.caption.batch_size
         batch = Batch()
@@ -154,7 +160,7 @@ class CaptionStage(Stage[Partition]):
                                      max_member_bytes=self.cfg.decode.max_file_bytes):
                 batch.timings["read"] = batch.timings.get("read", 0.0) + time.perf_counter() - t_read
                 t = time.perf_counter()
-                batch.items.append(self._prepare(sample, tar_source))
+                batch.items.append(self._prepare(sample, f"{tar_source}#{display_source(sample['__key__'])}"))
                 batch.timings["decode"] = batch.timings.get("decode", 0.0) + time.perf_counter() - t
                 if len(batch.items) >= bs:
                     yield batch
@@ -165,10 +171,29 @@ class CaptionStage(Stage[Partition]):
         if batch.items or batch.rejections:
             yield batch
 
-    def _prefetched(self, url: str) -> Iterator[Batch]:
+    def _photo_batches(self, partition: Partition) -> Iterator[Batch]:
+        from supirkit.captioning.photos import RejectionLog, photo_samples
+
+        scratch = RejectionLog()
+        batch = Batch()
+        for sample, source in photo_samples(partition, scratch, self.cfg.decode.max_file_bytes,
+                                            self.cfg.runner.io_retries):
+            t = time.perf_counter()
+            batch.items.append(self._prepare(sample, source))
+            batch.timings["decode"] = batch.timings.get("decode", 0.0) + time.perf_counter() - t
+            if len(batch.items) >= self.cfg.caption.batch_size:
+                batch.rejections = scratch.take()
+                yield batch
+                batch = Batch()
+        batch.rejections = scratch.take()
+        batch.timings["read"] = scratch.timings.get("read", 0.0)
+        if batch.items or batch.rejections:
+            yield batch
+
+    def _prefetched(self, partition: Partition) -> Iterator[Batch]:
         ahead = self.cfg.caption.prefetch_batches
         if ahead == 0:
-            yield from self._batches(url)
+            yield from self._batches(partition)
             return
         q: queue.Queue = queue.Queue(maxsize=ahead)
         stop = threading.Event()
@@ -185,7 +210,7 @@ class CaptionStage(Stage[Partition]):
 
         def produce():
             try:
-                for b in self._batches(url):
+                for b in self._batches(partition):
                     if not put(b):
                         return
             except BaseException as exc:  # surfaced in the consumer: the shard fails and is retried
@@ -233,7 +258,7 @@ class CaptionStage(Stage[Partition]):
     def process(self, partition: Partition, sink, stats: UnitStats) -> None:
         from supirkit.datapipe import faults
 
-        url = partition.refs[0].uri
+        url = partition.refs[0].uri  # the input shard (the first input, for a partition of photos)
         if not getattr(self, "_load_reported", True):
             stats.timings["load_model"] += self.load_s  # once per worker: on its first shard
             self._load_reported = True
@@ -242,7 +267,7 @@ class CaptionStage(Stage[Partition]):
         uncaptioned: list[dict] = []
         written = 0
         writer = self._writer(sink, url)
-        for b_index, batch in enumerate(self._prefetched(url)):
+        for b_index, batch in enumerate(self._prefetched(partition)):
             for name, seconds in batch.timings.items():
                 stats.timings[name] += seconds
             for source, reason, detail in batch.rejections:
@@ -392,13 +417,25 @@ def job_hash(cfg: CaptionConfig) -> str:
 
 def run_caption_job(shards: Iterable[str], out: str | Path, cfg: CaptionConfig, fresh: bool = False,
                     backend_factory=None) -> CaptionJobResult:
-    """The whole ``supirkit caption`` job over the shards named by ``shards`` (folders, patterns, tars)."""
-    from supirkit.datapipe.sources import normalize_source
+    """The whole ``supirkit caption`` job over ``shards``: shard sets (folders, patterns, tars), or any other
+    sources ``shard`` takes (photos: ``captioning.photos``, written as new shards)."""
+    from supirkit.datapipe.sources import list_inputs, normalize_source
 
     # absolute: the caption tables and their provenance name the input shards from any working folder
-    urls = [normalize_source(u) for u in list_shards(list(shards))]
-    if not urls:
-        raise FileNotFoundError("no input shards found")
+    sources = [normalize_source(u) for u in shards]
+    try:
+        urls = list_shards(sources)
+    except FileNotFoundError:
+        urls = []
+    photos = not urls or not all(u.lower().endswith(".tar") for u in urls)
+    if photos:
+        if cfg.output.write != "shards":
+            log.info("caption: the inputs are not shard sets; the photos and their captions go into new shards")
+            cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"write": "shards"})})
+        inputs = list_inputs(sources)
+    else:
+        urls = [normalize_source(u) for u in urls]
+        inputs = (InputRef(u, TAR, -1) for u in urls)
     if backend_factory is None:
         from supirkit.captioning.preflight import check_backend, check_model
 
@@ -406,8 +443,10 @@ def run_caption_job(shards: Iterable[str], out: str | Path, cfg: CaptionConfig, 
         check_model(cfg)
     check_tagger(cfg.tags)
     chash = job_hash(cfg)
-    layout = prepare_output(out, STAGE, chash, fresh, sources=urls)
-    n = plan_partitions((InputRef(u, TAR, -1) for u in urls), layout.work, ShardingConfig())
+    layout = prepare_output(out, STAGE, chash, fresh, sources=sources if photos else urls)
+    n = plan_partitions(inputs, layout.work, ShardingConfig(samples_per_shard=PHOTOS_PER_SHARD))
+    if n == 0:
+        raise FileNotFoundError(f"no images or shards found in {' '.join(sources)}")
     table = cfg.output.write == "table"
     if table:
         output = caption_output(layout)
@@ -415,7 +454,7 @@ def run_caption_job(shards: Iterable[str], out: str | Path, cfg: CaptionConfig, 
             write_caption_inputs(layout, urls)
     else:
         output = ShardOutput(layout.root, cfg.output.prefix)
-    stage = CaptionStage(cfg, backend_factory)
+    stage = CaptionStage(cfg, backend_factory, photos=photos)
     result = run_stage(Pass(stage, output, n, layout.work, chash, "caption"), cfg.runner)
     report = token_report((output.marker(i) for i in range(n)), cfg.tokens.warn_share, cfg.tokens.limit)
     extra = {"model": cfg.model.name, "backend": cfg.model.backend, "config_hash": chash, "caption": report,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from supirkit.degrade.config import CLASSICAL_DOWNSAMPLERS, CLASSICAL_NOISES
 from supirkit.degrade.kernels import kernel_from_params, sample_blur_kernel, separable_factor, weighted_index
 from supirkit.degrade.noise import add_gaussian_noise, add_poisson_noise
 
@@ -71,7 +72,8 @@ def direct(img: np.ndarray, s: int) -> np.ndarray:
 
 
 DOWNSAMPLERS = {"bicubic": bicubic, "bilinear": bilinear, "area": area, "nearest": nearest, "direct": direct}
-NOISES = ("none", "gaussian", "poisson")
+NOISES = CLASSICAL_NOISES
+assert tuple(DOWNSAMPLERS) == CLASSICAL_DOWNSAMPLERS  # the config validates against the names
 
 
 def _pick(rng: np.random.Generator, weights: dict[str, float], order) -> str:

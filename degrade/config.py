@@ -18,6 +18,9 @@ from supirkit.datapipe.config import Schema
 
 PIPELINES = ("realesrgan", "codeformer", "classical")
 KERNEL_FAMILIES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
+#: the classical model's named parts; ``degrade.classical`` holds their functions under these names
+CLASSICAL_DOWNSAMPLERS = ("bicubic", "bilinear", "area", "nearest", "direct")
+CLASSICAL_NOISES = ("none", "gaussian", "poisson")
 ResizeMode = Literal["area", "bilinear", "bicubic"]
 
 _PI_EXPR = re.compile(r"^\s*([+-]?)\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*\*\s*)?pi\s*(?:/\s*(\d+(?:\.\d*)?))?\s*$")
@@ -204,7 +207,7 @@ class CodeFormerConfig(Schema):
 
 
 class ClassicalNoiseConfig(Schema):
-    """The ``n`` of y = (x * k)↓ + n: one family per sample (``degrade.classical.NOISES``), by weight."""
+    """The ``n`` of y = (x * k)↓ + n: one family per sample (``CLASSICAL_NOISES``), by weight."""
 
     families: dict[str, float] = Field(description="weight per noise family: none, gaussian, poisson")
     gaussian_sigma: NonNegativeRange = Field(description="sigma range on the 0-255 scale")
@@ -213,9 +216,7 @@ class ClassicalNoiseConfig(Schema):
 
     @model_validator(mode="after")
     def _known_families(self):
-        from supirkit.degrade.classical import NOISES
-
-        _check_weights(self.families, NOISES, "noise family")
+        _check_weights(self.families, CLASSICAL_NOISES, "noise family")
         return self
 
 
@@ -233,9 +234,7 @@ class ClassicalConfig(Schema):
 
     @model_validator(mode="after")
     def _known_downsamplers(self):
-        from supirkit.degrade.classical import DOWNSAMPLERS
-
-        _check_weights(self.downsamplers, DOWNSAMPLERS, "downsampler")
+        _check_weights(self.downsamplers, CLASSICAL_DOWNSAMPLERS, "downsampler")
         return self
 
 

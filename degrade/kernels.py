@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from supirkit.degrade.config import KERNEL_FAMILIES
+
 KernelParams = dict[str, Any]
 
 
@@ -121,8 +123,6 @@ def _split_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 def sample_blur_kernel(rng: np.random.Generator, cfg) -> KernelParams:
     """One draw of the first/second-stage kernel (Real-ESRGAN dataset L128-172). ``cfg``: BlurConfig."""
-    from supirkit.degrade.config import KERNEL_FAMILIES
-
     size = int(cfg.kernel_sizes[rng.integers(len(cfg.kernel_sizes))])
     if rng.random() < cfg.sinc_prob:
         lo, hi = cfg.sinc_cutoff_large if size >= cfg.sinc_large_from else cfg.sinc_cutoff_small

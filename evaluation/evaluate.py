@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-import numpy as np
 from pydantic import Field, field_validator
 
 from supirkit.datapipe.config import DecodingConfig, Schema, config_hash
+from supirkit.evaluation.images import ImageReader, fit_to_reference, index_images
 from supirkit.metrics.conventions import DEFAULT_PRESET, FidelityConvention, preset
 
 STAGE = "evaluate"
@@ -77,7 +77,6 @@ class EvaluateResult:
 
 
 def _prepare(pred: str, ref: Optional[str], cfg: EvaluateConfig):
-    from supirkit.evaluation.images import index_images
 
     preds = index_images(pred, cfg.match.pred_suffix)
     refs = index_images(ref) if ref else None
@@ -88,19 +87,6 @@ def _prepare(pred: str, ref: Optional[str], cfg: EvaluateConfig):
     missing_pred = sorted(set(refs.by_key) - set(preds.by_key))  # references nobody restored
     missing_ref = sorted(set(preds.by_key) - set(refs.by_key))  # restorations without a reference
     return preds, refs, keys, missing_pred, missing_ref
-
-
-def fit_to_reference(restored: np.ndarray, reference: Optional[np.ndarray], mode: str) -> tuple[np.ndarray, str]:
-    """The restored image at the reference's size ('resize': bicubic), or an error text ('error')."""
-    if reference is None or restored.shape == reference.shape:
-        return restored, ""
-    if mode == "resize":
-        from PIL import Image
-
-        size = (reference.shape[1], reference.shape[0])
-        return np.asarray(Image.fromarray(restored).resize(size, Image.Resampling.BICUBIC)), ""
-    return restored, (f"size_mismatch: restored {restored.shape[1]}x{restored.shape[0]}, reference "
-                      f"{reference.shape[1]}x{reference.shape[0]}")
 
 
 class _Scorer:
@@ -151,7 +137,6 @@ def run_evaluate(pred: str, ref: Optional[str], out: str | Path, cfg: EvaluateCo
                  suite=None) -> EvaluateResult:
     """The whole ``supirkit evaluate`` job. ``suite``: metrics already built (else built here, first)."""
     from supirkit.datapipe.runner import prepare_output
-    from supirkit.evaluation.images import ImageReader
     from supirkit.evaluation.report import write_outputs
     from supirkit.metrics import build_metrics, metric_info
 

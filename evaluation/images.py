@@ -117,3 +117,16 @@ class ImageReader:
         from supirkit.datapipe.decode import decode_rgb
 
         return decode_rgb(self._bytes(loc), self.max_pixels)[0]
+
+
+def fit_to_reference(restored: np.ndarray, reference: Optional[np.ndarray], mode: str) -> tuple[np.ndarray, str]:
+    """The restored image at the reference's size ('resize': bicubic), or an error text ('error')."""
+    if reference is None or restored.shape == reference.shape:
+        return restored, ""
+    if mode == "resize":
+        from PIL import Image
+
+        size = (reference.shape[1], reference.shape[0])
+        return np.asarray(Image.fromarray(restored).resize(size, Image.Resampling.BICUBIC)), ""
+    return restored, (f"size_mismatch: restored {restored.shape[1]}x{restored.shape[0]}, reference "
+                      f"{reference.shape[1]}x{reference.shape[0]}")

@@ -123,7 +123,7 @@ def _crops(row: dict, readers, preds, refs, side: int) -> list[tuple[str, np.nda
     restored = readers[0].read(preds.by_key[row["key"]])
     reference = readers[1].read(refs.by_key[row["key"]]) if refs is not None else None
     if reference is not None and reference.shape != restored.shape:
-        from supirkit.evaluation.evaluate import fit_to_reference
+        from supirkit.evaluation.images import fit_to_reference
 
         restored, _ = fit_to_reference(restored, reference, "resize")
     top, left, side = diff_window(restored, reference, side)

@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_address():
+def ray_head():
     """One local Ray head for the whole session, shared by in-process tests and subprocess drivers
     (which join it through RAY_ADDRESS). Started with auth disabled so CLI clients can join.
 
@@ -67,9 +67,9 @@ def ray_address():
                 pytest.fail(f"ray head did not come up in 180 s: {exc}")
             time.sleep(1.0)
     address = ray.get_runtime_context().gcs_address
+    ray.shutdown()
     os.environ["RAY_ADDRESS"] = address
     yield address
-    ray.shutdown()
     os.environ.pop("RAY_ADDRESS", None)
     try:
         os.killpg(head.pid, signal.SIGTERM)
@@ -80,6 +80,21 @@ def ray_address():
         except ProcessLookupError:
             pass
     log.close()
+
+
+@pytest.fixture
+def ray_address(ray_head):
+    """The session's head for one test; whatever this test connects in-process is disconnected after it.
+
+    This process stays connected only while a test needs it: the cluster drills start and kill nodes of
+    another cluster from this process (``ray.cluster_utils``), and a driver connected meanwhile loses its
+    GCS connection and ends the whole process a minute later."""
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray_head
+    yield ray_head
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from caption_fixtures import FAST_CAPTION, caption_argv, make_shards
 
@@ -269,3 +270,41 @@ def test_demo_step_captions_the_curate_steps_shards(tmp_path, tiny_models, ray_a
     assert joined.keys() == _samples(shards).keys() and all(c["txt"].strip() for c in joined.values())
     assert not list(Path(result["shards"]).glob("*.tar"))  # no copy of the corpus
     assert result["token_count"] == "clip"  # counted with the tiny SDXL's own CLIP tokenizer
+
+
+def test_photos_of_any_source_become_captioned_shards(tmp_path, tiny_models):
+    """Caption takes the sources ``shard`` takes: a folder of photos (one named without an extension, one
+    corrupt, one named in capitals) becomes shards of the photos, bytes unchanged under their content keys, each
+    with its caption; the corrupt file is an input rejected with a reason, and a rerun resumes with nothing to do."""
+    from caption_fixtures import SIZES, encode
+
+    from supirkit.datapipe.keys import content_key
+    from supirkit.datapipe.runner import iter_rejections
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(3)
+    originals = {}
+    for i, (w, h) in enumerate(SIZES[:4]):
+        data = encode(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "PNG" if i % 2 else "JPEG")
+        name = f"p{i}.{'png' if i % 2 else 'jpg'}" if i else "P0.JPEG"
+        (photos / name).write_bytes(data)
+        originals[content_key(data)] = data
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = tmp_path / "out"
+    argv = caption_argv(photos, out, tiny_models)  # the default write=table: photos go to new shards anyway
+    assert _run(argv) == 0
+    samples = _samples(out)
+    assert set(samples) == set(originals)
+    for key, s in samples.items():
+        image = [v for k, v in s.items() if k in ("jpg", "png")]
+        assert image == [originals[key]]
+        meta = json.loads(s["json"])
+        assert meta["source"].startswith(str(photos)) and meta["caption"]["model"] == str(tiny_models["llava"])
+        assert s["txt"].decode().strip()
+    assert [(r["source"], r["reason"]) for r in iter_rejections(out, "shard")] == [
+        (str(photos / "broken.jpg"), "corrupt_header")]
+    summary = json.loads((out / "__supirkit__" / "summary.json").read_text())
+    assert summary["inputs"] == 5 and summary["samples"] == 4
+    assert _run(argv) == 0  # resumed: nothing left to do
+    assert set(_samples(out)) == set(originals)

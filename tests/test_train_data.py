@@ -281,6 +281,12 @@ def test_supirkit_train_builds_the_accelerate_launch(capsys):
                  "--set", "schedule.grad_accum=3", "--dry-run"]) == 0
     line = capsys.readouterr().out
     assert "--gradient_accumulation_steps 3" in line and "--gradient_clipping" in line
+    # a multi-node run from any folder: every node runs the same line with its own rank; no local port is picked
+    assert main(["train", "--config", str(ROOT / "configs/train/demo.yaml"), "--launcher", "multi_node",
+                 "--num-machines", "4", "--machine-rank", "2", "--main-process-ip", "10.0.0.1", "--dry-run"]) == 0
+    line = capsys.readouterr().out
+    assert "--num_machines 4 --machine_rank 2 --main_process_ip 10.0.0.1" in line
+    assert "--main_process_port" not in line
 
 
 def test_fsspec_urls_read_like_local_paths(sets):

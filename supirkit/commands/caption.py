@@ -3,15 +3,19 @@ from __future__ import annotations
 
 from supirkit.commands._common import add_config_args, add_io_args, check_model_ref, check_output_folder, finish, load
 
-HELP = "caption every sample of a shard set with LLaVA (adds .txt and caption metadata; images unchanged)"
-DESCRIPTION = (HELP + ". Input shard i becomes output shard i; rerunning the same command resumes, redoing "
-               "only unfinished shards. Defaults follow SUPIR: llava-hf/llava-1.5-13b-hf, \"Describe this image "
-               "and its style in a very detailed manner.\", temperature 0.2, top_p 0.7, up to 512 new tokens.")
+HELP = ("caption every sample of a shard set with LLaVA: a caption table per shard keyed by sample key (no copy "
+        "of the images); output.write=shards rewrites the shards with .txt")
+DESCRIPTION = (HELP + ". Photos not in tars (folders, globs, path lists, URLs, as `shard` takes them) go into "
+               "new shards with their captions. Input shard i becomes output shard i; rerunning the "
+               "same command resumes, redoing only unfinished shards. Defaults follow SUPIR: "
+               "llava-hf/llava-1.5-13b-hf, \"Describe this image and its style in a very detailed manner.\", "
+               "temperature 0.2, top_p 0.7, up to 512 new tokens.")
 
 
 def add_arguments(p):
-    add_io_args(p, nargs="+", name="shards", metavar="SHARDS",
-                help="shard folder, brace pattern (shard-{000000..000009}.tar), glob or .tar files")
+    add_io_args(p, nargs="+", name="shards", metavar="SRC",
+                help="shard folder, brace pattern (shard-{000000..000009}.tar), glob or .tar files; or photos: any "
+                     "source `supirkit shard` takes")
     p.add_argument("--model", metavar="ID_OR_PATH",
                    help="LLaVA-1.5 / LLaVA-NeXT checkpoint id or local folder (overrides model.name)")
     p.add_argument("--source", choices=["curated", "original"], default=None,

@@ -28,11 +28,14 @@ def add_arguments(p):
                         f"({', '.join(LAUNCHERS)}); "
                         "default: accelerate's own default. Precision, accumulation and clipping come from the "
                         "training config")
-    p.add_argument(
-        "--num-processes", type=int, metavar="N", help="processes on this machine (overrides the accelerate config)"
-    )
+    p.add_argument("--num-processes", type=int, metavar="N",
+                   help="processes in all, every machine's together (overrides the accelerate config)")
     p.add_argument("--main-process-port", type=int, metavar="PORT",
                    help="rendezvous port (default: the accelerate config's, else a free port on single-machine runs)")
+    p.add_argument("--num-machines", type=int, metavar="N",
+                   help="machines in a multi-node run (with --num-processes: the total)")
+    p.add_argument("--machine-rank", type=int, metavar="R", help="this machine's rank in a multi-node run (0: head)")
+    p.add_argument("--main-process-ip", metavar="IP", help="machine 0's address in a multi-node run")
     p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present (gloo)")
     p.add_argument("--dry-run", action="store_true", help="print the launch command and exit")
 
@@ -70,19 +73,26 @@ def resolve_launcher(name: str):
 
 
 def _process_args(args, acc: dict) -> list[str]:
-    """How many processes on how many machines, and the rendezvous port."""
+    """How many processes on how many machines, and the rendezvous."""
     launch: list[str] = []
     nproc = args.num_processes or int(acc.get("num_processes", 1) or 1)
+    machines = args.num_machines or int(acc.get("num_machines", 1) or 1)
     if args.num_processes:
         launch += ["--num_processes", str(args.num_processes)]
     if not acc:
         launch += ["--num_processes", "1"] if not args.num_processes else []
-        launch += ["--num_machines", "1", "--dynamo_backend", "no"]
+        launch += ["--num_machines", str(machines), "--dynamo_backend", "no"]
         if nproc > 1:
             launch += ["--multi_gpu"]
+    elif args.num_machines:
+        launch += ["--num_machines", str(args.num_machines)]
+    if args.machine_rank is not None:
+        launch += ["--machine_rank", str(args.machine_rank)]
+    if args.main_process_ip:
+        launch += ["--main_process_ip", args.main_process_ip]
     if args.main_process_port:
         launch += ["--main_process_port", str(args.main_process_port)]
-    elif nproc > 1 and int(acc.get("num_machines", 1) or 1) == 1 and "main_process_port" not in acc:
+    elif nproc > 1 and machines == 1 and "main_process_port" not in acc:
         launch += ["--main_process_port", str(_free_port())]  # never collide with another run on this machine
     return launch
 
