@@ -122,23 +122,27 @@ def _embedding_batches(parts: list[Path]) -> Iterator[tuple[np.ndarray, np.ndarr
 
 
 def _spill_by_cluster(parts: list[Path], cent: np.ndarray, n_buckets: int, spill: Path,
-                      flush_rows: int = 20_000) -> None:
-    """Each embedding to the bucket file of its nearest centroid (buckets hold whole clusters)."""
+                      flush_rows: int = 50_000) -> None:
+    """Each embedding (as float16) to the bucket file of its nearest centroid (buckets hold whole clusters).
+    At most ``flush_rows`` rows wait in memory across all buckets (~75 MB at 768 dimensions), whatever the
+    bucket count; each flush appends one row group to every bucket's one file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
 
     buffers: dict[int, list] = {}
-    sizes: dict[int, int] = {}
+    writers: dict[int, pq.ParquetWriter] = {}
+    waiting = 0
 
-    def flush(b: int) -> None:
-        rows = buffers.pop(b, [])
-        if rows:
+    def flush() -> None:
+        for b, rows in buffers.items():
             o, c, e = (np.concatenate([r[i] for r in rows]) for i in range(3))
             t = pa.table({"order": o, "cluster": c,
                           "emb": pa.FixedSizeListArray.from_arrays(pa.array(e.ravel()), e.shape[1])})
-            pq.write_table(t, spill / f"b{b:04d}-{uuid.uuid4().hex[:8]}.parquet")
-        sizes[b] = 0
+            if b not in writers:
+                writers[b] = pq.ParquetWriter(spill / f"b{b:04d}-{uuid.uuid4().hex[:8]}.parquet", t.schema)
+            writers[b].write_table(t)
+        buffers.clear()
 
     for orders, emb in _embedding_batches(parts):
         cl = (torch.from_numpy(emb) @ torch.from_numpy(cent).T).argmax(dim=1).numpy()
@@ -146,11 +150,30 @@ def _spill_by_cluster(parts: list[Path], cent: np.ndarray, n_buckets: int, spill
         for b in (int(x) for x in np.unique(bucket)):
             m = bucket == b
             buffers.setdefault(b, []).append((orders[m], cl[m], emb[m].astype(np.float16)))
-            sizes[b] = sizes.get(b, 0) + int(m.sum())
-            if sizes[b] >= flush_rows:
-                flush(b)
-    for b in list(buffers):
-        flush(b)
+        waiting += len(orders)
+        if waiting >= flush_rows:
+            flush()
+            waiting = 0
+    flush()
+    for w in writers.values():
+        w.close()
+
+
+def sample_embeddings(parts: list[Path], sample_size: int) -> tuple[int, np.ndarray]:
+    """``(n, sample)``: the number of embeddings and about ``sample_size`` of them, evenly strided, in one
+    read. The stride comes from the parts' row counts (nulls included, so the sample can fall short of
+    ``sample_size`` where many rows lack an embedding). Each part's slice is copied: a strided view would
+    keep the whole part alive, and with it every embedding read (61 GB at 20M inputs)."""
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    stride = max(1, rows // sample_size)
+    n, picked = 0, []
+    for _, emb in _embedding_batches(parts):
+        n += len(emb)
+        picked.append(emb[::stride].copy())
+    sample = np.concatenate(picked)[:sample_size] if picked else np.zeros((0, 0), np.float32)
+    return n, sample
 
 
 def bucket_pairs(threshold: float, files: list[Path]) -> np.ndarray:
@@ -183,12 +206,10 @@ def semantic_edges(parts: list[Path], orders: np.ndarray, cfg, work: Path, runne
     buckets are compared here or as Ray tasks."""
     from supirkit.datapipe.executors import map_tasks
 
-    n = sum(len(o) for o, _ in _embedding_batches(parts))
+    n, sample = sample_embeddings(parts, cfg.sample_size)
     if n < 2:
         return np.zeros((0, 2), np.int64)
     k = min(cfg.n_clusters or max(1, int(np.sqrt(n) / 2)), n)
-    stride = max(1, n // cfg.sample_size)
-    sample = np.concatenate([e[::stride] for _, e in _embedding_batches(parts)])[: cfg.sample_size]
     cent = _kmeans(sample, min(k, len(sample)), cfg.iterations, cfg.seed)
     spill = work / "semantic"
     spill.mkdir(parents=True, exist_ok=True)

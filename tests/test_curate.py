@@ -461,6 +461,52 @@ def test_duplicate_grouping_exact_near_semantic(tmp_path):
     assert done["edges"]["semantic"] >= 1
 
 
+def test_semantic_sample_is_strided_copies_and_spill_is_one_file_per_bucket(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from supirkit.curation.dedup import _spill_by_cluster, sample_embeddings
+
+    rng = np.random.default_rng(1)
+    parts = []
+    for p in range(3):
+        emb = rng.normal(size=(100, 8)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        rows = [e.tolist() for e in emb]
+        rows[7] = None  # an input without an embedding
+        parts.append(tmp_path / f"models-{p}.parquet")
+        pq.write_table(pa.table({"order": np.arange(100) + 1000 * p, "clip_embedding": rows}), parts[-1])
+    n, sample = sample_embeddings(parts, 30)
+    assert n == 297 and sample.shape == (30, 8)
+    import weakref
+
+    import supirkit.curation.dedup as dedup
+
+    refs, pinned = [], []
+
+    def fake_batches(_parts):  # each part's array must be freed once the sampler has moved on
+        for i in range(4):
+            pinned.append(i >= 2 and refs[i - 2]() is not None)
+            emb = np.ones((100, 8), np.float32)
+            refs.append(weakref.ref(emb))
+            yield np.arange(100), emb
+
+    monkeypatch.setattr(dedup, "_embedding_batches", fake_batches)
+    assert sample_embeddings(parts, 30)[0] == 400
+    monkeypatch.undo()
+    assert not any(pinned)
+    n, sample = sample_embeddings(parts, 1000)
+    assert sample.shape == (297, 8)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    cent = sample[:5]
+    _spill_by_cluster(parts, cent, 2, spill, flush_rows=40)  # several flushes into the same files
+    files = sorted(spill.glob("*.parquet"))
+    assert len(files) <= 2
+    t = pa.concat_tables([pq.read_table(f) for f in files])
+    assert t.num_rows == 297 and len(set(t["order"].to_pylist())) == 297
+
+
 def test_aesthetic_scorer_loads_tiny_open_clip_and_head_through_the_real_paths(tiny_models):
     from supirkit.curation.signals import ImageView
     from supirkit.curation.signals.models import ClipScorer
