@@ -44,6 +44,28 @@ def _band_index(h: int, w: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return window, band[sel], (weight[sel], sel)
 
 
+@lru_cache(maxsize=8)
+def _band_matrix(h: int, w: int, n: int) -> np.ndarray:
+    """(n, bins) matrix summing each band's weighted power: one matrix-vector product per tile instead of
+    a boolean selection and a weighted bincount (several times faster, the same sums)."""
+    _, band, (weight, sel) = _band_index(h, w, n)
+    m = np.zeros((n, sel.size))
+    m[band, np.flatnonzero(sel.ravel())] = weight
+    return m
+
+
+def block_means(a: np.ndarray, block: int) -> np.ndarray:
+    """Means of the whole ``block`` x ``block`` blocks of a float32 plane (the remainder rows and columns
+    left out). OpenCV's area resize at an integer factor is exactly this average and runs an order of
+    magnitude faster than a NumPy mean over a reshaped 4-d view (strided reductions)."""
+    import cv2
+
+    h, w = (a.shape[0] // block) * block, (a.shape[1] // block) * block
+    if h == 0 or w == 0:
+        return np.zeros((0, 0), np.float32)
+    return cv2.resize(np.ascontiguousarray(a[:h, :w]), (w // block, h // block), interpolation=cv2.INTER_AREA)
+
+
 def band_energies(tile: np.ndarray, n: int = N_BANDS) -> np.ndarray:
     """Energy of one gray float32 tile in octave bands 0..n-1 of its (Hann-windowed) spectrum.
 
@@ -51,11 +73,14 @@ def band_energies(tile: np.ndarray, n: int = N_BANDS) -> np.ndarray:
     normalised so that white noise of variance s^2 gives s^2 times the band's share of the spectrum.
     The real-input half spectrum is enough (the other half mirrors it): half the work of a full DFT.
     """
+    import scipy.fft
+
     h, w = tile.shape
-    window, band, (weight, sel) = _band_index(h, w, n)
-    spec = np.fft.rfft2((tile - float(tile.mean())) * window)
-    power = (spec.real * spec.real + spec.imag * spec.imag)[sel] * weight
-    return np.bincount(band, weights=power, minlength=n)[:n] / float(h * w) ** 2
+    window = _band_index(h, w, n)[0]
+    # scipy's pocketfft keeps float32 input in single precision: about twice numpy's speed here
+    spec = scipy.fft.rfft2((tile - float(tile.mean())) * window)
+    power = spec.real * spec.real + spec.imag * spec.imag
+    return (_band_matrix(h, w, n) @ power.ravel()) / float(h * w) ** 2
 
 
 @lru_cache(maxsize=1)
@@ -78,12 +103,9 @@ def noise_sigma(tiles: list[np.ndarray], block: int = 16, percentile: float = 20
     sig = []
     for t in tiles:
         r = np.abs(cv2.filter2D(t, cv2.CV_32F, kernel, borderType=cv2.BORDER_REFLECT))[1:-1, 1:-1]
-        m = t[1:-1, 1:-1]
-        h, w = (r.shape[0] // block) * block, (r.shape[1] // block) * block
-        if h == 0 or w == 0:
+        rb, mb = block_means(r, block), block_means(t[1:-1, 1:-1], block)
+        if rb.size == 0:
             continue
-        rb = r[:h, :w].reshape(h // block, block, w // block, block).mean(axis=(1, 3))
-        mb = m[:h, :w].reshape(h // block, block, w // block, block).mean(axis=(1, 3))
         ok = (mb > 12) & (mb < 243)
         sig.append(rb[ok])
     if not sig:
@@ -159,15 +181,18 @@ def blockiness(tiles: list[np.ndarray]) -> float:
     """JPEG block artefacts: how much more the image changes across one of the 8 pixel phases than
     across the typical phase (0 for clean images; 0.3+ for visible 8x8 blocks). Tiles start on the
     8-pixel grid, so phase 7 of the differences is the JPEG block boundary of an uncropped file."""
+    import cv2
+
     ph = np.zeros(8)
     for t in tiles:
-        dx = np.abs(np.diff(t, axis=1))
-        dy = np.abs(np.diff(t, axis=0))
+        dx = cv2.absdiff(t[:, 1:], t[:, :-1])
+        dy = cv2.absdiff(t[1:], t[:-1])
         wx, hy = (dx.shape[1] // 8) * 8, (dy.shape[0] // 8) * 8
         if wx == 0 or hy == 0:
             continue
-        ph += dx[:, :wx].reshape(dx.shape[0], -1, 8).mean(axis=(0, 1))
-        ph += dy[:hy].reshape(-1, 8, dy.shape[1]).mean(axis=(0, 2))
+        # mean per phase: sum along the contiguous axis first, then fold the phases (no strided reduction)
+        ph += dx[:, :wx].sum(axis=0, dtype=np.float64).reshape(-1, 8).sum(axis=0) / (dx.shape[0] * wx // 8)
+        ph += dy[:hy].sum(axis=1, dtype=np.float64).reshape(-1, 8).sum(axis=0) / (hy // 8 * dy.shape[1])
     med = float(np.median(ph))
     return float(ph.max() / med - 1.0) if med > 1e-6 else 0.0
 
@@ -176,10 +201,9 @@ def texture_stats(detail: np.ndarray, block: int = 8, flat_level: float = 0.6,
                   texture_level: float = 3.0) -> tuple[float, float, float]:
     """(flat_fraction, texture_fraction, texture) from |Laplacian| of the small copy, per block:
     flat blocks have (nearly) no second-order change, textured blocks a lot; texture is the median."""
-    h, w = (detail.shape[0] // block) * block, (detail.shape[1] // block) * block
-    if h == 0 or w == 0:
+    b = block_means(detail, block)
+    if b.size == 0:
         return 1.0, 0.0, 0.0
-    b = detail[:h, :w].reshape(h // block, block, w // block, block).mean(axis=(1, 3))
     return float((b < flat_level).mean()), float((b >= texture_level).mean()), float(np.median(b))
 
 
