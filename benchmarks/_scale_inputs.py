@@ -128,9 +128,9 @@ import json, os, sys, time
 job, src, out, settings = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 sys.path.insert(0, "benchmarks")  # the driver runs in the repository root
 import _phases
-phases = {}
+phases, peaks = {}, {}
 def timed(name, fn):
-    return _phases.timed(phases, name, fn)
+    return _phases.timed(phases, name, fn, peaks)
 from supirkit.datapipe.sources import list_inputs
 t = time.perf_counter(); n = sum(1 for _ in list_inputs([src])); listing = time.perf_counter() - t
 from supirkit.datapipe.config import load_config
@@ -159,7 +159,7 @@ else:
 with open("/proc/self/status") as f:
     hwm = [int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM")][0]
 print("__result__" + json.dumps({"inputs": n, "listing_s": listing, "phases": phases, "job_s": total, "ok": ok,
-                                 "driver_peak_rss_mb": hwm}), flush=True)
+                                 "driver_peak_rss_mb": hwm, "driver_peak_after_mb": peaks}), flush=True)
 os._exit(0)
 """
 
@@ -252,4 +252,12 @@ def report(r: dict) -> str:
         timers = ", ".join(f"{k} {v:.0f}" for k, v in j["by_timer_us"].items() if v >= 1)
         lines.append(f"| {name.split()[0]} | {j['inputs']:,} | {j['work_us']:.0f} | {j['unit_wall_us']:.0f} | "
                      f"{j['bookkeeping_us']:.0f} | {100 * j['bookkeeping_share']:.1f} % | {timers} |")
+    lines += ["", "Driver peak RSS (MB) when each phase ended (the high-water mark so far):", "",
+              "| job | inputs | planning | per-input passes | global steps | whole job |", "|---|---|---|---|---|---|"]
+    for name, j in r["jobs"].items():
+        after = j.get("driver_peak_after_mb", {})
+        per_input = max((v for k, v in after.items() if k.endswith(("score", "hash"))), default=0.0)
+        glob = max((v for k, v in after.items() if k.startswith("global")), default=0.0)
+        lines.append(f"| {name.split()[0]} | {j['inputs']:,} | {after.get('listing+planning', 0.0):.0f} | "
+                     f"{per_input:.0f} | {glob:.0f} | {j['driver_peak_rss_mb']:.0f} |")
     return "\n".join(lines)

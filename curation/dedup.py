@@ -12,7 +12,9 @@ spills embeddings to bucket files by centroid, then compares pairs only inside a
 so memory holds one bucket at a time.
 
 Scale: the driver holds two 64-bit columns per scored input (the listing order, the perceptual hash: 20M
-inputs, 320 MB) and the edges; the per-bucket work (exact groups of a bucket, near pairs of a table,
+inputs, 320 MB), the edges, one near table's sort at a time and the k-means sample (at most
+``semantic.sample_size`` embeddings); measured whole: 4.1 GB peak at 20M rows with 2M embeddings
+(benchmarks/README.md "scale"). The per-bucket work (exact groups of a bucket, near pairs of a table,
 semantic pairs of a bucket) runs here or, with ``runner.executor=ray``, as Ray tasks over the spilled
 buckets (``datapipe.executors.map_tasks``), and the driver only joins the components.
 """
