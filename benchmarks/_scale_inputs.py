@@ -156,8 +156,7 @@ else:
     j.write_job_summary = timed("summary", j.write_job_summary)
     t = time.perf_counter(); result = j.run_shard_job([src], out, cfg); total = time.perf_counter() - t
     ok = result.ok
-with open("/proc/self/status") as f:
-    hwm = [int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM")][0]
+hwm = _phases.peak_rss_mb()
 print("__result__" + json.dumps({"inputs": n, "listing_s": listing, "phases": phases, "job_s": total, "ok": ok,
                                  "driver_peak_rss_mb": hwm, "driver_peak_after_mb": peaks}), flush=True)
 os._exit(0)

@@ -140,8 +140,7 @@ else:
     result = {"funnel": done["funnel"], "write_partitions": done["write_partitions"]}
     shutil.rmtree(work / "set")
 total = time.perf_counter() - t
-with open("/proc/self/status") as f:
-    hwm = [int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM")][0]
+hwm = _phases.peak_rss_mb()
 print("__result__" + json.dumps({"step": step, "executor": executor, "wall_s": total, "phases": phases,
                                  "peak_rss_mb": hwm, **result}), flush=True)
 os._exit(0)
